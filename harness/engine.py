@@ -163,16 +163,7 @@ class Engine:
             return x
 
         W_pos = w["pos_embed.W_pos"][:P]
-        if input_embeds is not None:
-            inputs = list(input_embeds.to(w.device))
-        else:
-            emb = w["embed.W_E"][tokens]
-            if cfg.split_embed:
-                inputs = [emb, W_pos.expand(B, P, D)]
-            elif cfg.positional_embedding_type == "shortformer":
-                inputs = [emb]
-            else:
-                inputs = [emb + W_pos]
+        inputs = list(input_embeds.to(w.device) if input_embeds is not None else self.input_embeddings(tokens))
         resid = 0
         for x in inputs:
             resid = resid + add_sender(x)
@@ -238,6 +229,21 @@ class Engine:
             trace.senders = senders
         trace.logits = self._norm(xo, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
         return trace
+
+    def input_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The input nodes' outputs [n_inputs, batch, pos, d_model]: token+position embedding
+        (one node), token and position embeddings (two nodes, tracr), or the token embedding
+        alone (shortformer, whose positions enter only queries and keys)."""
+        w, cfg = self.w, self.cfg
+        tokens = tokens.to(w.device)
+        B, P = tokens.shape
+        emb = w["embed.W_E"][tokens]
+        W_pos = w["pos_embed.W_pos"][:P]
+        if cfg.split_embed:
+            return torch.stack([emb, W_pos.expand(B, P, cfg.d_model)])
+        if cfg.positional_embedding_type == "shortformer":
+            return emb.unsqueeze(0)
+        return (emb + W_pos).unsqueeze(0)
 
     @torch.no_grad()
     def cache(self, tokens: torch.Tensor, zero: bool = False) -> SenderCache:

@@ -1,0 +1,92 @@
+"""Shared machinery for gradient methods: clean/corrupted references, gradients at every
+receiver, and the contraction that turns them into one score per edge without edge loops.
+
+For an edge s -> r, d(objective)/d(alpha[s->r]) = <dL/d input_r, corrupted_s - current_s>
+(summed over batch, positions, d_model); for a DIRECT edge it is <dL/d q, q_corrupted - q>.
+So one backward gives every edge's score (Syed et al. 2023; peers-and-methods.md §0.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..engine import Engine, SenderCache, Trace
+from ..tasks.base import TaskData
+
+
+def corrupted_cache(engine: Engine, data: TaskData) -> SenderCache:
+    """The run edges are patched towards: the corrupted prompts, or ACDC's zero ablation."""
+    if data.ablation == "zero":
+        return engine.cache(data.clean, zero=True)
+    return engine.cache(data.corrupted)
+
+
+@dataclass
+class References:
+    clean_logits: torch.Tensor
+    corrupted_logits: torch.Tensor
+    cache: SenderCache
+
+
+@torch.no_grad()
+def references(engine: Engine, data: TaskData) -> References:
+    clean_logits = engine.logits(data.clean)
+    cache = corrupted_cache(engine, data)
+    if data.ablation == "zero":
+        ones = torch.ones(engine.graph.n_edges, device=engine.w.device, dtype=engine.w.dtype)
+        corrupted_logits = engine.logits(data.clean, ones, cache)
+    else:
+        corrupted_logits = engine.logits(data.corrupted)
+    return References(clean_logits, corrupted_logits, cache)
+
+
+def traced_run(engine: Engine, tokens, mask=None, cache=None, input_embeds=None, freeze_ln_scale=False) -> Trace:
+    """A forward whose receiver inputs and q/k/v can be differentiated."""
+    if input_embeds is None:
+        input_embeds = engine.input_embeddings(tokens)
+    # Gradients need a leaf upstream of everything: the input embeddings.
+    input_embeds = input_embeds.detach().requires_grad_(True)
+    return engine.run(tokens, mask, cache, keep=True, input_embeds=input_embeds, freeze_ln_scale=freeze_ln_scale)
+
+
+def receiver_grads(trace: Trace, objective: torch.Tensor):
+    """Gradients of a scalar objective at every receiver input and every q/k/v."""
+    targets = list(trace.receiver_inputs) + list(trace.mlp_inputs) + [trace.output_input] + list(trace.qkv)
+    grads = torch.autograd.grad(objective, targets, allow_unused=True)
+    nq = len(trace.receiver_inputs)
+    nm = len(trace.mlp_inputs)
+    fix = lambda g, t: torch.zeros_like(t) if g is None else g  # noqa: E731
+    grads = [fix(g, t) for g, t in zip(grads, targets)]
+    return {
+        "qkv_in": grads[:nq],
+        "mlp_in": grads[nq : nq + nm],
+        "out": grads[nq + nm],
+        "qkv": grads[nq + nm + 1 :],
+    }
+
+
+def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: torch.Tensor, per_example: bool = False) -> torch.Tensor:
+    """Score every edge: <grad at receiver, sender_vec[sender]> and <grad at q/k/v, qkv_vec>.
+
+    sender_vec: [n_senders, batch, pos, d_model]; qkv_vec: [n_layers, 3, batch, pos, heads, d_head].
+    Returns [n_edges], or [batch, n_edges] with `per_example`.
+    """
+    g = engine.graph
+    B = sender_vec.shape[1]
+    dense = sender_vec.new_zeros(B, len(g.receivers), len(g.senders))
+    eq = "bpkd,nbpd->bkn"
+    for L in range(engine.cfg.n_layers):
+        rows = g.qkv_receiver[L].reshape(-1)
+        n_up = g.receivers[int(rows[0])].n_upstream
+        dense[:, rows, :n_up] = torch.einsum(eq, grads["qkv_in"][L], sender_vec[:n_up])
+        if not engine.cfg.attn_only:
+            r = int(g.mlp_receiver[L])
+            n_up = g.receivers[r].n_upstream
+            dense[:, r, :n_up] = torch.einsum("bpd,nbpd->bn", grads["mlp_in"][L], sender_vec[:n_up])
+    r = g.output_receiver
+    dense[:, r, :] = torch.einsum("bpd,nbpd->bn", grads["out"], sender_vec)
+    add = dense.reshape(B, -1)[:, (g.add_receiver * len(g.senders) + g.add_sender).to(dense.device)]
+    direct = torch.stack([torch.einsum("xbphe,xbphe->bxh", gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], 1)
+    scores = torch.cat([add, direct.reshape(B, -1)], 1)
+    return scores if per_example else scores.sum(0)

@@ -1,0 +1,115 @@
+"""Score an edge ranking (or a family of circuits) against a ground-truth circuit.
+
+Two AUCs, both reported (acdc-tasks.md §8):
+- `auc`: scikit-learn's ROC AUC of |score| against membership; tied scores count 1/2, which is
+  the Mann-Whitney statistic (the usual ranking AUC).
+- `pessimistic_auc`: ACDC's staircase. Circuits are "every edge with |score| >= t" for every
+  distinct t (tied edges enter together), plus (0,0) and (1,1); points that another point
+  beats on both axes are dropped (Pareto filter); the area is sum (1 - FPR_i)(TPR_i - TPR_{i-1})
+  with points sorted by (FPR, TPR): between measured points TPR stays at the lower value, so a
+  tied group scores as if its negatives came first. With distinct scores the two AUCs are equal.
+
+A family of circuits (ACDC's threshold sweep) has no ranking: its points are the circuits
+themselves; `auc` is then the trapezoid under the Pareto points (sklearn.metrics.auc).
+Node-level: node scores are the largest |score| of the edges a node touches (see
+`Graph.node_scores`), so node ROC follows from the edge ranking by ACDC's "present node" rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import auc as trapezoid_auc
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+@dataclass
+class RocResult:
+    auc: float
+    pessimistic_auc: float
+    fpr: np.ndarray
+    tpr: np.ndarray
+    n_items: int
+    n_positive: int
+
+    def as_dict(self) -> dict:
+        return {"auc": self.auc, "pessimistic_auc": self.pessimistic_auc, "n_items": self.n_items, "n_positive": self.n_positive}
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Drop a point if another has strictly smaller FPR and strictly larger TPR; sort the rest
+    by (FPR, TPR). `points` is [n, 2] of (fpr, tpr)."""
+    pts = np.unique(np.asarray(points, dtype=float), axis=0)
+    keep = []
+    for i, (x, y) in enumerate(pts):
+        beaten = np.any((pts[:, 0] < x) & (pts[:, 1] > y))
+        if not beaten:
+            keep.append(i)
+    pts = pts[keep]
+    order = np.lexsort((pts[:, 1], pts[:, 0]))
+    return pts[order]
+
+
+def pessimistic_auc(points: np.ndarray) -> float:
+    """ACDC's `pessimistic_auc` on Pareto-filtered points (sorted by FPR, then TPR)."""
+    pts = pareto_front(points)
+    x, y = pts[:, 0], pts[:, 1]
+    if np.any(np.diff(y) < -1e-12):
+        raise AssertionError("TPR must be non-decreasing along the Pareto front")
+    return float(np.sum((1 - x[1:]) * np.diff(y)))
+
+
+def _points_from_ranking(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """(FPR, TPR) of every threshold circuit `|score| >= t`, ties entering together."""
+    a = np.abs(scores)
+    fpr, tpr, _ = roc_curve(positive, a, drop_intermediate=False)
+    return np.stack([fpr, tpr], 1)
+
+
+def score_ranking(scores, positive) -> RocResult:
+    """`scores` [n] (any sign; |score| ranks), `positive` bool [n]."""
+    s = np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)
+    pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
+    if s.shape != pos.shape:
+        raise ValueError(f"scores {s.shape} and ground truth {pos.shape} differ in shape")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores contain NaN or inf")
+    n_pos = int(pos.sum())
+    if n_pos == 0 or n_pos == len(pos):
+        raise ValueError("ground truth must contain some but not all items")
+    pts = _points_from_ranking(s, pos)
+    pts = np.vstack([[0.0, 0.0], pts, [1.0, 1.0]])
+    return RocResult(
+        auc=float(roc_auc_score(pos, np.abs(s))),
+        pessimistic_auc=pessimistic_auc(pts),
+        fpr=pts[:, 0], tpr=pts[:, 1], n_items=len(pos), n_positive=n_pos,
+    )
+
+
+def score_family(circuits, positive) -> RocResult:
+    """`circuits` bool [k, n] (one row per circuit of a sweep), `positive` bool [n]."""
+    c = np.asarray(torch.as_tensor(circuits).cpu(), dtype=bool)
+    pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("ground truth must contain some but not all items")
+    tpr = (c & pos).sum(1) / n_pos
+    fpr = (c & ~pos).sum(1) / n_neg
+    pts = np.vstack([[0.0, 0.0], np.stack([fpr, tpr], 1), [1.0, 1.0]])
+    front = pareto_front(pts)
+    return RocResult(
+        auc=float(trapezoid_auc(front[:, 0], front[:, 1])),
+        pessimistic_auc=pessimistic_auc(pts),
+        fpr=front[:, 0], tpr=front[:, 1], n_items=len(pos), n_positive=n_pos,
+    )
+
+
+def score_edges_and_nodes(graph, result, gt_edge_mask: torch.Tensor) -> dict:
+    """{"edge": RocResult, "node": RocResult} for a ranking ([n_edges] tensor) or a family
+    (bool [k, n_edges] tensor)."""
+    gt_nodes = graph.nodes_touched(gt_edge_mask)
+    if isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 2:
+        nodes = torch.stack([graph.nodes_touched(c) for c in result])
+        return {"edge": score_family(result, gt_edge_mask), "node": score_family(nodes, gt_nodes)}
+    return {"edge": score_ranking(result, gt_edge_mask), "node": score_ranking(graph.node_scores(result), gt_nodes)}

@@ -1,0 +1,109 @@
+"""ACDC's two tracr tasks, on models compiled at run time from the bundled RASP programs.
+
+Metric (acdc-tasks.md §6): `l2`, the mean squared difference between the patched and the clean
+model's outputs at the scored positions (all output dimensions). KL is refused: tracr outputs
+are one-hots or a single number, not distributions.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from ..tracr_models import load_tracr
+from .base import Task, TaskData, derangement, masked_mean
+
+
+def l2_metric(logits: torch.Tensor, clean_logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
+    return masked_mean((logits - clean_logits).pow(2).mean(-1), pos_mask)
+
+
+class TracrTask(Task):
+    supports_kl = False
+    program: str = ""
+
+    def __init__(self):
+        self._model = None
+
+    def tracr(self):
+        if self._model is None:
+            self._model = load_tracr(self.program)
+        return self._model
+
+    def load_model(self, device="cpu", dtype=torch.float32, weights_dir=None):
+        return self.tracr().weights.to(device, dtype)
+
+    def _pack(self, seqs, corrupted_seqs, correct=None, wrong=None, counterfactual=None, categorical=True, ablation="resample", info=None):
+        m = self.tracr()
+        clean = m.encode(seqs)
+        corr = m.encode(corrupted_seqs)
+        pos_mask = torch.zeros_like(clean, dtype=torch.bool)
+        pos_mask[:, 1:] = True  # position 0 is BOS: its output is meaningless
+        return TaskData(
+            clean=clean, corrupted=corr, pos_mask=pos_mask,
+            metric=lambda lg, cl, _m=pos_mask: l2_metric(lg, cl, _m.to(lg.device)),
+            categorical=categorical, correct=correct, wrong=wrong, counterfactual=counterfactual,
+            ablation=ablation, metric_name="l2", info=info or {},
+        )
+
+
+class TracrReverse(TracrTask):
+    """Reverse a sequence of three tokens from {1, 2, 3} (ACDC's tracr-reverse).
+
+    Data as ACDC builds it: the 6 permutations of (1, 2, 3) after BOS, the same rows for both
+    splits; the corrupted rows are a seeded derangement of the clean rows.
+    Answers: `correct` is the reversed token (output class = value - 1). `wrong` is the
+    corrupted prompt's answer at that position where it differs, else the next class
+    (mod 3), so every position has a wrong answer distinct from the right one.
+    """
+
+    name = "tracr-reverse"
+    model = "tracr-reverse"
+    program = "tracr-reverse"
+    description = "tracr: reverse a length-3 sequence over {1,2,3} (ACDC tracr-reverse)"
+
+    def data(self, split="validation", seed=0, ablation="resample"):
+        if split not in ("validation", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        seqs = [list(p) for p in itertools.permutations([1, 2, 3])]
+        g = torch.Generator().manual_seed(seed)
+        perm = derangement(len(seqs), g)
+        corr = [seqs[i] for i in perm.tolist()]
+        B, P = len(seqs), 4
+        correct = torch.zeros(B, P, dtype=torch.long)
+        cf = torch.zeros(B, P, dtype=torch.long)
+        correct[:, 1:] = torch.tensor([[v - 1 for v in reversed(s)] for s in seqs])
+        cf[:, 1:] = torch.tensor([[v - 1 for v in reversed(s)] for s in corr])
+        wrong = torch.where(cf != correct, cf, (correct + 1) % 3).unsqueeze(-1)
+        return self._pack(seqs, corr, correct, wrong, cf, True, ablation, {"split": split, "n": B})
+
+
+class TracrXProportion(TracrTask):
+    """At each position, the fraction of "x" among the tokens so far (ACDC's tracr-proportion).
+
+    Encoding, deliberately not ACDC's: ACDC feeds ids 0-3 for "wxyz" with no BOS, which the
+    compiled model reads as {BOS, pad, w, x} (acdc-tasks.md §6.2), so its inputs are off the
+    program's distribution. We encode properly: BOS, then 4 tokens over {w, x, y, z}, through
+    the compiler's own input encoder; positions 1-4 are scored. Sizes follow ACDC: 100
+    distinct strings drawn (seeded) from all 4^4, the first 50 for validation and the next 50
+    for test; corrupted rows are a seeded derangement within the split (the paper says no fixed
+    points; ACDC's code did not enforce it).
+    """
+
+    name = "tracr-xproportion"
+    model = "tracr-xproportion"
+    program = "tracr-xproportion"
+    description = "tracr: running fraction of 'x' tokens (ACDC tracr-proportion)"
+    n_per_split = 50
+
+    def data(self, split="validation", seed=0, ablation="resample"):
+        if split not in ("validation", "test"):
+            raise ValueError(f"unknown split {split!r}")
+        allseq = [list(s) for s in itertools.product("wxyz", repeat=4)]
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(allseq), generator=g)[: 2 * self.n_per_split].tolist()
+        rows = order[: self.n_per_split] if split == "validation" else order[self.n_per_split :]
+        seqs = [allseq[i] for i in rows]
+        perm = derangement(len(seqs), torch.Generator().manual_seed(seed + 1 + (split == "test")))
+        corr = [seqs[i] for i in perm.tolist()]
+        return self._pack(seqs, corr, categorical=False, ablation=ablation, info={"split": split, "n": len(seqs)})
