@@ -198,7 +198,10 @@ class Engine:
                 k = k + beta[:, None, 1, :, None] * (cq[1] - k)
                 v = v + beta[:, None, 2, :, None] * (cq[2] - v)
             if keep:
-                trace.qkv.append(torch.stack([q, k, v]))
+                # Downstream reads the stacked tensor, so gradients w.r.t. it are defined.
+                qkv = torch.stack([q, k, v])
+                trace.qkv.append(qkv)
+                q, k, v = qkv.unbind(0)
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
             if cfg.causal:
                 causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
@@ -212,9 +215,12 @@ class Engine:
             resid = resid + result.sum(2) + w[pre + "attn.b_O"]
             if not cfg.attn_only:
                 r = int(g.mlp_receiver[L])
-                xm = resid
                 if patch:
-                    xm = patched(xm.unsqueeze(2), [r], g.receivers[r].n_upstream, add_m).squeeze(2)
+                    xm = patched(resid.unsqueeze(2), [r], g.receivers[r].n_upstream, add_m).squeeze(2)
+                else:
+                    # A tensor of its own (not `resid`, which also flows on through the skip
+                    # connection), so its gradient is the MLP input's alone.
+                    xm = resid.clone() if keep else resid
                 if keep:
                     trace.mlp_inputs.append(xm)
                 h = self._act(self._norm(xm, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])

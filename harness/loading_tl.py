@@ -61,6 +61,11 @@ def weights_from_bridge(bridge, cfg: ModelConfig, provenance: Optional[dict] = N
     engine's graph and gradients see a parameter-free norm exactly like ACDC's folded models.
     Tensors are detached clones: the bridge can be freed afterwards.
     """
+    if getattr(bridge, "_weights_processed", False) and hasattr(bridge, "_register_all_aliases_recursive"):
+        # TL 4.3: `process_weights` swaps in new parameter tensors, but the property aliases
+        # get_params reads for LN w/b and MLP b_in/b_out still point at the pre-processing
+        # tensors (only enable_compatibility_mode re-registers them). Re-point them first.
+        bridge._register_all_aliases_recursive()
     with torch.no_grad():
         raw = {k: v.detach().clone() for k, v in bridge.get_params().items()}
     bcfg = bridge.cfg

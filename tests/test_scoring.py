@@ -1,0 +1,74 @@
+"""ROC/AUC against hand-computed values (ties included) and ACDC's own sanity values."""
+import numpy as np
+import pytest
+import torch
+
+from harness.architectures import ARCHITECTURES
+from harness.graph import Graph
+from harness.scoring import pareto_front, pessimistic_auc, score_edges_and_nodes, score_family, score_ranking
+
+
+def test_acdc_pessimistic_auc_asserts():
+    # acdc_graphics.pessimistic_auc's own asserts (acdc-tasks.md §8.3, peers-and-methods.md §2.2)
+    assert pessimistic_auc(np.array([[0, 0], [1, 1]])) == 0
+    assert pessimistic_auc(np.array([[0, 0], [0.5, 0.5], [1, 1]])) == pytest.approx(0.25)
+    assert pessimistic_auc(np.array([[0, 0], [0.25, 0.25], [1, 1]])) == pytest.approx(0.1875)
+
+
+def test_toy_ranking_with_ties_by_hand():
+    # items: scores 3 (pos), 2 (neg), 2 (pos), 1 (neg), -5 (pos: |score| ranks first)
+    r = score_ranking(torch.tensor([3.0, 2.0, 2.0, 1.0, -5.0]), torch.tensor([1, 0, 1, 0, 1], dtype=torch.bool))
+    # Mann-Whitney: pairs (pos, neg) = 3 x 2 = 6; wins: 5>2,5>1,3>2,3>1, 2 vs 2 tie (1/2), 2>1 -> 5.5
+    assert r.auc == pytest.approx(5.5 / 6)
+    # staircase: {5,3}: (0, 2/3); {2,2}: (1/2, 1); {1}: (1, 1) -> (1-0)(2/3) + (1-1/2)(1/3)
+    assert r.pessimistic_auc == pytest.approx(2 / 3 + 1 / 6)
+    assert r.n_positive == 3 and r.n_items == 5
+
+
+def test_distinct_scores_give_equal_aucs():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=200)
+    pos = rng.random(200) < 0.2
+    r = score_ranking(s, pos)
+    assert r.auc == pytest.approx(r.pessimistic_auc)
+
+
+def test_perfect_and_all_tied_rankings():
+    pos = torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool)
+    perfect = score_ranking(torch.tensor([9.0, 8.0, 1.0, 0.5, 0.1]), pos)
+    assert perfect.auc == 1.0 and perfect.pessimistic_auc == 1.0
+    tied = score_ranking(torch.zeros(5), pos)
+    assert tied.auc == 0.5 and tied.pessimistic_auc == 0.0
+
+
+def test_family_pareto_and_pessimistic():
+    pos = torch.tensor([1, 1, 0, 0], dtype=torch.bool)
+    circuits = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    r = score_family(circuits, pos)
+    # points (0,.5), (.5,1), (1,0) -> (1,0) is dominated; front (0,0),(0,.5),(.5,1),(1,1)
+    assert r.pessimistic_auc == pytest.approx(0.5 + 0.5 * 0.5)
+    assert r.auc == pytest.approx(0.5 * (0.5 + 1) / 2 + 0.5 * 1)  # trapezoid over the front
+    front = pareto_front(np.array([[0, 0], [0.1, 0.2], [0.2, 0.1], [1, 1]]))
+    assert [0.2, 0.1] not in front.tolist()
+
+
+def test_bad_inputs_are_errors():
+    with pytest.raises(ValueError, match="NaN"):
+        score_ranking(torch.tensor([1.0, float("nan")]), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="some but not all"):
+        score_ranking(torch.tensor([1.0, 2.0]), torch.tensor([False, False]))
+
+
+def test_node_level_follows_edge_ranking():
+    g = Graph(ARCHITECTURES["tracr-xproportion"])
+    gt = torch.zeros(g.n_edges, dtype=torch.bool)
+    gt[g.edge_ids["hook_embed[:] -> blocks.0.hook_mlp_in[:]"]] = True
+    gt[g.edge_ids["blocks.0.hook_mlp_out[:] -> blocks.1.hook_v_input[:, :, 0]"]] = True
+    scores = gt.double() * 10 + torch.linspace(0, 1, g.n_edges, dtype=torch.float64)
+    res = score_edges_and_nodes(g, scores, gt)
+    assert res["edge"].auc == 1.0
+    # GT nodes: embed, mlp0 out, a1.0 v_input (mlp_in is not a ROC node): 3 of 19
+    assert res["node"].n_positive == 3 and res["node"].n_items == 19
+    # family input gives family scoring at both levels
+    fam = score_edges_and_nodes(g, torch.stack([gt, torch.ones_like(gt)]), gt)
+    assert fam["edge"].pessimistic_auc == 1.0
