@@ -144,7 +144,7 @@ class Engine:
         if patch:
             if corrupted is None:
                 raise ValueError("a mask needs a corrupted SenderCache to patch towards")
-            mask = mask.to(w.device)
+            mask = mask.to(w.device, w.dtype)
             if mask.shape[-1] != g.n_edges:
                 raise ValueError(f"mask has {mask.shape[-1]} edges, graph has {g.n_edges}")
             add_m, dir_m = self.dense_mask(mask)

@@ -68,17 +68,15 @@ def weights_from_bridge(bridge, cfg: ModelConfig, provenance: Optional[dict] = N
         bridge._register_all_aliases_recursive()
     with torch.no_grad():
         raw = {k: v.detach().clone() for k, v in bridge.get_params().items()}
-    bcfg = bridge.cfg
-    for ours, theirs in (("n_layers", "n_layers"), ("n_heads", "n_heads"), ("d_model", "d_model"), ("d_head", "d_head")):
-        b = getattr(bcfg, theirs, None)
-        if b is not None and b != getattr(cfg, ours):
-            raise ValueError(f"cfg.{ours}={getattr(cfg, ours)} but the bridge has {theirs}={b}")
-    bnorm = getattr(bcfg, "normalization_type", None)
-    if bnorm not in (None, "LN", "LNPre"):
-        raise ValueError(f"bridge normalization_type {bnorm!r} is not supported (LN, LNPre or none)")
+    _check_against_bridge(cfg, bridge.cfg)
     processed = bool(getattr(bridge, "_weights_processed", False))
-    if cfg.normalization_type == "LN" and _ln_is_identity(raw, cfg):
+    bnorm = getattr(bridge.cfg, "normalization_type", cfg.normalization_type)
+    folded = bnorm == "LN" and _ln_is_identity(raw, dataclasses.replace(cfg, normalization_type="LN"))
+    if folded and cfg.normalization_type in ("LN", "LNPre"):
         cfg = dataclasses.replace(cfg, normalization_type="LNPre")
+    elif cfg.normalization_type != bnorm:
+        # only an identity LN may be read as LNPre; anything else would change the function
+        raise ValueError(f"cfg says normalization {cfg.normalization_type!r} but the bridge runs {bnorm!r}")
     keys = _expected_keys(cfg)
     missing = sorted(keys - raw.keys())
     if missing:
@@ -88,6 +86,27 @@ def weights_from_bridge(bridge, cfg: ModelConfig, provenance: Optional[dict] = N
     w = Weights(cfg, {k: raw[k] for k in sorted(keys)}, prov)
     w.validate()
     return w
+
+
+def _check_against_bridge(cfg: ModelConfig, bcfg) -> None:
+    """Refuse a cfg that describes a different function from the one the bridge computes."""
+    pairs = [("n_layers", "n_layers"), ("n_heads", "n_heads"), ("d_model", "d_model"), ("d_head", "d_head"), ("eps", "eps")]
+    if not cfg.attn_only:
+        pairs.append(("act_fn", "act_fn"))
+    for ours, theirs in pairs:
+        b = getattr(bcfg, theirs, None)
+        if b is not None and b != getattr(cfg, ours):
+            raise ValueError(f"cfg.{ours}={getattr(cfg, ours)!r} but the bridge has {theirs}={b!r}")
+    if bool(getattr(bcfg, "attn_only", cfg.attn_only)) != cfg.attn_only:
+        raise ValueError(f"cfg attn_only={cfg.attn_only} but the bridge has attn_only={bcfg.attn_only}")
+    direction = getattr(bcfg, "attention_dir", None)
+    if direction is not None and (direction == "causal") != cfg.causal:
+        raise ValueError(f"cfg causal={cfg.causal} but the bridge's attention_dir is {direction!r}")
+    pos = getattr(bcfg, "positional_embedding_type", None) or "standard"
+    if pos != cfg.positional_embedding_type:
+        raise ValueError(f"cfg positions {cfg.positional_embedding_type!r} but the bridge uses {pos!r}")
+    if getattr(bcfg, "normalization_type", None) not in (None, "LN", "LNPre"):
+        raise ValueError(f"bridge normalization_type {bcfg.normalization_type!r} is not supported (LN, LNPre or none)")
 
 
 def _act_fn(name: Optional[str], attn_only: bool, where: str) -> str:

@@ -335,6 +335,23 @@ def test_gpt2_shaped_native_with_gelu_and_unit_scale():
     _native_vs_engine(random_weights(cfg, seed=4, dtype=torch.float64, init_range=0.1), "mlp unit-scale native logits")
 
 
+def test_weights_from_native_bridge_round_trip():
+    """weights_from_bridge on a native bridge gives back exactly our tensors: the zero MLP
+    weights get_params invents for attention-only models are dropped, and a cfg that disagrees
+    with the bridge is refused."""
+    w = random_weights(ATTN_ONLY, seed=10, dtype=torch.float64, init_range=0.1)
+    bridge = native_reference(w)
+    back = weights_from_bridge(bridge, ATTN_ONLY, {"note": "round trip"})
+    assert back.cfg == ATTN_ONLY and back.provenance["note"] == "round trip"
+    assert back.params.keys() == w.params.keys()
+    for k in w.params:
+        assert torch.equal(back[k], w[k]), k
+    with pytest.raises(ValueError, match="causal"):
+        weights_from_bridge(bridge, ModelConfig(**{**ATTN_ONLY.to_dict(), "causal": False}))
+    with pytest.raises(ValueError, match="normalization"):
+        weights_from_bridge(bridge, ModelConfig(**{**ATTN_ONLY.to_dict(), "normalization_type": "LNPre"}))
+
+
 # ----- shortformer (redwood_attn_2l style) ------------------------------------------------------
 
 SHORTFORMER = ModelConfig(
