@@ -31,7 +31,8 @@ def cmd_run(args) -> int:
         _check_names("variant", args.variants, sorted(known))
     cfg = RunConfig(tasks=tasks, methods=methods, variants=args.variants or [], out=args.out, seed=args.seed,
                     device=args.device, split=args.split, ablation=args.ablation, fresh=args.fresh,
-                    weights_dir=args.weights_dir, progress=not args.no_progress)
+                    weights_dir=args.weights_dir, progress=not args.no_progress,
+                    bootstrap=args.bootstrap)
     try:
         store = run(cfg)
     except ValueError as e:
@@ -100,6 +101,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import compare
+
+    try:
+        c = compare(args.dir, args.baseline, args.tolerance, args.time_factor)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    print("\n".join(c.lines()))
+    return 0 if c.ok else 1
+
+
 def cmd_ground_truth(args) -> int:
     from .structural_gt import write_all
 
@@ -122,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ablation", default="resample", choices=["resample", "zero"])
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")
     r.add_argument("--fresh", action="store_true", help="discard finished results in --out and start over")
+    r.add_argument("--bootstrap", type=int, default=20, help="resamples of the examples for 95%% AUC intervals (0: off)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
     li = sub.add_parser("list", help="list tasks, methods and variants")
@@ -136,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="render DIR/report.md from a run's results")
     rp.add_argument("dir")
     rp.set_defaults(fn=cmd_report)
+    cp = sub.add_parser("compare", help="exit 1 if DIR's results regressed against a baseline results.csv")
+    cp.add_argument("dir")
+    cp.add_argument("--baseline", required=True, help="a results.csv (or a directory holding one)")
+    cp.add_argument("--tolerance", type=float, default=0.02, help="allowed AUC drop (absolute, default 0.02)")
+    cp.add_argument("--time-factor", type=float, default=1.5, help="allowed growth of a timing ratio (default 1.5x)")
+    cp.set_defaults(fn=cmd_compare)
     gt = sub.add_parser("ground-truth", help="derive structural ground truths of tracr programs into ground_truth/")
     gt.add_argument("--dir", default=None)
     gt.set_defaults(fn=cmd_ground_truth)

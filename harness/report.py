@@ -1,101 +1,262 @@
-"""A readable report, rendered from a run directory's records alone (a pure function of them).
+"""Readable reports, rendered from a run directory alone (a pure function of its files).
 
-`render(out_dir)` writes `report.md` and one ROC plot per task (`roc_<task>.png`, seaborn).
+`render(out_dir)` writes `report.md` and a self-contained `report.html` (images embedded) with:
+per-task ROC curves, AUC tables (method x task, edge and node level, 95% bootstrap intervals),
+the published ACDC/SP/HISP AUCs beside ours, a chart of AUC per `grad-wrong` target (which
+"maximally wrong" answer ranks the circuit best), the timing section when `timing.csv` is
+present, and the run's metadata. The document is a list of blocks rendered twice.
 """
 from __future__ import annotations
 
-import platform
+import base64
+import html
+import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from .published import SOURCE as PUBLISHED_SOURCE
+from .published import published_frame
 from .results import ResultStore
 
+AUC_NOTE = ("AUC: scikit-learn ROC AUC of |score| (ties count 1/2). Pess.: ACDC's pessimistic staircase AUC over "
+            "Pareto points with tied edges entering together (acdc-tasks.md §8.3). Brackets: 95% bootstrap interval "
+            "over resampled examples; \u2020 marks an estimate outside its interval, which happens when per-example "
+            "scores cancel exactly over the whole dataset (a fragile ranking). Node scores: the largest |score| of a "
+            "node's edges.")
 
-def _fmt(x) -> str:
-    return "" if x is None or (isinstance(x, float) and pd.isna(x)) else f"{x:.3f}"
+
+def _fmt(x, lo=None, hi=None) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return ""
+    s = f"{x:.3f}"
+    if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
+        s += f" [{lo:.2f}, {hi:.2f}]"
+        if not lo - 1e-12 <= x <= hi + 1e-12:
+            s += " \u2020"
+    return s
 
 
-def _plot_roc(records: list, task: str, path: Path) -> bool:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    sns.set_theme(style="whitegrid", context="paper")
+    return plt, sns
+
+
+def plot_roc(records: list, task: str, path: Path) -> bool:
     rows = []
     for rec in records:
         for r in rec.get("rows", []):
-            if r["level"] != "edge":
-                continue
-            label = f"{rec['method']}/{rec['variant']}"
-            for x, y in zip(r["roc"]["fpr"], r["roc"]["tpr"]):
-                rows.append({"FPR": x, "TPR": y, "method": label, "ground truth": r["ground_truth"]})
+            if r["level"] == "edge":
+                label = f"{rec['method']}/{rec['variant']}"
+                rows += [{"FPR": x, "TPR": y, "method": label, "gt": r["ground_truth"]} for x, y in zip(r["roc"]["fpr"], r["roc"]["tpr"])]
     if not rows:
         return False
+    plt, sns = _plt()
     df = pd.DataFrame(rows)
-    gts = sorted(df["ground truth"].unique())
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(gts), figsize=(5.5 * len(gts) + 3, 5), squeeze=False)
+    gts = sorted(df["gt"].unique())
+    fig, axes = plt.subplots(1, len(gts), figsize=(5 * len(gts) + 3.5, 4.6), squeeze=False)
     for ax, gt in zip(axes[0], gts):
-        sns.lineplot(data=df[df["ground truth"] == gt], x="FPR", y="TPR", hue="method", drawstyle="steps-post",
-                     ax=ax, estimator=None, sort=False, legend=ax is axes[0][-1])
+        sns.lineplot(data=df[df["gt"] == gt], x="FPR", y="TPR", hue="method", drawstyle="steps-post", ax=ax,
+                     estimator=None, sort=False, legend=ax is axes[0][-1])
         ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
         ax.set(title=f"{task}: edge ROC vs {gt} ground truth", xlim=(0, 1), ylim=(0, 1.01))
-    leg = axes[0][-1].get_legend()
-    if leg is not None:
+    if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
-def render(out_dir) -> Path:
-    store = ResultStore(out_dir)
+def plot_targets(df: pd.DataFrame, path: Path) -> bool:
+    """Edge AUC of every grad-wrong target, per task and ground truth, with bootstrap intervals."""
+    sub = df[(df["method"] == "grad-wrong") & (df["level"] == "edge")].dropna(subset=["auc"]).copy()
+    if sub.empty:
+        return False
+    sub["target"] = sub["variant"].str.split("/").str[0]
+    sub["site"] = sub["variant"].str.split("/").str[1]
+    panels = sorted(sub.groupby(["task", "ground_truth"]).groups)
+    plt, sns = _plt()
+    ncol = min(3, len(panels))
+    nrow = int(np.ceil(len(panels) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.2 * ncol, 3.6 * nrow), squeeze=False)
+    sites = sorted(sub["site"].unique())
+    targets = list(dict.fromkeys(sub["target"]))
+    colors = sns.color_palette(n_colors=len(sites))
+    width = 0.8 / len(sites)
+    for ax, (task, gt) in zip(axes.flat, panels):
+        p = sub[(sub["task"] == task) & (sub["ground_truth"] == gt)]
+        for j, site in enumerate(sites):
+            q = p[p["site"] == site].set_index("target").reindex(targets)
+            x = np.arange(len(targets)) + (j - (len(sites) - 1) / 2) * width
+            lo = (q["auc"] - q["auc_lo"]).clip(lower=0).fillna(0)
+            hi = (q["auc_hi"] - q["auc"]).clip(lower=0).fillna(0)
+            ax.bar(x, q["auc"], width, color=colors[j], label=site, yerr=[lo, hi], capsize=2)
+        ax.axhline(0.5, ls=":", c="grey", lw=1)
+        ax.set_xticks(range(len(targets)), targets, rotation=35, ha="right", fontsize=7)
+        ax.set(ylim=(0, 1.02), ylabel="edge AUC", title=f"{task} ({gt} GT)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, title="gradient site", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_timing(t: pd.DataFrame, path: Path) -> bool:
+    if t.empty:
+        return False
+    plt, sns = _plt()
+    t = t.copy()
+    t["label"] = t["method"] + "/" + t["variant"].astype(str) + np.where(t["extrapolated"].astype(bool), " (extrap.)", "")
+    models = sorted(t["model"].unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 0.28 * t["label"].nunique() + 1.8), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        sns.barplot(data=t[t["model"] == m], y="label", x="seconds", hue="device", ax=ax, errorbar=None)
+        ax.set(xscale="log", title=f"{m}", ylabel="")
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _blocks(out: Path) -> list:
+    store = ResultStore(out)
     records = store.records()
     df = store.frame()
-    out = Path(out_dir)
-    lines = ["# circuit-bench report", ""]
-    import torch
-
-    seeds = sorted({r.get("seed") for r in records if r.get("seed") is not None})
-    devices = sorted({r.get("device") for r in records if r.get("device")})
-    lines += [
-        f"- records: {len(records)} (task x method x variant)",
-        f"- seed(s): {', '.join(map(str, seeds))}; device(s): {', '.join(devices)}; torch {torch.__version__}; python {platform.python_version()}",
-        "- AUC: scikit-learn ROC AUC of |score| (ties count 1/2); pessimistic: ACDC's staircase over Pareto points, "
-        "tied edges entering together (acdc-tasks.md §8.3). Node scores: the largest |score| of a node's edges.",
-        "",
-    ]
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    B = [("h1", "circuit-bench report")]
+    if meta:
+        B.append(("p", "; ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))))
+        for k, v in meta.items():
+            if isinstance(v, dict):
+                B.append(("p", f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items())))
+    B.append(("p", AUC_NOTE))
     ok = df[df["status"] == "ok"] if len(df) else df
+    if len(ok):
+        ok = ok.dropna(subset=["auc"])
+    if len(ok):
+        for level in ("edge", "node"):
+            sub = ok[ok["level"] == level]
+            cols = sorted({(t, g) for t, g in zip(sub["task"], sub["ground_truth"])})
+            rows = []
+            for (m, v), grp in sub.groupby(["method", "variant"], sort=True):
+                row = {"method": m, "variant": v}
+                for t, g in cols:
+                    hit = grp[(grp["task"] == t) & (grp["ground_truth"] == g)]
+                    if len(hit):
+                        h = hit.iloc[0]
+                        row[f"{t} ({g})"] = _fmt(h["auc"], h["auc_lo"], h["auc_hi"]) + f" / {h['pessimistic_auc']:.3f}"
+                rows.append(row)
+            B += [("h2", f"AUC by method and task, {level} level (AUC [95% CI] / pess.)"), ("table", pd.DataFrame(rows))]
+        pub = published_frame()
+        ablations = set(ok["ablation"].dropna())
+        pub = pub[pub["task"].isin(set(ok["task"])) & pub["ablation"].isin(ablations) & (pub["metric"] == "Loss")]
+        if len(pub):
+            ours = ok[(ok["ground_truth"] == "acdc")]
+            best = ours.sort_values("pessimistic_auc", ascending=False).groupby(["task", "level", "method"]).head(1)
+            rows = []
+            for (task, abl), grp in pub.groupby(["task", "ablation"]):
+                row = {"task": task, "ablation": abl}
+                for _, p in grp.iterrows():
+                    row[f"{p['method']} ({p['level'][0].upper()}) [paper]"] = f"{p['auc']:.3f}"
+                for _, o in best[(best["task"] == task) & (best["ablation"] == abl)].iterrows():
+                    row[f"{o['method']} ({o['level'][0].upper()}) [ours]"] = f"{o['pessimistic_auc']:.3f}"
+                rows.append(row)
+            B += [("h2", "Published AUCs beside ours"),
+                  ("p", f"Paper: {PUBLISHED_SOURCE}, task metric ('Loss') rows. Ours: pessimistic AUC against the same "
+                        "ACDC ground truth, best variant of each method. Our tracr-xproportion data is encoded "
+                        "correctly (BOS + tokens), unlike ACDC's, so its numbers need not match."),
+                  ("table", pd.DataFrame(rows))]
+        png = out / "targets.png"
+        if plot_targets(ok, png):
+            gw = ok[(ok["method"] == "grad-wrong") & (ok["level"] == "edge")].copy()
+            gw["target"] = gw["variant"].str.split("/").str[0]
+            best = gw.sort_values("auc", ascending=False).groupby(["task", "ground_truth"]).head(1)
+            lines = [f"{r.task} ({r.ground_truth} GT): {r.variant} (AUC {r.auc:.3f})" for r in best.itertuples()]
+            mean = gw.groupby("target")["auc"].mean().sort_values(ascending=False)
+            B += [("h2", "Which maximally wrong answer ranks the circuit best?"),
+                  ("p", "Best grad-wrong variant per task: " + "; ".join(lines) + "."),
+                  ("p", "Mean edge AUC per target over tasks and ground truths: " + ", ".join(f"{k} {v:.3f}" for k, v in mean.items()) + "."),
+                  ("img", png)]
     for task in sorted({r["task"] for r in records}):
         trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"]
-        lines += [f"## {task}", ""]
-        sub = ok[ok["task"] == task]
-        if len(sub):
-            n_ex = {r.get("n_examples") for r in trecs}
-            lines.append(f"{len(trecs)} runs; {', '.join(map(str, sorted(x for x in n_ex if x)))} examples; ablation {sub['ablation'].iloc[0]}.")
-            lines.append("")
-            pv = sub.pivot_table(index=["method", "variant"], columns=["ground_truth", "level"],
-                                 values=["auc", "pessimistic_auc"], aggfunc="first")
-            secs = sub.groupby(["method", "variant"])["seconds"].first()
-            cols = [(m, g, l) for g in sorted(sub["ground_truth"].dropna().unique()) for l in ("edge", "node") for m in ("auc", "pessimistic_auc")]
-            head = ["method", "variant"] + [f"{g} {l} {'AUC' if m == 'auc' else 'pess.'}" for m, g, l in cols] + ["seconds"]
-            lines.append("| " + " | ".join(head) + " |")
-            lines.append("|" + "---|" * len(head))
-            for (m, v), row in pv.iterrows():
-                vals = [_fmt(row.get(c)) for c in cols]
-                lines.append(f"| {m} | {v} | " + " | ".join(vals) + f" | {secs.get((m, v), float('nan')):.2f} |")
-            lines.append("")
-            png = out / f"roc_{task}.png"
-            if _plot_roc(trecs, task, png):
-                lines += [f"![ROC curves for {task}]({png.name})", ""]
+        B.append(("h2", f"Task {task}"))
+        info = meta.get("tasks", {}).get(task) if isinstance(meta.get("tasks"), dict) else None
+        n_ex = sorted({r.get("n_examples") for r in trecs if r.get("n_examples")})
+        desc = f"{len(trecs)} runs on {', '.join(map(str, n_ex))} examples." if trecs else "no successful runs."
+        if info:
+            desc = f"{info} " + desc
+        B.append(("p", desc))
+        if trecs and not any(r.get("rows") for r in trecs):
+            B.append(("p", "This task has no ground-truth circuit, so it has scores but no AUC."))
+        png = out / f"roc_{task}.png"
+        if plot_roc(trecs, task, png):
+            B.append(("img", png))
         bad = [r for r in records if r["task"] == task and r.get("status") != "ok"]
-        for r in bad:
-            lines.append(f"- {r['method']}/{r['variant']}: **{r.get('status')}**: {r.get('error')}")
         if bad:
-            lines.append("")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+            B.append(("table", pd.DataFrame([{"method": r["method"], "variant": r["variant"], "status": r.get("status"), "error": r.get("error")} for r in bad])))
+    timing = out / "timing.csv"
+    if timing.exists():
+        t = pd.read_csv(timing)
+        B += [("h2", "Speed"), ("p", "Seconds per method on random weights of the real configurations (timing does not "
+                                      "depend on weight values). ratio_to_fwd_bwd: seconds / one plain forward+backward "
+                                      "of the same model and batch. 'extrapolated' rows time a sample of edges and scale "
+                                      "to all edges.")]
+        cols = [c for c in ["model", "method", "variant", "device", "batch", "seq_len", "seconds", "peak_mem_mb",
+                            "ratio_to_fwd_bwd", "speedup_vs_act_patch", "extrapolated"] if c in t.columns]
+        B.append(("table", t[cols].round(4)))
+        png = out / "timing.png"
+        if plot_timing(t, png):
+            B.append(("img", png))
+        notes = out / "timing_targets.md"
+        if notes.exists():
+            B.append(("p", notes.read_text()))
+    return B
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join("" if pd.isna(v) else str(v) for v in r.tolist()) + " |")
+    return "\n".join(lines)
+
+
+def render(out_dir) -> Path:
+    out = Path(out_dir)
+    blocks = _blocks(out)
+    md, body = [], []
+    for kind, x in blocks:
+        if kind == "h1":
+            md.append(f"# {x}\n")
+            body.append(f"<h1>{html.escape(x)}</h1>")
+        elif kind == "h2":
+            md.append(f"## {x}\n")
+            body.append(f"<h2>{html.escape(x)}</h2>")
+        elif kind == "p":
+            md.append(f"{x}\n")
+            body.append(f"<p>{html.escape(x)}</p>")
+        elif kind == "table":
+            md.append(_md_table(x) + "\n")
+            body.append(x.to_html(index=False, border=0, na_rep=""))
+        elif kind == "img":
+            md.append(f"![{x.stem}]({x.name})\n")
+            data = base64.b64encode(x.read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(x.stem)}" src="data:image/png;base64,{data}">')
+    (out / "report.md").write_text("\n".join(md))
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
+             "img{max-width:100%}")
+    (out / "report.html").write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>circuit-bench report</title>"
+                                     f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return out / "report.md"

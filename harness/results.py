@@ -13,9 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = [
-    "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "n_edges", "n_positive",
-    "seconds", "device", "seed", "ablation", "split", "status", "error",
+    "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "auc_lo", "auc_hi",
+    "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation", "split", "status", "error",
 ]
+
+
+ROW_KEYS = ("ground_truth", "level", "auc", "pessimistic_auc", "auc_lo", "auc_hi", "pessimistic_auc_lo",
+            "pessimistic_auc_hi", "n_edges", "n_positive")
 
 
 def _slug(s: str) -> str:
@@ -69,7 +73,7 @@ class ResultStore:
             base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation", "split", "status", "error")}
             if rec.get("rows"):
                 for r in rec["rows"]:
-                    rows.append({**base, **{k: r.get(k) for k in ("ground_truth", "level", "auc", "pessimistic_auc", "n_edges", "n_positive")}, **{k: v for k, v in r.items() if k not in COLUMNS and k != "roc"}})
+                    rows.append({**base, **{k: r.get(k) for k in ROW_KEYS}, **{k: v for k, v in r.items() if k not in COLUMNS and k != "roc"}})
             else:
                 rows.append({**base, "ground_truth": None, "level": None})
         df = pd.DataFrame(rows)

@@ -5,9 +5,12 @@ error and the run goes on; Ctrl-C keeps every finished record.
 """
 from __future__ import annotations
 
+import inspect
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ class RunConfig:
     fresh: bool = False
     weights_dir: str | None = None
     progress: bool = True
+    bootstrap: int = 20  # resamples of the examples for AUC intervals (0: none)
 
 
 def resolve_device(name: str) -> str:
@@ -63,6 +67,61 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
+def _score_all(task, graph, result) -> dict:
+    """(ground truth, level) -> RocResult for a ranking tensor or a bool family tensor."""
+    out = {}
+    for gt_name, gt in task.ground_truths().items():
+        for level, r in score_edges_and_nodes(graph, result, gt.edge_mask(graph)).items():
+            out[(gt_name, level)] = r
+    return out
+
+
+def _as_scores(result):
+    if isinstance(result, CircuitFamily):
+        return result.circuits.cpu()
+    scores = result.detach().double().cpu()
+    if not torch.isfinite(scores).all():
+        raise FloatingPointError("method produced non-finite scores")
+    return scores
+
+
+def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, kwargs=None) -> dict:
+    """95% percentile intervals of every AUC over `n_boot` resamples of the examples.
+
+    Methods whose scores are sums over examples (every gradient method: the model treats
+    examples independently) are run once with `per_example=True` and resampled by reweighting
+    rows; other methods are re-run on each resampled dataset.
+    """
+    kwargs = dict(kwargs or {})
+    g = torch.Generator().manual_seed(10_000 + seed)
+    per_ex = None
+    if "per_example" in inspect.signature(spec.fn).parameters:
+        try:
+            per_ex = spec.run(engine, data, variant, per_example=True, **kwargs).detach().double().cpu()
+        except (ValueError, NotImplementedError):
+            per_ex = None  # this variant is not a sum over examples: re-run it on each resample
+    samples: dict = {}
+    for _ in range(n_boot):
+        idx = torch.randint(0, data.n, (data.n,), generator=g)
+        if per_ex is not None:
+            res = per_ex[idx].sum(0)
+        else:
+            res = _as_scores(spec.run(engine, data.subset(idx), variant, **kwargs))
+        try:
+            scored = _score_all(task, engine.graph, res)
+        except ValueError:
+            continue
+        for key, r in scored.items():
+            samples.setdefault(key, []).append((r.auc, r.pessimistic_auc))
+    out = {}
+    for key, vals in samples.items():
+        a = np.array(vals)
+        out[key] = {"auc_lo": float(np.percentile(a[:, 0], 2.5)), "auc_hi": float(np.percentile(a[:, 0], 97.5)),
+                    "pessimistic_auc_lo": float(np.percentile(a[:, 1], 2.5)),
+                    "pessimistic_auc_hi": float(np.percentile(a[:, 1], 97.5)), "n_bootstrap": len(vals)}
+    return out
+
+
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     spec = all_methods()[method]
     record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
@@ -74,27 +133,49 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     result = spec.run(engine, data, variant, **kwargs)
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
-    graph = engine.graph
+    scores = _as_scores(result)
     if isinstance(result, CircuitFamily):
-        scores = result.circuits.cpu()
         record["thresholds"] = [float(x) for x in result.thresholds]
+        record["circuit_sizes"] = scores.sum(1).tolist()
     else:
-        scores = result.detach().double().cpu()
-        if not torch.isfinite(scores).all():
-            raise FloatingPointError(f"{method}/{variant} produced non-finite scores")
         record["scores"] = scores.tolist()
+    scored = _score_all(task, engine.graph, scores)
+    intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, kwargs) if cfg.bootstrap and scored else {}
     rows = []
-    for gt_name, gt in task.ground_truths().items():
-        res = score_edges_and_nodes(graph, scores, gt.edge_mask(graph))
-        for level, r in res.items():
-            keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
-            rows.append({"ground_truth": gt_name, "level": level, "auc": r.auc, "pessimistic_auc": r.pessimistic_auc,
-                         "n_edges": r.n_items, "n_positive": r.n_positive,
-                         "roc": {"fpr": r.fpr[keep].tolist(), "tpr": r.tpr[keep].tolist()}})
+    for (gt_name, level), r in scored.items():
+        keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
+        rows.append({"ground_truth": gt_name, "level": level, "auc": r.auc, "pessimistic_auc": r.pessimistic_auc,
+                     "n_edges": r.n_items, "n_positive": r.n_positive, **intervals.get((gt_name, level), {}),
+                     "roc": {"fpr": r.fpr[keep].tolist(), "tpr": r.tpr[keep].tolist()}})
     record["rows"] = rows
     record["status"] = "ok"
     record["error"] = None
     return record
+
+
+def run_metadata(cfg: RunConfig) -> dict:
+    """Versions, device, seed and commit: what a reader needs to trust or reproduce a number."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(p):
+        try:
+            return version(p)
+        except PackageNotFoundError:
+            return "absent"
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except Exception:
+        commit = "unknown"
+    return {
+        "seed": cfg.seed, "device": cfg.device, "split": cfg.split, "ablation": cfg.ablation,
+        "bootstrap_resamples": cfg.bootstrap, "git_commit": commit, "python": platform.python_version(),
+        "versions": {p: ver(p) for p in ("circuit-bench", "torch", "transformer-lens", "tracr-pypi", "jax", "scikit-learn", "pandas")},
+        "tasks": {},
+    }
 
 
 def run(cfg: RunConfig, log=print) -> ResultStore:
@@ -102,6 +183,8 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
     store = ResultStore(cfg.out)
     if cfg.fresh:
         store.clear()
+    meta = run_metadata(cfg)
+    meta_path = Path(cfg.out) / "meta.json"
     jobs = jobs_for(cfg)
     todo = []
     for j in jobs:
@@ -124,6 +207,11 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
                     engine = Engine(weights)
                     data = task.data(cfg.split, cfg.seed, cfg.ablation)
                     loaded[t] = (task, engine, data, None)
+                    meta["tasks"][t] = (f"model {weights.cfg.name} ({weights.provenance.get('source', '?')}); "
+                                        f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; "
+                                        f"metric {data.metric_name}" + (f"; analogue of {task.mirrors}" if task.mirrors else ""))
+                    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+                    meta_path.write_text(json.dumps(meta, indent=1))
                 except MissingWeightsError as e:
                     loaded[t] = (task, None, None, str(e))
                     log(f"skipping task {t}: {e}")
@@ -144,6 +232,9 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
             store.write(rec)
     finally:
         store.write_csv()
+        if not meta["tasks"] and not meta_path.exists():
+            meta_path.parent.mkdir(parents=True, exist_ok=True)
+            meta_path.write_text(json.dumps(meta, indent=1))
     return store
 
 

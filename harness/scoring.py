@@ -11,6 +11,8 @@ Two AUCs, both reported (acdc-tasks.md §8):
 
 A family of circuits (ACDC's threshold sweep) has no ranking: its points are the circuits
 themselves; `auc` is then the trapezoid under the Pareto points (sklearn.metrics.auc).
+Scores within NOISE_RTOL of zero (relative to the largest |score|) count as exactly zero: float32
+round-off (e.g. 1e-9 where the math says 0) must not decide a ranking.
 Node-level: node scores are the largest |score| of the edges a node touches (see
 `Graph.node_scores`), so node ROC follows from the edge ranking by ACDC's "present node" rule.
 """
@@ -22,6 +24,9 @@ import numpy as np
 import torch
 from sklearn.metrics import auc as trapezoid_auc
 from sklearn.metrics import roc_auc_score, roc_curve
+
+
+NOISE_RTOL = 1e-6
 
 
 @dataclass
@@ -78,6 +83,7 @@ def score_ranking(scores, positive) -> RocResult:
     n_pos = int(pos.sum())
     if n_pos == 0 or n_pos == len(pos):
         raise ValueError("ground truth must contain some but not all items")
+    s = np.where(np.abs(s) <= NOISE_RTOL * np.abs(s).max(), 0.0, s)
     pts = _points_from_ranking(s, pos)
     pts = np.vstack([[0.0, 0.0], pts, [1.0, 1.0]])
     return RocResult(

@@ -72,3 +72,10 @@ def test_node_level_follows_edge_ranking():
     # family input gives family scoring at both levels
     fam = score_edges_and_nodes(g, torch.stack([gt, torch.ones_like(gt)]), gt)
     assert fam["edge"].pessimistic_auc == 1.0
+
+
+def test_round_off_does_not_rank():
+    pos = torch.tensor([1, 0, 0, 1], dtype=torch.bool)
+    noisy = score_ranking(torch.tensor([5.0, 2e-9, 0.0, 0.0]), pos)
+    clean = score_ranking(torch.tensor([5.0, 0.0, 0.0, 0.0]), pos)
+    assert noisy.auc == clean.auc == 0.75
