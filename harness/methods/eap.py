@@ -1,5 +1,6 @@
 """Edge attribution patching (Syed et al. 2023): every edge's score from one clean forward,
-one corrupted forward and one backward.
+one corrupted forward and one backward (the floor: one forward+backward and one no-grad
+forward; nothing else runs).
 
 noising (default; EAP-IG's convention): gradient at the clean run x (corrupted - clean), the
 first-order change of the objective when the edge is patched.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .attribution import contract, receiver_grads, references, traced_run
+from .attribution import contract, corrupted_cache, receiver_grads, traced_run
 from .registry import register
 
 
@@ -34,20 +35,22 @@ def objective_value(name: str, logits, data, clean_logits):
     },
 )
 def eap(engine, data, form="noising", objective="logit-diff", per_example=False):
-    refs = references(engine, data)
     if form == "noising":
-        tr = traced_run(engine, data.clean)
-        other_s, other_q = refs.cache.senders, refs.cache.qkv
+        other = corrupted_cache(engine, data)  # no-grad forward
+        tr = traced_run(engine, data.clean)  # forward + backward
+        clean_logits = tr.logits.detach()
     elif form == "denoising":
+        with torch.no_grad():
+            clean_tr = engine.run(data.clean, keep=True)  # no-grad forward
+        other, clean_logits = clean_tr.cache(), clean_tr.logits
         if data.ablation == "zero":
+            zero = engine.cache(data.clean, zero=True)
             ones = torch.ones(engine.graph.n_edges, dtype=engine.w.dtype, device=engine.w.device)
-            tr = traced_run(engine, data.clean, ones, refs.cache)
+            tr = traced_run(engine, data.clean, ones, zero)
         else:
             tr = traced_run(engine, data.corrupted)
-        clean = engine.cache(data.clean)
-        other_s, other_q = clean.senders, clean.qkv
     else:
         raise KeyError(f"unknown EAP form {form!r}")
-    grads = receiver_grads(tr, objective_value(objective, tr.logits, data, refs.clean_logits))
+    grads = receiver_grads(tr, objective_value(objective, tr.logits, data, clean_logits))
     here = tr.cache()
-    return contract(engine, grads, other_s - here.senders, other_q - here.qkv, per_example=per_example).detach()
+    return contract(engine, grads, other.senders - here.senders, other.qkv - here.qkv, per_example=per_example).detach()
