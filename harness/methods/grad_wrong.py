@@ -1,11 +1,16 @@
 """The method under study: backpropagate a loss between the model's prediction and a
 "maximally wrong" target (see `targets.py`) and score each edge by the gradient it carries.
 
-Gradient sites implemented here:
+Gradient sites:
 - `activation`: gradient x activation with a zero reference, per edge
   <dL/d input_r, output_s> (for a DIRECT edge <dL/dq, q>);
 - `activation-corrupted`: the same with the corrupted run as reference,
-  <dL/d input_r, output_s - corrupted_s>.
+  <dL/d input_r, output_s - corrupted_s>;
+- `weight-node`, `weight-edge`, `weight-edge-taylor`: through weight gradients dL/dW
+  (norms per node, the exact per-sender split of dL/dW, and its inner product with W); see
+  `weight_sites.py` for the rules and the identity linking weight-edge-taylor to `activation`.
+LayerNorm scale: activation sites and weight-node use the plain gradient; weight-edge sites
+freeze the scale (the premise of their linear split). `freeze_ln_scale` overrides either.
 Variants are named `<target>/<site>`.
 """
 from __future__ import annotations
@@ -13,11 +18,16 @@ from __future__ import annotations
 from .attribution import contract, receiver_grads, references, traced_run
 from .registry import register
 from .targets import TARGETS, target_loss
+from .weight_sites import weight_edge_scores, weight_grads, weight_node_scores
 
 SITES = {
     "activation": "gradient x activation (zero reference)",
     "activation-corrupted": "gradient x (activation - corrupted activation)",
+    "weight-node": "||dL/dW|| of the receiver's input weight (output edges: the sender's output weight)",
+    "weight-edge": "||share of dL/dW from the sender|| (exact split, frozen LN scale)",
+    "weight-edge-taylor": "<share of dL/dW from the sender, W> (frozen LN scale)",
 }
+FROZEN_BY_DEFAULT = ("weight-edge", "weight-edge-taylor")
 
 VARIANTS = {
     f"{t}/{s}": ({"target": t, "site": s}, f"{tdesc}; site: {SITES[s]}")
@@ -30,15 +40,26 @@ VARIANTS = {
     "grad-wrong",
     "gradient of a loss towards a maximally wrong answer, scored per edge",
     VARIANTS,
-    default_variants=[f"{t}/activation" for t in TARGETS],
+    default_variants=[f"{t}/activation" for t in TARGETS]
+    + ["logit-diff-mse/weight-node", "logit-diff-mse/weight-edge", "logit-diff-mse/weight-edge-taylor"],
 )
-def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False):
+def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, freeze_ln_scale=None):
     if site not in SITES:
         raise KeyError(f"unknown gradient site {site!r}; sites: {', '.join(SITES)}")
+    if per_example and site.startswith("weight"):
+        raise ValueError("weight sites sum over examples (dL/dW); per_example is not available")
+    freeze = site in FROZEN_BY_DEFAULT if freeze_ln_scale is None else bool(freeze_ln_scale)
     refs = references(engine, data)
-    tr = traced_run(engine, data.clean)
-    loss = target_loss(target, tr.logits, data, refs.clean_logits, refs.corrupted_logits)
-    grads = receiver_grads(tr, loss)
+
+    def loss_of(logits):
+        return target_loss(target, logits, data, refs.clean_logits, refs.corrupted_logits)
+
+    if site == "weight-node":
+        return weight_node_scores(engine, weight_grads(engine, data.clean, loss_of, freeze))
+    tr = traced_run(engine, data.clean, freeze_ln_scale=freeze)
+    if site.startswith("weight-edge"):
+        return weight_edge_scores(engine, tr, loss_of(tr.logits), taylor=site == "weight-edge-taylor")
+    grads = receiver_grads(tr, loss_of(tr.logits))
     here = tr.cache()
     if site == "activation":
         s_vec, q_vec = here.senders, here.qkv

@@ -63,4 +63,4 @@ def all_methods() -> dict:
 
 
 def _load_all():
-    from . import eap, grad_wrong, random_baseline  # noqa: F401  (registration side effects)
+    from . import acdc, eap, eap_ig, grad_wrong, patching, random_baseline  # noqa: F401  (registration side effects)

@@ -1,0 +1,172 @@
+"""Weight-gradient sites for `grad-wrong`: score edges through dL/dW instead of dL/d(activation).
+
+weight-node: ||dL/dW|| per node, from autograd on a copy of the weights. Edge rule:
+  - ADDITION edge s -> r into a head's q/k/v input: that head's ||dL/dW_Q|| (W_K, W_V);
+    into an MLP input: ||dL/dW_in||;
+  - ADDITION edge s -> output: the SENDER's output weight, ||dL/dW_O[h]|| for a head,
+    ||dL/dW_out|| for an MLP, ||dL/dW_E|| / ||dL/dW_pos|| for the token / position embedding
+    (the root of their sum of squares for a merged input node). The output has no per-receiver
+    weight (W_U is shared by every edge into it, so it would tie them all);
+  - DIRECT edge q_input -> q: ||dL/dW_Q|| of that head (likewise k, v).
+
+weight-edge: a receiver's weight gradient splits exactly over its senders. Receiver r reads
+x_r = sum_s out_s + c_r (c_r: the attention b_O of earlier layers) through a LayerNorm whose scale
+sigma, frozen at its value, makes LN linear: LN(x) = sum_s gamma*center(out_s)/sigma
++ (gamma*center(c_r)/sigma + beta). With y = LN(x) W + b and g = dL/dy,
+    dL/dW = sum_{b,p} LN(x)^T g = sum_s share_s + share_const,
+    share_s = sum_{b,p} (gamma*center(out_s)/sigma)^T g.
+W is W_Q[h] / W_K[h] / W_V[h] (q/k/v inputs), W_in (MLP inputs) or W_U (the output). An
+ADDITION edge scores ||share_s||_F; a DIRECT edge carries the whole dL/dW_Q[h] (sum of shares
+plus the constant share). The split holds for the forward value of sigma whether or not the
+backward pass freezes it; `freeze_ln_scale` only changes g (and is on by default for these
+sites, the premise of the decomposition).
+
+weight-edge-taylor: <share_s, W>. Since <share_s, W> = sum_{b,p} (gamma*center(out_s)/sigma) W . g
+= <out_s, dL/dx_r> when dL/dx_r is the frozen-scale gradient (centering is a symmetric
+projection), it equals the `activation` site (gradient x activation, zero reference) on every
+ADDITION edge when both use frozen LN scale, and always on models without LayerNorm. On a DIRECT
+edge it is <dL/dW_Q, W_Q> = sum (q - b_Q) . dL/dq: the activation site minus the bias term.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..engine import Engine
+from ..weights import Weights
+
+
+def weights_with_grad(w: Weights) -> Weights:
+    """A copy of the weights whose float tensors are leaves requiring grad."""
+    params = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in w.params.items()}
+    return Weights(w.cfg, params, dict(w.provenance))
+
+
+def weight_grads(engine: Engine, tokens, loss_fn, freeze_ln_scale=False) -> dict:
+    """dL/dW for every parameter: loss_fn(logits) -> scalar, on a copy of the weights."""
+    w = weights_with_grad(engine.w)
+    eng = Engine(w, engine.graph)
+    loss = loss_fn(eng.run(tokens, freeze_ln_scale=freeze_ln_scale).logits)
+    names = [k for k, v in w.params.items() if v.requires_grad]
+    grads = torch.autograd.grad(loss, [w.params[k] for k in names], allow_unused=True)
+    return {k: (torch.zeros_like(w.params[k]) if g is None else g) for k, g in zip(names, grads)}
+
+
+def weight_node_scores(engine: Engine, dW: dict) -> torch.Tensor:
+    """[n_edges] by the weight-node rule in the module docstring."""
+    g, cfg = engine.graph, engine.cfg
+    n = lambda t: t.detach().double().norm()  # noqa: E731
+    recv = torch.zeros(len(g.receivers), dtype=torch.float64)
+    send = torch.zeros(len(g.senders), dtype=torch.float64)
+    direct = torch.zeros(cfg.n_layers, 3, cfg.n_heads, dtype=torch.float64)
+    for L in range(cfg.n_layers):
+        p = f"blocks.{L}."
+        for li, X in enumerate("QKV"):
+            for h in range(cfg.n_heads):
+                direct[L, li, h] = n(dW[p + f"attn.W_{X}"][h])
+                recv[int(g.qkv_receiver[L, li, h])] = direct[L, li, h]
+        for h in range(cfg.n_heads):
+            send[int(g.head_sender[L, h])] = n(dW[p + "attn.W_O"][h])
+        if not cfg.attn_only:
+            recv[int(g.mlp_receiver[L])] = n(dW[p + "mlp.W_in"])
+            send[int(g.mlp_sender[L])] = n(dW[p + "mlp.W_out"])
+    e, pos = n(dW["embed.W_E"]), n(dW["pos_embed.W_pos"])
+    if cfg.split_embed:
+        send[0], send[1] = e, pos
+    else:
+        send[0] = e if cfg.positional_embedding_type == "shortformer" else (e**2 + pos**2).sqrt()
+    scores = recv[g.add_receiver]
+    to_out = g.add_receiver == g.output_receiver
+    scores[to_out] = send[g.add_sender[to_out]]
+    return torch.cat([scores, direct.reshape(-1)])
+
+
+@dataclass
+class Share:
+    """One receiver's weight-gradient split: dL/dW = shares.sum(0) + const."""
+
+    receiver: int
+    param: str  # e.g. "blocks.1.attn.W_Q"
+    head: int | None  # index into the param's head dimension, or None
+    W: torch.Tensor  # [d_model, e]
+    shares: torch.Tensor  # [n_upstream, d_model, e], sender order
+    const: torch.Tensor  # [d_model, e]
+    edge_ids: torch.Tensor  # [n_upstream] ADDITION edge ids
+    direct_id: int | None  # the DIRECT edge carrying W (q/k/v receivers)
+
+
+def _frozen_ln(engine: Engine, x: torch.Tensor, prefix: str):
+    """(lin, beta): LN(x) = lin(x) + beta with the scale frozen at its value for x; `lin`
+    applies to any [..., batch, pos, d_model] tensor."""
+    t = engine.cfg.normalization_type
+    if t is None:
+        return (lambda v: v), 0.0
+    xc = x - x.mean(-1, keepdim=True)
+    inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + engine.cfg.eps).sqrt()
+    gamma = engine.w[prefix + ".w"] if t == "LN" else 1.0
+    beta = engine.w[prefix + ".b"] if t == "LN" else 0.0
+    return (lambda v: (v - v.mean(-1, keepdim=True)) * inv * gamma), beta
+
+
+def iter_shares(engine: Engine, trace, loss: torch.Tensor):
+    """Yield a `Share` for every receiver of an unpatched traced run (`keep=True`); the run's
+    `freeze_ln_scale` decides the gradients g, the split itself is exact either way."""
+    cfg, g, w = engine.cfg, engine.graph, engine.w
+    L_, H = cfg.n_layers, cfg.n_heads
+    mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
+    gr = torch.autograd.grad(loss, list(trace.qkv) + mlp_out + [trace.logits], allow_unused=True)
+    gr = [torch.zeros_like(t) if x is None else x for x, t in zip(gr, list(trace.qkv) + mlp_out + [trace.logits])]
+    g_qkv, g_mlp_out, g_logits = gr[:L_], gr[L_ : L_ + len(mlp_out)], gr[-1]
+    S = torch.stack([s.detach() for s in trace.senders])  # [F, B, P, D]
+    b_O = [w[f"blocks.{L}.attn.b_O"] for L in range(L_)]
+    B, P = S.shape[1], S.shape[2]
+
+    def split(r, x, prefix, const_vec, extra, W, grad, param, head, direct_id):
+        lin, beta = _frozen_ln(engine, x.detach(), prefix)
+        n_up = g.receivers[r].n_upstream
+        c_const = lin(const_vec.expand(B, P, -1)) + beta + extra
+        shares = torch.einsum("nbpd,bpe->nde", lin(S[:n_up]), grad)
+        const = torch.einsum("bpd,bpe->de", c_const, grad)
+        return Share(r, param, head, W, shares, const, g.dense_index[r, :n_up], direct_id)
+
+    zero = S.new_zeros(cfg.d_model)
+    for L in range(L_):
+        p = f"blocks.{L}."
+        c = sum(b_O[:L], zero)
+        for li, X in enumerate("QKV"):
+            extra = 0.0
+            if cfg.positional_embedding_type == "shortformer" and X != "V":
+                extra = w["pos_embed.W_pos"][:P]  # added after LN to q/k inputs
+            for h in range(H):
+                j = li * H + h
+                yield split(int(g.qkv_receiver[L, li, h]), trace.receiver_inputs[L][:, :, j], p + "ln1", c, extra,
+                            w[p + f"attn.W_{X}"][h], g_qkv[L][li, :, :, h], p + f"attn.W_{X}", h,
+                            g.direct_index(L, "qkv"[li], h))
+        if not cfg.attn_only:
+            xm = trace.mlp_inputs[L].detach()
+            lin, beta = _frozen_ln(engine, xm, p + "ln2")
+            pre = ((lin(xm) + beta) @ w[p + "mlp.W_in"] + w[p + "mlp.b_in"]).requires_grad_(True)
+            with torch.enable_grad():
+                out = engine._act(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
+                g_pre = torch.autograd.grad(out, pre, g_mlp_out[L])[0]
+            yield split(int(g.mlp_receiver[L]), xm, p + "ln2", sum(b_O[: L + 1], zero), 0.0, w[p + "mlp.W_in"],
+                        g_pre, p + "mlp.W_in", None, None)
+    yield split(g.output_receiver, trace.output_input, "ln_final", sum(b_O, zero), 0.0, w["unembed.W_U"], g_logits,
+                "unembed.W_U", None, None)
+
+
+def weight_edge_scores(engine: Engine, trace, loss, taylor: bool) -> torch.Tensor:
+    """[n_edges]: ||share_s|| (taylor: <share_s, W>) per ADDITION edge; DIRECT edges the whole
+    dL/dW of their head's q/k/v (its norm, or <dL/dW, W>)."""
+    out = torch.zeros(engine.graph.n_edges, dtype=torch.float64)
+    for sh in iter_shares(engine, trace, loss):
+        if taylor:
+            vals = (sh.shares * sh.W).sum((1, 2))
+        else:
+            vals = sh.shares.flatten(1).norm(dim=1)
+        out[sh.edge_ids] = vals.detach().double().cpu()
+        if sh.direct_id is not None:
+            full = sh.shares.sum(0) + sh.const
+            out[sh.direct_id] = float((full * sh.W).sum() if taylor else full.norm())
+    return out

@@ -1,0 +1,108 @@
+"""grad-wrong weight sites: the per-sender shares add up to autograd's dL/dW, weight-edge-taylor
+is gradient x activation on ADDITION edges (frozen LN scale, or no LN), and weight-node follows
+its edge rule."""
+import pytest
+import torch
+
+from harness.engine import Engine
+from harness.methods import get_method
+from harness.methods.attribution import references, traced_run
+from harness.methods.targets import target_loss
+from harness.methods.weight_sites import iter_shares, weight_grads
+from harness.weights import ModelConfig, random_weights
+from test_eap import tiny_task
+
+SHORT = ModelConfig("tiny-short", 2, 2, 8, 4, 11, 6, d_mlp=None, positional_embedding_type="shortformer")
+
+
+def _loss_fn(e, data, target="logit-diff-mse"):
+    refs = references(e, data)
+    return lambda lg: target_loss(target, lg, data, refs.clean_logits, refs.corrupted_logits)
+
+
+@pytest.mark.parametrize("model", ["ln-mlp", "shortformer"])
+@pytest.mark.parametrize("freeze", [True, False])
+def test_shares_sum_to_weight_gradient(freeze, model):
+    e, data = tiny_task("resample", seed=4)
+    if model == "shortformer":
+        e = Engine(random_weights(SHORT, seed=4, dtype=torch.float64, init_range=0.15))
+    loss_fn = _loss_fn(e, data)
+    dW = weight_grads(e, data.clean, loss_fn, freeze_ln_scale=freeze)
+    tr = traced_run(e, data.clean, freeze_ln_scale=freeze)
+    seen = set()
+    for sh in iter_shares(e, tr, loss_fn(tr.logits)):
+        want = dW[sh.param] if sh.head is None else dW[sh.param][sh.head]
+        assert want.abs().max() > 1e-6, sh.param
+        torch.testing.assert_close(sh.shares.sum(0) + sh.const, want, rtol=1e-9, atol=1e-12)
+        # the constant share is not the whole story: senders carry most of it
+        assert sh.shares.abs().sum() > 0
+        seen.add(sh.receiver)
+    assert seen == set(range(len(e.graph.receivers)))
+
+
+def test_taylor_equals_activation_with_frozen_ln():
+    """<share_s, W> = <out_s, dL/dx_r> with the frozen-scale gradient (centering is a symmetric
+    projection): the activation site, on every ADDITION edge."""
+    e, data = tiny_task("resample", seed=5)
+    m = get_method("grad-wrong")
+    n = e.graph.n_add
+    for target in ("logit-diff-mse", "least-likely"):
+        taylor = m.run(e, data, f"{target}/weight-edge-taylor")
+        act = m.run(e, data, f"{target}/activation", freeze_ln_scale=True)
+        assert act[:n].abs().max() > 1e-4
+        torch.testing.assert_close(taylor[:n], act[:n], rtol=1e-8, atol=1e-12)
+        # Unfrozen gradients differ (the LN scale's own derivative): the identity is not vacuous.
+        plain = m.run(e, data, f"{target}/activation")
+        assert (plain[:n] - act[:n]).abs().max() > 1e-6
+
+
+def test_taylor_direct_edges_are_activation_minus_bias_term():
+    """DIRECT edge: <dL/dW_Q, W_Q> = sum (q - b_Q) . dL/dq = activation site - <b_Q, sum dL/dq>."""
+    e, data = tiny_task("resample", seed=6)
+    m = get_method("grad-wrong")
+    taylor = m.run(e, data, "logit-diff-mse/weight-edge-taylor")
+    act = m.run(e, data, "logit-diff-mse/activation", freeze_ln_scale=True)
+    tr = traced_run(e, data.clean, freeze_ln_scale=True)
+    g_qkv = torch.autograd.grad(_loss_fn(e, data)(tr.logits), tr.qkv)
+    cfg = e.cfg
+    for L in range(cfg.n_layers):
+        for li, X in enumerate("QKV"):
+            for h in range(cfg.n_heads):
+                d = e.graph.direct_index(L, "qkv"[li], h)
+                bias = (e.w[f"blocks.{L}.attn.b_{X}"][h] * g_qkv[L][li, :, :, h].sum((0, 1))).sum()
+                torch.testing.assert_close(taylor[d], act[d] - bias, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("task", ["tracr-xproportion", "tracr-reverse"])
+def test_taylor_equals_activation_on_tracr(tracr_tasks, task):
+    """No LayerNorm: the default sites agree exactly on ADDITION edges (float32)."""
+    t = tracr_tasks[task]
+    e, data = Engine(t.load_model()), t.data()
+    m = get_method("grad-wrong")
+    n = e.graph.n_add
+    taylor = m.run(e, data, "least-likely/weight-edge-taylor")
+    act = m.run(e, data, "least-likely/activation").double()
+    assert act.abs().max() > 1e-3
+    torch.testing.assert_close(taylor[:n], act[:n], rtol=1e-5, atol=1e-6)
+
+
+def test_weight_node_edge_rule():
+    e, data = tiny_task("resample", seed=7)
+    g = e.graph
+    s = get_method("grad-wrong").run(e, data, "logit-diff-mse/weight-node")
+    dW = weight_grads(e, data.clean, _loss_fn(e, data))
+    n = lambda t: float(t.norm())  # noqa: E731
+    L, h = 1, 1
+    for li, X in enumerate("QKV"):
+        r = int(g.qkv_receiver[L, li, h])
+        ids = g.dense_index[r][g.dense_index[r] >= 0]
+        want = n(dW[f"blocks.{L}.attn.W_{X}"][h])
+        assert torch.allclose(s[ids], torch.tensor(want, dtype=s.dtype))
+        assert abs(float(s[g.direct_index(L, "qkv"[li], h)]) - want) < 1e-12
+    r = int(g.mlp_receiver[0])
+    assert torch.allclose(s[g.dense_index[r][g.dense_index[r] >= 0]], torch.tensor(n(dW["blocks.0.mlp.W_in"]), dtype=s.dtype))
+    out = g.dense_index[g.output_receiver]
+    assert abs(float(s[out[int(g.head_sender[0, 1])]]) - n(dW["blocks.0.attn.W_O"][1])) < 1e-12
+    assert abs(float(s[out[int(g.mlp_sender[1])]]) - n(dW["blocks.1.mlp.W_out"])) < 1e-12
+    emb = (n(dW["embed.W_E"]) ** 2 + n(dW["pos_embed.W_pos"]) ** 2) ** 0.5
+    assert abs(float(s[out[0]]) - emb) < 1e-12
