@@ -143,6 +143,7 @@ def _blocks(out: Path) -> list:
     B.append(("p", AUC_NOTE))
     ok = df[df["status"] == "ok"] if len(df) else df
     if len(ok):
+        B += _faithfulness_blocks(df)
         ok = ok.dropna(subset=["auc"])
     if len(ok):
         for level in ("edge", "node"):
@@ -222,6 +223,23 @@ def _blocks(out: Path) -> list:
         if notes.exists():
             B.append(("p", notes.read_text()))
     return B
+
+
+def _faithfulness_blocks(df: pd.DataFrame) -> list:
+    """CPR / CMD per method and task (no ground truth needed, so Induction is here too)."""
+    if "cpr" not in df or df["cpr"].isna().all():
+        return []
+    sub = df[df["status"] == "ok"].drop_duplicates(["task", "method", "variant"]).dropna(subset=["cpr"])
+    rows = []
+    for (m, v), grp in sub.groupby(["method", "variant"], sort=True):
+        row = {"method": m, "variant": v}
+        for _, r in grp.iterrows():
+            row[r["task"]] = f"{r['cpr']:.3f} / {r['cmd']:.3f}"
+        rows.append(row)
+    return [("h2", "Faithfulness of the top-k circuits (CPR higher is better / CMD lower is better)"),
+            ("p", "f(k) = (m(top-k edges kept, the rest patched) - m(all patched)) / (m(model) - m(all patched)) "
+                  "at 0.1% ... 100% of edges; CPR = area under f, CMD = area under |1 - f| (MIB, Mueller et al. 2025)."),
+            ("table", pd.DataFrame(rows))]
 
 
 def _md_table(df: pd.DataFrame) -> str:

@@ -71,6 +71,8 @@ class ResultStore:
         rows = []
         for rec in self.records():
             base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation", "split", "status", "error")}
+            faith = rec.get("faithfulness") or {}
+            base.update({"cpr": faith.get("cpr"), "cmd": faith.get("cmd")})
             if rec.get("rows"):
                 for r in rec["rows"]:
                     rows.append({**base, **{k: r.get(k) for k in ROW_KEYS}, **{k: v for k, v in r.items() if k not in COLUMNS and k != "roc"}})
