@@ -46,41 +46,38 @@ def _load(path) -> pd.DataFrame:
     return pd.read_csv(p)
 
 
-def compare_frames(run: pd.DataFrame, base: pd.DataFrame, tolerance: float = 0.02, key=KEY, value="auc") -> Comparison:
-    c = Comparison()
-    run = run[run["status"].fillna("ok") == "ok"] if "status" in run else run
-    base = base[base["status"].fillna("ok") == "ok"] if "status" in base else base
-    r = run.dropna(subset=[value]).set_index(key)[value]
-    b = base.dropna(subset=[value]).set_index(key)[value]
-    r = r[~r.index.duplicated()]
-    b = b[~b.index.duplicated()]
-    for k in b.index.difference(r.index):
-        c.missing.append(dict(zip(key, k)))
-    for k in r.index.difference(b.index):
-        c.extra.append(dict(zip(key, k)))
-    for k in b.index.intersection(r.index):
+def _diff(run: pd.Series, base: pd.Series, key, worse, better, c: Comparison) -> Comparison:
+    """Walk two keyed series: missing, extra, and rows where `worse(now, baseline)`."""
+    run, base = run[~run.index.duplicated()], base[~base.index.duplicated()]
+    c.missing += [dict(zip(key, k)) for k in base.index.difference(run.index)]
+    c.extra += [dict(zip(key, k)) for k in run.index.difference(base.index)]
+    for k in base.index.intersection(run.index):
         c.compared += 1
-        row = {**dict(zip(key, k)), "baseline": round(float(b[k]), 4), "now": round(float(r[k]), 4)}
-        if r[k] < b[k] - tolerance:
+        row = {**dict(zip(key, k)), "baseline": round(float(base[k]), 4), "now": round(float(run[k]), 4)}
+        if worse(run[k], base[k]):
             c.regressions.append(row)
-        elif r[k] > b[k] + tolerance:
+        elif better(run[k], base[k]):
             c.improved.append(row)
     return c
 
 
-def compare_timing(run: pd.DataFrame, base: pd.DataFrame, factor: float = 1.5) -> Comparison:
-    c = Comparison()
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
+
+
+def compare_frames(run: pd.DataFrame, base: pd.DataFrame, tolerance: float = 0.02, key=KEY, value="auc",
+                   c: Comparison | None = None) -> Comparison:
+    """AUC rows: worse when they fall by more than `tolerance`."""
+    r = _ok(run).dropna(subset=[value]).set_index(key)[value]
+    b = _ok(base).dropna(subset=[value]).set_index(key)[value]
+    return _diff(r, b, key, lambda now, was: now < was - tolerance, lambda now, was: now > was + tolerance, c or Comparison())
+
+
+def compare_timing(run: pd.DataFrame, base: pd.DataFrame, factor: float = 1.5, c: Comparison | None = None) -> Comparison:
+    """Timing rows: worse when the ratio to one forward+backward grows by more than `factor`."""
     r = run.set_index(TIME_KEY)["ratio_to_fwd_bwd"]
     b = base.set_index(TIME_KEY)["ratio_to_fwd_bwd"]
-    for k in b.index.difference(r.index):
-        c.missing.append(dict(zip(TIME_KEY, k)))
-    for k in r.index.difference(b.index):
-        c.extra.append(dict(zip(TIME_KEY, k)))
-    for k in b.index.intersection(r.index):
-        c.compared += 1
-        if r[k] > b[k] * factor:
-            c.regressions.append({**dict(zip(TIME_KEY, k)), "baseline_ratio": round(float(b[k]), 3), "now_ratio": round(float(r[k]), 3)})
-    return c
+    return _diff(r, b, TIME_KEY, lambda now, was: now > was * factor, lambda now, was: now < was / factor, c or Comparison())
 
 
 def compare(run_dir, baseline, tolerance: float = 0.02, time_factor: float = 1.5) -> Comparison:
@@ -91,9 +88,5 @@ def compare(run_dir, baseline, tolerance: float = 0.02, time_factor: float = 1.5
     bp = Path(baseline)
     bt = (bp if bp.is_dir() else bp.parent) / "timing.csv"
     if rt.exists() and bt.exists():
-        t = compare_timing(pd.read_csv(rt), pd.read_csv(bt), time_factor)
-        c.regressions += t.regressions
-        c.missing += t.missing
-        c.extra += t.extra
-        c.compared += t.compared
+        compare_timing(pd.read_csv(rt), pd.read_csv(bt), time_factor, c)
     return c
