@@ -188,3 +188,15 @@ def test_list_json(capsys):
     methods = {m["name"]: m for m in out["methods"]}
     assert {"eap", "grad-wrong", "random"} <= set(methods)
     assert any(v["name"] == "logit-diff-mse/activation" for v in methods["grad-wrong"]["variants"])
+
+
+def test_compare_flags_a_slower_timing_ratio(tmp_path):
+    from harness.compare import compare_timing
+
+    base = pd.DataFrame([{"model": "gpt2", "method": "eap", "variant": "noising", "device": "cpu", "batch": 8,
+                          "seq_len": 16, "ratio_to_fwd_bwd": 1.1}])
+    assert compare_timing(base, base).ok
+    slower = base.assign(ratio_to_fwd_bwd=2.0)
+    c = compare_timing(slower, base, factor=1.5)
+    assert not c.ok and c.regressions[0]["now"] == 2.0
+    assert compare_timing(slower, base, factor=2.0).ok
