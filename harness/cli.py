@@ -32,7 +32,8 @@ def cmd_run(args) -> int:
     cfg = RunConfig(tasks=tasks, methods=methods, variants=args.variants or [], out=args.out, seed=args.seed,
                     device=args.device, split=args.split, ablation=args.ablation, fresh=args.fresh,
                     weights_dir=args.weights_dir, progress=not args.no_progress,
-                    bootstrap=args.bootstrap)
+                    bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
+                    faithfulness=not args.no_faithfulness)
     try:
         store = run(cfg)
     except ValueError as e:
@@ -82,9 +83,14 @@ def cmd_graph(args) -> int:
     if args.random_init:
         cfg = ARCHITECTURES[args.model]
     else:
-        from .loading import load_weights
+        from .loading import MissingWeightsError, load_weights
 
-        cfg = load_weights(args.model, weights_dir=args.weights_dir).cfg
+        try:
+            cfg = load_weights(args.model, weights_dir=args.weights_dir).cfg
+        except MissingWeightsError as e:
+            _fail(f"{e}\n(or use --random-init: the graph depends only on the architecture)")
+        except KeyError as e:
+            _fail(f"{e.args[0] if e.args else e}; use --random-init for {args.model}")
     g = Graph(cfg)
     out = g.summary()
     if args.names:
@@ -120,6 +126,33 @@ def cmd_ground_truth(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from . import report
+    from .architectures import ARCHITECTURES
+    from .timing import BenchConfig, run_bench
+
+    models = _check_names("model", args.models, list(ARCHITECTURES)) if args.models else None
+    opts = dict(models=models, device=args.device, dtype=args.dtype, batches=args.batch, seq_len=args.seq_len,
+                repeats=args.repeats, heavy_repeats=args.heavy_repeats, warmup=args.warmup, ig_steps=args.ig_steps,
+                single_edges=args.single_edges, acdc_threshold=args.acdc_threshold, budget_s=args.budget_s,
+                max_patched=args.max_patched, threads=args.threads, methods=args.methods,
+                progress=not args.no_progress, fresh=args.fresh)
+    if args.quick:
+        cfg = BenchConfig.quick(**opts)
+    else:
+        cfg = BenchConfig(**{k: v for k, v in opts.items() if v is not None})
+    if cfg.budget_s is not None and cfg.budget_s <= 0:
+        cfg.budget_s = None
+    try:
+        path = run_bench(cfg, args.out)
+    except (ValueError, KeyError) as e:
+        _fail(str(e))
+    rep = report.render(args.out)
+    print((path.parent / "timing_targets.md").read_text())
+    print(f"wrote {path} and {rep}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuit-bench", description="Benchmark gradient-based circuit discovery.")
     sub = p.add_subparsers(dest="cmd")
@@ -135,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")
     r.add_argument("--fresh", action="store_true", help="discard finished results in --out and start over")
     r.add_argument("--bootstrap", type=int, default=20, help="resamples of the examples for 95%% AUC intervals (0: off)")
+    r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
     li = sub.add_parser("list", help="list tasks, methods and variants")
@@ -158,6 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
     gt = sub.add_parser("ground-truth", help="derive structural ground truths of tracr programs into ground_truth/")
     gt.add_argument("--dir", default=None)
     gt.set_defaults(fn=cmd_ground_truth)
+    b = sub.add_parser("bench", help="time every method against one forward+backward and activation patching; "
+                                     "writes DIR/timing.csv and the report's speed section")
+    b.add_argument("--models", nargs="+", help="architectures (default: all; --quick: tracr-xproportion)")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    b.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "float64"], help="default float32")
+    b.add_argument("--out", default="reports/timing", help="output directory (default: reports/timing)")
+    b.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 8; --quick: 2)")
+    b.add_argument("--seq-len", type=int, help="sequence length, clipped to the model's context (default: 16)")
+    b.add_argument("--quick", action="store_true", help="smallest run: one repeat, tiny samples (CI)")
+    b.add_argument("--repeats", type=int, help="measured runs per method (default: 3)")
+    b.add_argument("--heavy-repeats", type=int, help="measured runs per looping method: patching, ACDC (default: 1)")
+    b.add_argument("--warmup", type=int, help="warm-up runs per method (default: 1)")
+    b.add_argument("--ig-steps", type=int, help="EAP-IG steps m (default: 5)")
+    b.add_argument("--single-edges", type=int, help="edges sampled for one-edge-per-forward patching (default: 100)")
+    b.add_argument("--acdc-threshold", type=float, help="the one ACDC threshold timed (default: 1e-3)")
+    b.add_argument("--budget-s", type=float, help="seconds per looping measurement before it stops and extrapolates "
+                                                   "(default: 120; 0: no limit)")
+    b.add_argument("--max-patched", type=int, help="patched forwards per looping measurement before it extrapolates")
+    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    b.add_argument("--methods", nargs="+", help="only these methods or method/variant keys (forward rows always run)")
+    b.add_argument("--fresh", action="store_true", help="discard DIR's earlier timing rows (default: rows of other "
+                                                         "models and sizes are kept, re-measured ones replaced)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(fn=cmd_bench)
     return p
 
 

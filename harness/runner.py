@@ -17,14 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .engine import Engine
+from .faithfulness import faithfulness
 from .methods import CircuitFamily, all_methods
 from .results import ResultStore
 from .scoring import score_edges_and_nodes
+from .loading import MissingWeightsError  # noqa: F401  (raised by tasks; re-exported for callers)
 from .tasks import TASKS, get_task
-
-
-class MissingWeightsError(RuntimeError):
-    """Pretrained weights are not available here; the message names the fix."""
 
 
 @dataclass
@@ -41,6 +39,8 @@ class RunConfig:
     weights_dir: str | None = None
     progress: bool = True
     bootstrap: int = 20  # resamples of the examples for AUC intervals (0: none)
+    methods_explicit: bool = True  # False: defaults, so costly methods skip large graphs
+    faithfulness: bool = True  # CPR/CMD of the top-k circuits of every ranking
 
 
 def resolve_device(name: str) -> str:
@@ -51,12 +51,25 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def jobs_for(cfg: RunConfig) -> list:
+def _graph_size(task_name: str):
+    from .architectures import ARCHITECTURES
+    from .graph import Graph
+
+    arch = ARCHITECTURES.get(getattr(TASKS[task_name], "model", ""))
+    return Graph(arch).n_edges if arch is not None else None
+
+
+def jobs_for(cfg: RunConfig, log=print) -> list:
     methods = all_methods()
     jobs = []
     for t in cfg.tasks:
         for m in cfg.methods:
             spec = methods[m]
+            if not cfg.methods_explicit and spec.default_max_edges:
+                n = _graph_size(t)
+                if n is not None and n > spec.default_max_edges:
+                    log(f"not running {m} on {t} by default ({n} edges: too costly); ask for it with --methods {m}")
+                    continue
             variants = [v for v in cfg.variants if v in spec.variants] if cfg.variants else list(spec.default_variants)
             jobs += [(t, m, v) for v in variants]
     return jobs
@@ -129,7 +142,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
-    kwargs = {"seed": cfg.seed} if method == "random" else {}
+    kwargs = {"seed": cfg.seed} if "seed" in inspect.signature(spec.fn).parameters else {}  # seeded methods
     result = spec.run(engine, data, variant, **kwargs)
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
@@ -139,6 +152,8 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
         record["circuit_sizes"] = scores.sum(1).tolist()
     else:
         record["scores"] = scores.tolist()
+        if cfg.faithfulness:
+            record["faithfulness"] = faithfulness(engine, data, scores)
     scored = _score_all(task, engine.graph, scores)
     intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, kwargs) if cfg.bootstrap and scored else {}
     rows = []
@@ -185,7 +200,7 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
         store.clear()
     meta = run_metadata(cfg)
     meta_path = Path(cfg.out) / "meta.json"
-    jobs = jobs_for(cfg)
+    jobs = jobs_for(cfg, log)
     todo = []
     for j in jobs:
         rec = store.get(*j)

@@ -148,11 +148,15 @@ def convert(spec: ProgramSpec, program, model) -> dict:
     }
 
 
-def load_tracr(name: str, use_cache: bool = True) -> TracrModel:
-    """The compiled, converted model for a bundled program (cached on disk)."""
-    if name not in PROGRAMS:
+def load_tracr(name, use_cache: bool = True) -> TracrModel:
+    """The compiled, converted model for a bundled program, or for a ProgramSpec (an analogue at
+    non-default sizes: `rasp_programs.analogue_spec`); cached on disk."""
+    if isinstance(name, ProgramSpec):
+        spec, name = name, name.name
+    elif name not in PROGRAMS:
         raise KeyError(f"unknown tracr program {name!r}; known: {', '.join(PROGRAMS)}")
-    spec = PROGRAMS[name]
+    else:
+        spec = PROGRAMS[name]
     path = cache_dir() / f"{name}-{_cache_key(spec)}.pt"
     data = None
     if use_cache and path.exists():

@@ -96,6 +96,7 @@ def _evaluator(engine, data, objective, chunk, max_rows):
         "logit-diff": ({"mode": "batched", "objective": "logit-diff"}, "batched, answer logit difference objective"),
     },
     default_variants=["batched"],
+    default_max_edges=5000,
 )
 def act_patch_edge(engine, data, mode="batched", objective="metric", chunk=None, max_rows=256, edges=None,
                    per_example=False):

@@ -26,6 +26,9 @@ class MethodSpec:
     variants: dict  # variant name -> (options dict, one-line description)
     output: str = "ranking"  # or "family"
     default_variants: tuple = ()
+    # Methods whose cost grows with (edges x examples) forwards run by default only on graphs up
+    # to this size; asked for by name (--methods) they always run.
+    default_max_edges: int | None = None
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
@@ -41,9 +44,11 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, description: str, variants: dict, output: str = "ranking", default_variants=None):
+def register(name: str, description: str, variants: dict, output: str = "ranking", default_variants=None,
+             default_max_edges=None):
     def deco(fn):
-        METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants))
+        METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
+                                   default_max_edges)
         return fn
 
     return deco

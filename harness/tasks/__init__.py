@@ -2,12 +2,24 @@
 from __future__ import annotations
 
 from .base import Task, TaskData
+from .tracr_analogues import TracrDocstring, TracrGreaterThan, TracrInduction, TracrIOI
 from .tracr_tasks import TracrReverse, TracrXProportion
+from .docstring import Docstring
+from .greaterthan import GreaterThan
+from .induction import Induction
+from .ioi import IOI
 
 TASKS: dict[str, type] = {
     TracrXProportion.name: TracrXProportion,
     TracrReverse.name: TracrReverse,
+    TracrInduction.name: TracrInduction,
+    TracrIOI.name: TracrIOI,
+    TracrGreaterThan.name: TracrGreaterThan,
+    TracrDocstring.name: TracrDocstring,
 }
+
+# ACDC's four pretrained-model tasks (harness/tasks/pretrained.py)
+TASKS.update({c.name: c for c in (IOI, GreaterThan, Docstring, Induction)})
 
 
 def get_task(name: str) -> Task:

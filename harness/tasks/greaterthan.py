@@ -1,0 +1,100 @@
+"""Greater-Than on GPT-2 small, with ACDC's data (acdc-tasks.md §3; acdc/greaterthan/utils.py
+in [ACDC-repo], after Hanna et al. 2023).
+
+Years: for each century 11..17 the years c02..c98 whose " YYYY" is exactly the tokens
+[" XX", "YY"] (the same tokens as " XX" and "YY" alone), minus the first and last such year
+of the century. Prompt "The {noun} lasted from the year {YYYY} to {XX}" (no BOS, 10 tokens:
+YY at position 7, the metric at position 9). Sampling: torch seed 54, one randint vector of
+200 noun indices, then one of 200 year indices. Corrupted: the same tokens with position 7
+replaced by the "01" token (id 486 in GPT-2), Hanna et al.'s 01-dataset.
+Validation = rows 0-99, test = rows 100-199.
+Answers (for gradient objectives; ACDC's metric uses all 100 year tokens): correct = "YY+1"
+(the smallest greater year), wrong = ["YY"] (ACDC counts YY itself as not greater),
+counterfactual = "02" (the corrupted prompt's smallest greater year).
+"""
+from __future__ import annotations
+
+import torch
+
+from .data_lists import GREATERTHAN_NOUNS
+from .pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, prob_diff, stack_equal
+
+N_PROMPTS = 200
+TEMPLATE = "The {noun} lasted from the year {year} to "
+
+
+def year_tokens(tokenizer) -> list:
+    """Token id of the two-digit string "00".."99" (no leading space), first token each."""
+    return [encode(tokenizer, f"{i:02d}")[0] for i in range(100)]
+
+
+def acdc_years(tokenizer) -> list:
+    """ACDC's YEARS list (strings), century by century."""
+    years = []
+    for century in range(11, 18):
+        ok = []
+        for year in range(century * 100 + 2, century * 100 + 99):
+            s = str(year)
+            if encode(tokenizer, f" {s}") == [encode(tokenizer, f" {s[:2]}")[0], encode(tokenizer, s[2:])[0]]:
+                ok.append(s)
+        years += ok[1:-1]
+    return years
+
+
+def greaterthan_prompts(tokenizer, n: int = N_PROMPTS) -> list:
+    years = acdc_years(tokenizer)
+    g = torch.Generator().manual_seed(54)  # = torch.random.manual_seed(54) on the CPU generator
+    nouns = torch.randint(0, len(GREATERTHAN_NOUNS), (n,), generator=g)
+    picks = torch.randint(0, len(years), (n,), generator=g)
+    return [(GREATERTHAN_NOUNS[int(a)], years[int(b)]) for a, b in zip(nouns, picks)]
+
+
+class GreaterThan(PretrainedTask):
+    name = "greaterthan"
+    model = "gpt2"
+    description = "Greater-Than on GPT-2 small (ACDC: years 11XX-17XX, '01' corruption, 100+100)"
+    requires = ("gpt2", "gpt2-tokenizer")
+    tokenizer_key = "gpt2-tokenizer"
+    n_per_split = 100
+    metric_names = ("prob_diff", "kl")
+
+    def tokens(self) -> dict:
+        if self._cache is None:
+            tok = self.tokenizer()
+            ytok = year_tokens(tok)
+            prompts = greaterthan_prompts(tok)
+            texts = [TEMPLATE.format(noun=noun, year=year) + year[:2] for noun, year in prompts]
+            clean = stack_equal([encode(tok, t) for t in texts], "greaterthan")
+            if clean.shape[1] != 10:
+                raise ValueError(f"greaterthan: expected 10 tokens per prompt, got {clean.shape[1]}")
+            yy = torch.tensor([int(year[2:]) for _, year in prompts])
+            ytab = torch.tensor(ytok)
+            if not torch.equal(clean[:, 7], ytab[yy]):
+                raise ValueError("greaterthan: position 7 is not the year's YY token")
+            corrupted = clean.clone()
+            corrupted[:, 7] = ytab[1]  # "01"
+            self._cache = {"clean": clean, "corrupted": corrupted, "yy": yy, "year_tokens": ytab, "texts": texts}
+        return self._cache
+
+    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> PretrainedData:
+        """ACDC's fixed data (the same for every `seed`); metric "prob_diff" (default) or "kl"."""
+        metric = self.check_metric(metric)
+        t, rows = self.tokens(), self.split_rows(split)
+        clean, corr, yy, ytab = t["clean"][rows], t["corrupted"][rows], t["yy"][rows], t["year_tokens"]
+        B, P = clean.shape
+        pos_mask = torch.zeros(B, P, dtype=torch.bool)
+        pos_mask[:, -1] = True
+        correct = torch.zeros(B, P, dtype=torch.long)
+        wrong = torch.zeros(B, P, 1, dtype=torch.long)
+        cf = torch.zeros(B, P, dtype=torch.long)
+        correct[:, -1], wrong[:, -1, 0], cf[:, -1] = ytab[(yy + 1).clamp(max=99)], ytab[yy], ytab[2]
+        if metric == "prob_diff":
+            fn = RowMetric(prob_diff, {"yy": yy}, {"year_tokens": ytab})
+        else:
+            fn = RowMetric(kl_last, {"pos_mask": pos_mask})
+        return PretrainedData(
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
+            counterfactual=cf, ablation=ablation, metric_name=metric,
+            info={"split": split, "n": B,
+                  "natural_metric": "P(>YY) - P(<=YY) = -prob_diff" if metric == "prob_diff" else "KL"},
+        )

@@ -1,0 +1,129 @@
+"""IOI on GPT-2 small, with ACDC's data (acdc-tasks.md §2; acdc/ioi/ioi_dataset.py and
+acdc/ioi/utils.py in [ACDC-repo]).
+
+Clean: 200 prompts of the first ABBA template "Then, [A] and [B] went to the [PLACE]. [B] gave
+a [OBJECT] to [A]" (A = IO, B = S), drawn with Python's `random` seeded with
+(0 + 987654321) % 123456789 = 9: per prompt one template draw, then three names until they are
+distinct (the first two are IO and S), then a PLACE and an OBJECT. No BOS.
+Corrupted ("ABC"): three word-level flips with numpy's legacy RNG, seeds (s + 345467) % 5432
+for s = 1, 2, 3: IO -> random name (not IO, not S) at its first two occurrences; S -> random
+name at its first and last occurrence (no collision check); S1 -> random name at the first
+occurrence of the new S.
+Inputs are the first 15 of 16 tokens; the metric reads position 14 ("to"); the label is the
+IO token. Validation = rows 0-99, test = rows 100-199.
+Answers: correct = IO, wrong = [S], counterfactual = the corrupted prompt's IO.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from .data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
+from .pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, logit_diff, stack_equal
+
+TEMPLATE = "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
+N_PROMPTS = 200
+
+
+def ioi_prompts(n: int = N_PROMPTS, seed: int = 0) -> list:
+    """ACDC's clean prompts: dicts with text, IO, S, PLACE, OBJECT."""
+    rng = random.Random((seed + 987654321) % 123456789)
+    templates = [TEMPLATE]
+    out = []
+    for _ in range(n):
+        template = rng.choice(templates)  # one template, but the draw still advances the RNG
+        a = b = c = ""
+        while len({a, b, c}) < 3:
+            a, b, c = rng.choice(IOI_NAMES), rng.choice(IOI_NAMES), rng.choice(IOI_NAMES)
+        place, obj = rng.choice(IOI_PLACES), rng.choice(IOI_OBJECTS)
+        text = template.replace("[PLACE]", place).replace("[OBJECT]", obj).replace("[A]", a).replace("[B]", b)
+        out.append({"text": text, "IO": a, "S": b, "PLACE": place, "OBJECT": obj})
+    return out
+
+
+def _random_name(rs: np.random.RandomState, avoid=()) -> str:
+    name = IOI_NAMES[rs.randint(len(IOI_NAMES))]
+    while name in avoid:
+        name = IOI_NAMES[rs.randint(len(IOI_NAMES))]
+    return name
+
+
+def flip(prompts: list, which: str, seed: int) -> list:
+    """One of ACDC's word-level ("text".split(" ")) random-name flips: "IO", "S" or "S1"."""
+    rs = np.random.RandomState((seed + 345467) % 5432)
+    out = []
+    for p in prompts:
+        p, words = dict(p), p["text"].split(" ")
+        if which == "IO":
+            new = _random_name(rs, (p["IO"], p["S"]))
+            words[words.index(p["IO"])] = new
+            words[words.index(p["IO"])] = new
+            p["IO"] = new
+        elif which in ("S", "S1"):
+            new = _random_name(rs)
+            words[words.index(p["S"])] = new
+            if which == "S":
+                last = len(words) - 1 - words[::-1].index(p["S"])
+                words[last] = new
+                p["S"] = new
+        else:
+            raise ValueError(which)
+        p["text"] = " ".join(words)
+        out.append(p)
+    return out
+
+
+def abc_prompts(clean: list) -> list:
+    return flip(flip(flip(clean, "IO", 1), "S", 2), "S1", 3)
+
+
+class IOI(PretrainedTask):
+    name = "ioi"
+    model = "gpt2"
+    description = "Indirect Object Identification on GPT-2 small (ACDC: ABBA template, ABC corruption, 100+100)"
+    requires = ("gpt2", "gpt2-tokenizer")
+    tokenizer_key = "gpt2-tokenizer"
+    n_per_split = 100
+    metric_names = ("logit_diff", "kl")
+
+    def tokens(self) -> dict:
+        """All 200 rows: clean/corrupted token ids [200, 16] and the IO/S/ABC-IO token ids."""
+        if self._cache is None:
+            tok = self.tokenizer()
+            clean = ioi_prompts()
+            abc = abc_prompts(clean)
+            ct = stack_equal([encode(tok, p["text"]) for p in clean], "ioi clean")
+            at = stack_equal([encode(tok, p["text"]) for p in abc], "ioi corrupted")
+            if ct.shape[1] != 16 or at.shape != ct.shape:
+                raise ValueError(f"ioi: expected 16 tokens per prompt (ACDC asserts it), got {ct.shape[1]} / {at.shape[1]}")
+            first = lambda name: encode(tok, " " + name)[0]  # noqa: E731
+            io = torch.tensor([first(p["IO"]) for p in clean])
+            if not torch.equal(io, ct[:, 15]):
+                raise ValueError("ioi: the label token (position 15) is not the IO name's first token")
+            self._cache = {"clean": ct, "corrupted": at, "io": io, "s": torch.tensor([first(p["S"]) for p in clean]),
+                           "abc_io": at[:, 15].clone(), "prompts": clean, "abc_prompts": abc}
+        return self._cache
+
+    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> PretrainedData:
+        """ACDC's fixed data (the same for every `seed`); metric "logit_diff" (default) or "kl"."""
+        metric = self.check_metric(metric)
+        t, rows = self.tokens(), self.split_rows(split)
+        clean, corr = t["clean"][rows, :15], t["corrupted"][rows, :15]
+        B, P = clean.shape
+        pos_mask = torch.zeros(B, P, dtype=torch.bool)
+        pos_mask[:, -1] = True
+        correct = torch.zeros(B, P, dtype=torch.long)
+        wrong = torch.zeros(B, P, 1, dtype=torch.long)
+        cf = torch.zeros(B, P, dtype=torch.long)
+        correct[:, -1], wrong[:, -1, 0], cf[:, -1] = t["io"][rows], t["s"][rows], t["abc_io"][rows]
+        if metric == "logit_diff":
+            fn = RowMetric(logit_diff, {"correct": t["io"][rows], "wrong": t["s"][rows]})
+        else:
+            fn = RowMetric(kl_last, {"pos_mask": pos_mask})
+        return PretrainedData(
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
+            counterfactual=cf, ablation=ablation, metric_name=metric,
+            info={"split": split, "n": B, "natural_metric": "IO - S logit difference = -logit_diff" if metric == "logit_diff" else "KL"},
+        )
