@@ -39,6 +39,7 @@ class RunConfig:
     weights_dir: str | None = None
     progress: bool = True
     bootstrap: int = 20  # resamples of the examples for AUC intervals (0: none)
+    bootstrap_reruns: int = 5  # at most this many for methods that must re-run on each resample (ACDC)
     methods_explicit: bool = True  # False: defaults, so costly methods skip large graphs
     faithfulness: bool = True  # CPR/CMD of the top-k circuits of every ranking
 
@@ -98,7 +99,7 @@ def _as_scores(result):
     return scores
 
 
-def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, kwargs=None) -> dict:
+def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, kwargs=None, max_reruns=None) -> dict:
     """95% percentile intervals of every AUC over `n_boot` resamples of the examples.
 
     Methods whose scores are sums over examples (every gradient method: the model treats
@@ -113,6 +114,8 @@ def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: in
             per_ex = spec.run(engine, data, variant, per_example=True, **kwargs).detach().double().cpu()
         except (ValueError, NotImplementedError):
             per_ex = None  # this variant is not a sum over examples: re-run it on each resample
+    if per_ex is None and max_reruns is not None:
+        n_boot = min(n_boot, max_reruns)
     samples: dict = {}
     for _ in range(n_boot):
         idx = torch.randint(0, data.n, (data.n,), generator=g)
@@ -155,7 +158,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
         if cfg.faithfulness:
             record["faithfulness"] = faithfulness(engine, data, scores)
     scored = _score_all(task, engine.graph, scores)
-    intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, kwargs) if cfg.bootstrap and scored else {}
+    intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, kwargs, cfg.bootstrap_reruns) if cfg.bootstrap and scored else {}
     rows = []
     for (gt_name, level), r in scored.items():
         keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)

@@ -91,3 +91,14 @@ def test_bos_and_tokens_encoded_by_the_compiler():
     assert m.encode([list("wxyz")]).tolist() == [[0, 2, 3, 4, 5]]
     with pytest.raises(KeyError):
         m.encode([["q"]])
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_task_data_subsets_keep_a_working_metric(name, tracr_tasks):
+    t = tracr_tasks[name]
+    d = t.data()
+    e = Engine(t.load_model())
+    sub = d.subset(torch.tensor([0, 2, 3]))
+    clean = e.logits(sub.clean)
+    assert sub.metric(clean, clean).shape == (3,)
+    assert float(sub.metric(e.logits(sub.corrupted), clean).mean()) > 0

@@ -99,6 +99,7 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
         "abs": ({"abs_value": True}, "the same with |metric change| < tau (ACDC's --abs-value-threshold)"),
     },
     output="family",
+    default_variants=["sweep"],
     default_max_edges=5000,
 )
 def acdc(engine, data, thresholds=DEFAULT_THRESHOLDS, abs_value=False, max_rows=256):

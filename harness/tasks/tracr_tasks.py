@@ -41,7 +41,8 @@ class TracrTask(Task):
         pos_mask[:, 1:] = True  # position 0 is BOS: its output is meaningless
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask,
-            metric=lambda lg, cl, _m=pos_mask: l2_metric(lg, cl, _m.to(lg.device)),
+            # the scored positions are the same in every row: hold them as [pos], so subsets work
+            metric=lambda lg, cl, _m=pos_mask[0].clone(): l2_metric(lg, cl, _m.to(lg.device)),
             categorical=categorical, correct=correct, wrong=wrong, counterfactual=counterfactual,
             ablation=ablation, metric_name="l2", info=info or {},
         )
