@@ -33,11 +33,8 @@ def cmd_run(args) -> int:
                     device=args.device, split=args.split, ablation=args.ablation, fresh=args.fresh,
                     weights_dir=args.weights_dir, progress=not args.no_progress,
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
-                    faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+                    faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
+                    threads=args.threads)
     try:
         store = run(cfg)
     except ValueError as e:
@@ -174,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bootstrap", type=int, default=20, help="resamples of the examples for 95%% AUC intervals (0: off)")
     r.add_argument("--bootstrap-reruns", type=int, default=5,
                    help="at most this many resamples for methods that must re-run per resample, e.g. ACDC (default 5)")
-    r.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    r.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small models, else torch's choice)")
     r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
