@@ -71,22 +71,39 @@ def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: tor
 
     sender_vec: [n_senders, batch, pos, d_model]; qkv_vec: [n_layers, 3, batch, pos, heads, d_head].
     Returns [n_edges], or [batch, n_edges] with `per_example`.
+    The sender tensor is read in place as one [n_senders, batch*pos*d_model] matrix and only the
+    smaller gradient block is laid out, so each receiver group is one matrix product (an einsum
+    per group copied the sender block every time: 5x slower on GPT-2, measured by the timing
+    suite).
     """
-    g = engine.graph
-    B = sender_vec.shape[1]
-    dense = sender_vec.new_zeros(B, len(g.receivers), len(g.senders))
-    eq = "bpkd,nbpd->bkn"
-    for L in range(engine.cfg.n_layers):
+    g, cfg = engine.graph, engine.cfg
+    F_, B = sender_vec.shape[0], sender_vec.shape[1]
+    if per_example:
+        S = sender_vec.permute(1, 0, 2, 3).reshape(B, F_, -1)  # one copy
+
+        def block(grad, n_up):  # grad [B, P, k, D] -> [B, k, n_up]
+            G = grad.permute(0, 2, 1, 3).reshape(B, grad.shape[2], -1)
+            return torch.bmm(G, S[:, :n_up].transpose(1, 2))
+    else:
+        S = sender_vec.reshape(F_, -1)
+
+        def block(grad, n_up):  # grad [B, P, k, D] -> [k, n_up]
+            G = grad.permute(2, 0, 1, 3).reshape(grad.shape[2], -1)
+            return G @ S[:n_up].T
+    lead = (B,) if per_example else ()
+    dense = sender_vec.new_zeros(*lead, len(g.receivers), len(g.senders))
+    for L in range(cfg.n_layers):
         rows = g.qkv_receiver[L].reshape(-1)
         n_up = g.receivers[int(rows[0])].n_upstream
-        dense[:, rows, :n_up] = torch.einsum(eq, grads["qkv_in"][L], sender_vec[:n_up])
-        if not engine.cfg.attn_only:
+        dense[..., rows, :n_up] = block(grads["qkv_in"][L], n_up)
+        if not cfg.attn_only:
             r = int(g.mlp_receiver[L])
             n_up = g.receivers[r].n_upstream
-            dense[:, r, :n_up] = torch.einsum("bpd,nbpd->bn", grads["mlp_in"][L], sender_vec[:n_up])
+            dense[..., r : r + 1, :n_up] = block(grads["mlp_in"][L].unsqueeze(2), n_up)
     r = g.output_receiver
-    dense[:, r, :] = torch.einsum("bpd,nbpd->bn", grads["out"], sender_vec)
-    add = dense.reshape(B, -1)[:, (g.add_receiver * len(g.senders) + g.add_sender).to(dense.device)]
-    direct = torch.stack([torch.einsum("xbphe,xbphe->bxh", gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], 1)
-    scores = torch.cat([add, direct.reshape(B, -1)], 1)
-    return scores if per_example else scores.sum(0)
+    dense[..., r : r + 1, :] = block(grads["out"].unsqueeze(2), F_)
+    flat = (g.add_receiver * F_ + g.add_sender).to(dense.device)
+    add = dense.reshape(*lead, -1)[..., flat]
+    eq = "xbphe,xbphe->bxh" if per_example else "xbphe,xbphe->xh"
+    direct = torch.stack([torch.einsum(eq, gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], -3)
+    return torch.cat([add, direct.reshape(*lead, -1)], -1)
