@@ -1,0 +1,100 @@
+"""The timing harness runs and writes sane figures. No assertion here is about speed: speed and
+memory targets live in benchmarks/ (pytest-benchmark, ratios measured in one run)."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from harness import timing as T
+from harness.architectures import ARCHITECTURES
+from harness.cli import main
+
+REQUIRED = ["model", "method", "variant", "device", "batch", "seq_len", "seconds", "peak_mem_mb", "ratio_to_fwd_bwd",
+            "extrapolated", "dtype", "torch", "threads", "repeats", "speedup_vs_act_patch", "speedup_vs_single_edge"]
+
+
+def test_bench_quick_writes_timing_csv(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    rc = main(["bench", "--quick", "--models", "tracr-xproportion", "--out", str(tmp_path), "--threads", "1",
+               "--budget-s", "600", "--no-progress"])
+    assert rc == 0
+    assert torch.get_num_threads() == threads  # restored
+    df = pd.read_csv(tmp_path / "timing.csv")
+    assert set(REQUIRED) <= set(df.columns)
+    assert set(df["model"]) == {"tracr-xproportion"}
+    assert (df["device"] == "cpu").all() and (df["batch"] == 2).all() and (df["seq_len"] == 6).all()
+    assert (df["dtype"] == "float32").all() and (df["torch"] == torch.__version__).all() and (df["threads"] == 1).all()
+    assert (df["seconds"] > 0).all() and df["seconds"].map(math.isfinite).all()
+    assert (df["peak_mem_mb"] > 0).all() and (df["repeats"] >= 1).all()
+    single = (df["method"] == "act-patch-edge") & (df["variant"] == "single")
+    assert single.sum() == 1
+    assert (df["extrapolated"].astype(bool) == single).all()  # only the sampled one-edge-per-forward row
+    s = df[single].iloc[0]
+    assert s["units_done"] == 8 and s["units_total"] == 38 and s["seconds"] > s["measured_seconds"]
+    keys = set(zip(df["method"], df["variant"]))
+    for k in [("forward", "no-grad"), ("forward-backward", "activations"), ("eap", "noising"), ("eap-ig", "inputs-2"),
+              ("act-patch-node", "metric"), ("act-patch-edge", "batched"), ("acdc", "tau=0.001")]:
+        assert k in keys
+    assert {v.split("/")[1] for m, v in keys if m == "grad-wrong"} == set(T.GRAD_WRONG_SITES)
+    fb = df[(df["method"] == "forward-backward") & (df["variant"] == "activations")]
+    assert fb["ratio_to_fwd_bwd"].iloc[0] == pytest.approx(1.0)
+    grad = df["method"].isin(T.GRADIENT_METHODS)
+    assert (df.loc[grad, "speedup_vs_act_patch"] > 0).all() and df.loc[~grad, "speedup_vs_act_patch"].isna().all()
+    assert (df.loc[grad, "speedup_vs_single_edge"] > 0).all()
+    assert not df[(df["method"] == "act-patch-edge") & (df["variant"] == "batched")]["speedup_vs_single_edge"].isna().any()
+    assert (df["forwards"] >= 1).sum() >= len(df) - 1  # weight-site forwards run on a copy and are not counted
+    eap = df[(df["method"] == "eap") & (df["variant"] == "noising")].iloc[0]
+    assert eap["forwards"] == 2 and eap["patched_forwards"] == 0
+    targets = pd.read_csv(tmp_path / "timing_targets.csv")
+    assert {"eap_over_floor", "batched_speedup", "eap_target_met", "batching_target_met"} <= set(targets.columns)
+    assert "1.15x" in (tmp_path / "timing_targets.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "## Speed" in report and "timing.png" in report
+
+
+def test_eap_breakdown_phases():
+    s = T.make_setup("tracr-reverse", 2, 6)
+    bd = T.eap_breakdown(s, repeats=1)
+    assert list(bd) == ["cache_forward", "traced_forward", "backward", "stack_and_difference", "contract",
+                        "floor_no_grad_forward", "floor_forward", "floor_backward"]
+    assert all(v > 0 for v in bd.values())
+
+
+def test_random_task_data():
+    for name in ("gpt2", "tracr-xproportion"):
+        cfg = ARCHITECTURES[name]
+        d = T.random_task_data(cfg, 4, 6)
+        assert d.clean.shape == d.corrupted.shape == (4, 6) and int(d.clean.max()) < cfg.d_vocab
+        assert d.pos_mask[:, -1].all() and d.pos_mask.sum() == 4
+        logits = torch.randn(4, 6, cfg.vocab_out)
+        assert d.metric(logits, logits).shape == (4,)
+        assert d.categorical == (cfg.vocab_out > 1)
+        if d.categorical:
+            assert (d.correct != d.wrong[..., 0]).all()
+        else:
+            assert torch.equal(d.metric(logits, logits), torch.zeros(4))
+    with pytest.raises(ValueError, match="n_ctx"):
+        T.random_task_data(ARCHITECTURES["tracr-reverse"], 2, 7)
+
+
+def test_budget_stops_and_extrapolates():
+    s = T.make_setup("tracr-reverse", 32, 6)
+    cases = {c.key: c for c in T.cases(single_edges=5)}
+    full = s.graph.n_edges
+    batched = T.measure(s, cases["act-patch-edge/batched"], max_patched=2)
+    assert batched.extrapolated and batched.units_done == 2 and batched.units_total == math.ceil(full / s.chunk)
+    assert batched.seconds >= batched.measured > 0 and batched.patched == 2
+    single = T.measure(s, cases["act-patch-edge/single"])
+    assert single.extrapolated and single.units_done == 5 and single.units_total == full and single.patched == 5
+    node = T.measure(s, cases["act-patch-node/metric"])
+    assert not node.extrapolated and node.units_done == node.units_total == node.patched
+
+
+def test_clock_cpu_memory_and_time():
+    clk = T.Clock("cpu")
+    clk.start()
+    x = torch.ones(2**20)  # 4 MB
+    end, peak = clk.stop()
+    assert clk.elapsed(end) > 0 and peak > 0 and x.sum() > 0
+    assert clk.mem_kind.startswith("cpu-peak-rss")
