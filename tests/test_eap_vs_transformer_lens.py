@@ -69,21 +69,9 @@ def gpt2_tokenizer(tl_bridge_cls, tmp_path_factory):
 
 def make_gpt2(bridge_cls, tokenizer, dtype):
     """Random GPT-2 with randomised biases/LN and scaled-up weights (as tests/test_engine_reference.py)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest import random_hf_gpt2
 
-    hf_cfg = GPT2Config(**GPT2_KW)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        hf = GPT2LMHeadModel(hf_cfg)
-        with torch.no_grad():
-            for name, p in hf.named_parameters():
-                if name.endswith(".bias"):
-                    p.normal_(0.0, 0.1)
-                elif ".ln_" in name:
-                    p.copy_(1 + 0.1 * torch.randn_like(p))
-                else:
-                    p.mul_(4.0)
-    hf = hf.eval().to(dtype)
+    hf, hf_cfg = random_hf_gpt2(GPT2_KW, dtype)
     bridge = bridge_cls.boot_transformers("openai-community/gpt2", hf_model=hf, tokenizer=tokenizer, dtype=dtype)
     bridge.eval()
     return bridge, hf_cfg

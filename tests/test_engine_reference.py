@@ -97,22 +97,10 @@ def make_gpt2(offline_tl, gpt2_tokenizer):
     every constant term vacuous, and its 0.02 weights give near-uniform attention: so biases
     and LN parameters are randomised and weights scaled up (fixed seed, global RNG restored).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from conftest import random_hf_gpt2
 
     def make(dtype=torch.float64, hooks=False):
-        hf_cfg = GPT2Config(**GPT2_KW)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            hf = GPT2LMHeadModel(hf_cfg)
-            with torch.no_grad():
-                for name, p in hf.named_parameters():
-                    if name.endswith(".bias"):
-                        p.normal_(0.0, 0.1)
-                    elif ".ln_" in name:
-                        p.copy_(1 + 0.1 * torch.randn_like(p))
-                    else:
-                        p.mul_(4.0)
-        hf = hf.eval().to(dtype)
+        hf, hf_cfg = random_hf_gpt2(GPT2_KW, dtype)
         bridge = offline_tl.boot_transformers("openai-community/gpt2", hf_model=hf, tokenizer=gpt2_tokenizer, dtype=dtype)
         bridge.eval()
         if hooks:
