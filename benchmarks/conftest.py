@@ -31,7 +31,7 @@ import statistics
 import pytest
 import torch
 
-from harness import timing as T
+from harness.bench import timing as T
 
 
 def pytest_configure(config):

@@ -19,10 +19,10 @@ def _check_names(kind: str, given, valid) -> list:
 
 
 def cmd_run(args) -> int:
-    from . import report
-    from .methods import all_methods
-    from .runner import RunConfig, offline_tasks, run
-    from .tasks import TASKS
+    from harness.report import render as report
+    from harness.methods import all_methods
+    from harness.run.runner import RunConfig, offline_tasks, run
+    from harness.tasks import TASKS
 
     tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else offline_tasks()
     methods = _check_names("method", args.methods, list(all_methods())) if args.methods else list(all_methods())
@@ -49,8 +49,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .methods import all_methods
-    from .tasks import TASKS
+    from harness.methods import all_methods
+    from harness.tasks import TASKS
 
     tasks = [cls().summary() for cls in TASKS.values()]
     methods = [
@@ -76,15 +76,19 @@ def cmd_list(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .architectures import ARCHITECTURES
-    from .graph import Graph
+    from harness.core.architectures import ARCHITECTURES
+    from harness.core.graph import Graph
 
     if args.model not in ARCHITECTURES:
         _fail(f"unknown model {args.model!r}; valid models: {', '.join(ARCHITECTURES)}")
     if args.random_init:
         cfg = ARCHITECTURES[args.model]
+    elif args.model.startswith("tracr-"):  # compiled here, nothing to load
+        from harness.programs.tracr_models import load_tracr
+
+        cfg = load_tracr(args.model).weights.cfg
     else:
-        from .loading import MissingWeightsError, load_weights
+        from harness.core.loading import MissingWeightsError, load_weights
 
         try:
             cfg = load_weights(args.model, weights_dir=args.weights_dir).cfg
@@ -102,14 +106,14 @@ def cmd_graph(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report
+    from harness.report import render as report
 
     print(report.render(args.dir))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare
+    from harness.report.compare import compare
 
     try:
         c = compare(args.dir, args.baseline, args.tolerance, args.time_factor)
@@ -120,7 +124,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_ground_truth(args) -> int:
-    from .structural_gt import write_all
+    from harness.programs.structural_gt import write_all
 
     for p in write_all(args.dir):
         print(p)
@@ -128,9 +132,9 @@ def cmd_ground_truth(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import report
-    from .architectures import ARCHITECTURES
-    from .timing import BenchConfig, run_bench
+    from harness.report import render as report
+    from harness.core.architectures import ARCHITECTURES
+    from harness.bench.timing import BenchConfig, run_bench
 
     models = _check_names("model", args.models, list(ARCHITECTURES)) if args.models else None
     opts = dict(models=models, device=args.device, dtype=args.dtype, batches=args.batch, seq_len=args.seq_len,

@@ -3,10 +3,10 @@ its bookkeeping (threshold batching, extremes, the kept circuit's metric) is rig
 import pytest
 import torch
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 from harness.methods import CircuitFamily, get_method
 from harness.methods.acdc import acdc_sweep
-from harness.scoring import score_edges_and_nodes
+from harness.eval.scoring import score_edges_and_nodes
 
 
 @pytest.fixture(scope="module")

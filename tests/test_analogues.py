@@ -9,10 +9,10 @@ import itertools
 import pytest
 import torch
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 from harness.methods import all_methods
 from harness.methods.registry import CircuitFamily
-from harness.structural_gt import short_edge
+from harness.programs.structural_gt import short_edge
 from harness.tasks import TASKS, get_task
 from harness.tasks.tracr_analogues import ANALOGUES
 

@@ -3,10 +3,10 @@ engine mask (an independent path: no receiver gradients, no contraction)."""
 import pytest
 import torch
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 from harness.methods import get_method
 from harness.tasks.base import TaskData, kl_clean_patched
-from harness.weights import ModelConfig, random_weights
+from harness.core.weights import ModelConfig, random_weights
 
 CFG = ModelConfig("tiny-eap", 2, 2, 8, 4, 11, 6, d_mlp=12, act_fn="gelu_new", normalization_type="LN")
 

@@ -3,7 +3,7 @@ interpolated input embeddings; one step is EAP's gradient at the corrupted input
 import pytest
 import torch
 
-from harness.engine import SenderCache
+from harness.core.engine import SenderCache
 from harness.methods import get_method
 from harness.methods.eap_ig import path_embeddings
 from test_eap import objective, tiny_task

@@ -27,8 +27,8 @@ import time
 import pytest
 import torch
 
-from harness.engine import Engine
-from harness.loading_tl import config_from_hf_gpt2, weights_from_bridge
+from harness.core.engine import Engine
+from harness.core.loading_tl import config_from_hf_gpt2, weights_from_bridge
 from harness.methods import get_method
 from harness.tasks.base import TaskData
 

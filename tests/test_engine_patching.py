@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from harness.engine import Engine
-from harness.weights import ModelConfig, random_weights
+from harness.core.engine import Engine
+from harness.core.weights import ModelConfig, random_weights
 
 CONFIGS = {
     "gpt2-like": ModelConfig("tiny-gpt2", 2, 3, 16, 4, 50, 8, d_mlp=32, act_fn="gelu_new"),

@@ -21,9 +21,9 @@ import re
 import pytest
 import torch
 
-from harness.engine import Engine
-from harness.loading_tl import config_from_hf_gpt2, native_reference, tl_legacy_config, weights_from_bridge
-from harness.weights import ModelConfig, random_weights
+from harness.core.engine import Engine
+from harness.core.loading_tl import config_from_hf_gpt2, native_reference, tl_legacy_config, weights_from_bridge
+from harness.core.weights import ModelConfig, random_weights
 
 TOL64 = 1e-9  # float64: observed differences are ~1e-15
 TOL32 = 1e-4
@@ -427,13 +427,13 @@ def test_shortformer_positions_enter_only_queries_and_keys():
 def test_config_from_hf_gpt2_matches_architecture_table(offline_tl):
     from transformers import GPT2Config
 
-    from harness.architectures import architecture
+    from harness.core.architectures import architecture
 
     assert config_from_hf_gpt2(GPT2Config(), "gpt2") == architecture("gpt2")
 
 
 def test_tl_legacy_config_translations():
-    from harness.architectures import architecture
+    from harness.core.architectures import architecture
 
     # config.json of NeelNanda/Attn_Only_4L512W_C4_Code style: "normalization", solu_ln ignored
     attn4 = dict(n_layers=4, n_heads=8, d_model=512, d_head=64, d_mlp=2048, d_vocab=48262, n_ctx=1024,

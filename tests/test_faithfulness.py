@@ -2,8 +2,8 @@
 the behaviour sooner than one that puts it last."""
 import torch
 
-from harness.engine import Engine
-from harness.faithfulness import faithfulness
+from harness.core.engine import Engine
+from harness.eval.faithfulness import faithfulness
 
 
 def test_endpoints_and_ground_truth_first_beats_last(tracr_tasks):

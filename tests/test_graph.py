@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from harness.architectures import ARCHITECTURES
+from harness.core.architectures import ARCHITECTURES
 from harness.cli import main
-from harness.graph import Graph
+from harness.core.graph import Graph
 
 # acdc-tasks.md §1.1 (verified there by building ACDC's graph); the paper quotes 32,923, 1,377, 305.
 ACDC_COUNTS = {

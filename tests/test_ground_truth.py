@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from harness.architectures import ARCHITECTURES
-from harness.ground_truth import GroundTruthError, ground_truth_dir, ground_truths_for, load_ground_truth
-from harness.graph import Graph
+from harness.core.architectures import ARCHITECTURES
+from harness.core.ground_truth import GroundTruthError, ground_truth_dir, ground_truths_for, load_ground_truth
+from harness.core.graph import Graph
 
 # (edges, nodes) as ACDC counts them: acdc-tasks.md §2.5, §3.5, §4.5, §6.1, §6.2.
 ACDC = {

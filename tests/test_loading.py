@@ -17,14 +17,14 @@ import socket
 import pytest
 import torch
 
-from harness import loading
+from harness.core import loading
 from harness.cli import main
-from harness.engine import Engine
-from harness.loading import MissingWeightsError, load_weights
-from harness.results import ResultStore
+from harness.core.engine import Engine
+from harness.core.loading import MissingWeightsError, load_weights
+from harness.run.store import ResultStore
 from harness.tasks import TASKS
 from harness.tasks.induction import Induction
-from harness.weights import ModelConfig, random_weights
+from harness.core.weights import ModelConfig, random_weights
 
 ACDC_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 
@@ -151,7 +151,7 @@ def test_list_json_reports_availability(offline_hub, capsys):
 
 
 def test_attn_only_legacy_checkpoint_from_cache_processed(offline_hub, capsys):
-    from harness.loading_tl import tl_legacy_config
+    from harness.core.loading_tl import tl_legacy_config
 
     small = tl_legacy_config({k: v for k, v in ATTN_CFG.items() if k not in ("eps", "seed")}, "attn-only-4l")
     raw_w, sd = legacy_checkpoint(small, seed=5)
@@ -175,7 +175,7 @@ def test_attn_only_legacy_checkpoint_from_cache_processed(offline_hub, capsys):
 
 
 def test_redwood_shortformer_unprocessed_and_induction_data(offline_hub):
-    from harness.loading_tl import tl_legacy_config
+    from harness.core.loading_tl import tl_legacy_config
 
     small = tl_legacy_config(REDWOOD_CFG, "redwood_attn_2l")
     assert small.positional_embedding_type == "shortformer"
@@ -199,7 +199,7 @@ def test_redwood_shortformer_unprocessed_and_induction_data(offline_hub):
 
 
 def test_weights_dir_layout(offline_hub, tmp_path, monkeypatch):
-    from harness.loading_tl import tl_legacy_config
+    from harness.core.loading_tl import tl_legacy_config
 
     small = tl_legacy_config(REDWOOD_CFG, "redwood_attn_2l")
     _, sd = legacy_checkpoint(small, seed=7)

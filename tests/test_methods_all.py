@@ -3,9 +3,9 @@ the graph's width) on both tracr tasks."""
 import pytest
 import torch
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 from harness.methods import CircuitFamily, all_methods
-from harness.scoring import score_edges_and_nodes
+from harness.eval.scoring import score_edges_and_nodes
 
 JOBS = [(m, v) for m, spec in all_methods().items() for v in spec.variants]
 EXPECTED = {"act-patch-edge", "act-patch-node", "acdc", "eap", "eap-ig", "grad-wrong", "random"}

@@ -3,7 +3,7 @@ patching equals editing the weights so the node's output is the ablated one."""
 import pytest
 import torch
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 from harness.methods import get_method
 from harness.methods.patching import objective_mean
 
@@ -106,7 +106,7 @@ def test_node_patching_direct_edges_equal_edge_patching(setups):
 def test_per_example_terms_sum_to_the_scores():
     """Bootstrap reweights examples: patching scores must decompose exactly over examples."""
     from harness.methods import get_method
-    from harness.engine import Engine
+    from harness.core.engine import Engine
     from harness.tasks import get_task
 
     t = get_task("tracr-xproportion")

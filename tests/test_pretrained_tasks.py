@@ -19,11 +19,11 @@ import re
 import pytest
 import torch
 
-from harness.architectures import ARCHITECTURES
-from harness.engine import Engine
-from harness.graph import Graph
+from harness.core.architectures import ARCHITECTURES
+from harness.core.engine import Engine
+from harness.core.graph import Graph
 from harness.methods import CircuitFamily, all_methods
-from harness.runner import RunConfig, run_one
+from harness.run.runner import RunConfig, run_one
 from harness.tasks import TASKS
 from harness.tasks.data_lists import GREATERTHAN_NOUNS, IOI_NAMES
 from harness.tasks.docstring import Docstring, docstring_prompt
@@ -31,7 +31,7 @@ from harness.tasks.greaterthan import GreaterThan, acdc_years, year_tokens
 from harness.tasks.induction import Induction
 from harness.tasks.ioi import IOI, abc_prompts, ioi_prompts
 from harness.tasks.pretrained import docstring_metric, kl_pooled, logit_diff, nll, prob_diff
-from harness.weights import random_weights
+from harness.core.weights import random_weights
 
 PRETRAINED = ("ioi", "greaterthan", "docstring", "induction")
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.compare import compare
-from harness.engine import Engine
+from harness.report.compare import compare
+from harness.core.engine import Engine
 from harness.methods import get_method
-from harness.runner import RunConfig, bootstrap_intervals, run
+from harness.run.runner import RunConfig, bootstrap_intervals, run
 from harness.tasks.base import TaskData
-from harness.weights import ModelConfig, random_weights
+from harness.core.weights import ModelConfig, random_weights
 
 FAST = dict(tasks=["tracr-xproportion"], methods=["eap", "random", "grad-wrong"],
             variants=["noising", "uniform", "logit-diff-mse/activation", "uniform/activation"], progress=False)
@@ -138,7 +138,7 @@ class _Task:
 
 def test_bootstrap_contains_estimate_and_shrinks():
     widths = []
-    from harness.scoring import score_edges_and_nodes
+    from harness.eval.scoring import score_edges_and_nodes
 
     for n in (8, 128):
         eng, data = _synthetic(n)
@@ -191,7 +191,7 @@ def test_list_json(capsys):
 
 
 def test_compare_flags_a_slower_timing_ratio(tmp_path):
-    from harness.compare import compare_timing
+    from harness.report.compare import compare_timing
 
     base = pd.DataFrame([{"model": "gpt2", "method": "eap", "variant": "noising", "device": "cpu", "batch": 8,
                           "seq_len": 16, "ratio_to_fwd_bwd": 1.1}])

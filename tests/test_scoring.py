@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from harness.architectures import ARCHITECTURES
-from harness.graph import Graph
-from harness.scoring import pareto_front, pessimistic_auc, score_edges_and_nodes, score_family, score_ranking
+from harness.core.architectures import ARCHITECTURES
+from harness.core.graph import Graph
+from harness.eval.scoring import pareto_front, pessimistic_auc, score_edges_and_nodes, score_family, score_ranking
 
 
 def test_acdc_pessimistic_auc_asserts():

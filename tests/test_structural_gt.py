@@ -8,13 +8,13 @@ import json
 import pytest
 import torch
 
-from harness.engine import Engine
-from harness.graph import QKV, Graph
-from harness.ground_truth import ground_truth_dir, load_ground_truth, save_ground_truth
-from harness.rasp_programs import PROGRAMS
-from harness.structural_gt import derive_all, describe_edges, short_edge, write_all
+from harness.core.engine import Engine
+from harness.core.graph import QKV, Graph
+from harness.core.ground_truth import ground_truth_dir, load_ground_truth, save_ground_truth
+from harness.programs.rasp_programs import PROGRAMS
+from harness.programs.structural_gt import derive_all, describe_edges, short_edge, write_all
 from harness.tasks import get_task
-from harness.tracr_models import load_tracr
+from harness.programs.tracr_models import load_tracr
 
 
 @pytest.mark.parametrize("task", list(PROGRAMS))

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness import timing as T
-from harness.architectures import ARCHITECTURES
+from harness.bench import timing as T
+from harness.core.architectures import ARCHITECTURES
 from harness.cli import main
 
 REQUIRED = ["model", "method", "variant", "device", "batch", "seq_len", "seconds", "peak_mem_mb", "ratio_to_fwd_bwd",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.architectures import ARCHITECTURES
-from harness.engine import Engine
-from harness.rasp_programs import PROGRAMS
-from harness.tracr_models import _cache_key, compile_program, load_tracr
+from harness.core.architectures import ARCHITECTURES
+from harness.core.engine import Engine
+from harness.programs.rasp_programs import PROGRAMS
+from harness.programs.tracr_models import _cache_key, compile_program, load_tracr
 
 INPUTS = {
     "tracr-reverse": [list(p) for p in itertools.permutations([1, 2, 3])] + [[1, 1, 2, 3, 3], [2], [3, 1]],

@@ -4,12 +4,12 @@ its edge rule."""
 import pytest
 import torch
 
-from harness.engine import Engine
+from harness.core.engine import Engine
 from harness.methods import get_method
 from harness.methods.attribution import references, traced_run
 from harness.methods.targets import target_loss
 from harness.methods.weight_sites import iter_shares, weight_grads
-from harness.weights import ModelConfig, random_weights
+from harness.core.weights import ModelConfig, random_weights
 from test_eap import tiny_task
 
 SHORT = ModelConfig("tiny-short", 2, 2, 8, 4, 11, 6, d_mlp=None, positional_embedding_type="shortformer")

@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .patching import _evaluator
-from .registry import CircuitFamily, register
+from harness.methods.patching import _evaluator
+from harness.methods.registry import CircuitFamily, register
 
 DEFAULT_THRESHOLDS = tuple(float(t) for t in 10 ** np.linspace(-5, -1, 21))
 

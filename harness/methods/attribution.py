@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Engine, SenderCache, Trace
-from ..tasks.base import TaskData
+from harness.core.engine import Engine, SenderCache, Trace
+from harness.tasks.base import TaskData
 
 
 def corrupted_cache(engine: Engine, data: TaskData) -> SenderCache:

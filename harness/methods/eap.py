@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .attribution import contract, corrupted_cache, receiver_grads, traced_run
-from .registry import register
+from harness.methods.attribution import contract, corrupted_cache, receiver_grads, traced_run
+from harness.methods.registry import register
 
 
 def objective_value(name: str, logits, data, clean_logits):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .attribution import contract, receiver_grads, references, traced_run
-from .eap import objective_value
-from .registry import register
+from harness.methods.attribution import contract, receiver_grads, references, traced_run
+from harness.methods.eap import objective_value
+from harness.methods.registry import register
 
 
 def path_embeddings(engine, data, steps: int):

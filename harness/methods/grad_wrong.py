@@ -15,10 +15,10 @@ Variants are named `<target>/<site>`.
 """
 from __future__ import annotations
 
-from .attribution import contract, receiver_grads, references, traced_run
-from .registry import register
-from .targets import TARGETS, target_loss
-from .weight_sites import weight_edge_scores, weight_grads, weight_node_scores
+from harness.methods.attribution import contract, receiver_grads, references, traced_run
+from harness.methods.registry import register
+from harness.methods.targets import TARGETS, target_loss
+from harness.methods.weight_sites import weight_edge_scores, weight_grads, weight_node_scores
 
 SITES = {
     "activation": "gradient x activation (zero reference)",

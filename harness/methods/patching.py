@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import Engine, SenderCache
-from ..tasks.base import TaskData
-from .attribution import corrupted_cache
-from .registry import register
+from harness.core.engine import Engine, SenderCache
+from harness.tasks.base import TaskData
+from harness.methods.attribution import corrupted_cache
+from harness.methods.registry import register
 
 
 def objective_values(objective: str, logits: torch.Tensor, data: TaskData, clean_logits: torch.Tensor) -> torch.Tensor:

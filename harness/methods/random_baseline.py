@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .registry import register
+from harness.methods.registry import register
 
 
 @register("random", "seeded random scores (chance baseline)", {"uniform": ({}, "i.i.d. uniform scores")})

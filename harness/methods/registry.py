@@ -68,4 +68,9 @@ def all_methods() -> dict:
 
 
 def _load_all():
-    from . import acdc, eap, eap_ig, grad_wrong, patching, random_baseline  # noqa: F401  (registration side effects)
+    from harness.methods import acdc  # noqa: F401  (registration side effects)
+    from harness.methods import eap  # noqa: F401  (registration side effects)
+    from harness.methods import eap_ig  # noqa: F401  (registration side effects)
+    from harness.methods import grad_wrong  # noqa: F401  (registration side effects)
+    from harness.methods import patching  # noqa: F401  (registration side effects)
+    from harness.methods import random_baseline  # noqa: F401  (registration side effects)

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..tasks.base import TaskData, masked_mean
+from harness.tasks.base import TaskData, masked_mean
 
 TARGETS = {
     "logit-diff-mse": "the seed's: MSE pulling the correct and the wrong answer's logits together "

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Engine
-from ..weights import Weights
+from harness.core.engine import Engine
+from harness.core.weights import Weights
 
 
 def weights_with_grad(w: Weights) -> Weights:

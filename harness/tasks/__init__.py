@@ -1,13 +1,13 @@
 """Task registry: every task the harness knows, by name."""
 from __future__ import annotations
 
-from .base import Task, TaskData
-from .tracr_analogues import TracrDocstring, TracrGreaterThan, TracrInduction, TracrIOI
-from .tracr_tasks import TracrReverse, TracrXProportion
-from .docstring import Docstring
-from .greaterthan import GreaterThan
-from .induction import Induction
-from .ioi import IOI
+from harness.tasks.base import Task, TaskData
+from harness.tasks.tracr_analogues import TracrDocstring, TracrGreaterThan, TracrInduction, TracrIOI
+from harness.tasks.tracr_tasks import TracrReverse, TracrXProportion
+from harness.tasks.docstring import Docstring
+from harness.tasks.greaterthan import GreaterThan
+from harness.tasks.induction import Induction
+from harness.tasks.ioi import IOI
 
 TASKS: dict[str, type] = {
     TracrXProportion.name: TracrXProportion,

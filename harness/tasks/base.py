@@ -126,7 +126,7 @@ class Task:
 
     def ground_truths(self) -> dict:
         """variant name -> GroundTruth (see harness.ground_truth)."""
-        from ..ground_truth import ground_truths_for
+        from harness.core.ground_truth import ground_truths_for
 
         return ground_truths_for(self.name)
 

@@ -23,8 +23,8 @@ import random
 
 import torch
 
-from .data_lists import DOCSTRING_NOUNS, DOCSTRING_VARIABLE_NAMES
-from .pretrained import PretrainedData, PretrainedTask, RowMetric, docstring_metric, encode, kl_last, stack_equal
+from harness.tasks.data_lists import DOCSTRING_NOUNS, DOCSTRING_VARIABLE_NAMES
+from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, docstring_metric, encode, kl_last, stack_equal
 
 N_PROMPTS = 100
 

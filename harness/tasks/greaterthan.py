@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from .data_lists import GREATERTHAN_NOUNS
-from .pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, prob_diff, stack_equal
+from harness.tasks.data_lists import GREATERTHAN_NOUNS
+from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, prob_diff, stack_equal
 
 N_PROMPTS = 200
 TEMPLATE = "The {noun} lasted from the year {year} to "

@@ -22,8 +22,8 @@ from typing import Optional
 
 import torch
 
-from .. import loading
-from .pretrained import PretrainedData, PretrainedTask, RowMetric, kl_pooled, nll
+from harness.core import loading
+from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, kl_pooled, nll
 
 SEQ_LEN = 300
 SHUFFLE_SEED = 42

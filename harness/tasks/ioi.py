@@ -20,8 +20,8 @@ import random
 import numpy as np
 import torch
 
-from .data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
-from .pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, logit_diff, stack_equal
+from harness.tasks.data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
+from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, logit_diff, stack_equal
 
 TEMPLATE = "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
 N_PROMPTS = 200

@@ -21,8 +21,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .. import loading
-from .base import Task, TaskData, kl_clean_patched
+from harness.core import loading
+from harness.tasks.base import Task, TaskData, kl_clean_patched
 
 SPLITS = ("validation", "test")
 

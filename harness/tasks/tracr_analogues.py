@@ -21,10 +21,10 @@ import random
 
 import torch
 
-from ..rasp_programs import ANALOGUE_SIZES, GREATERTHAN_TEMPLATE, IOI_TEMPLATE, analogue_spec, analogue_words
-from ..tracr_models import load_tracr
-from .base import TaskData
-from .tracr_tasks import TracrTask, l2_metric
+from harness.programs.rasp_programs import ANALOGUE_SIZES, GREATERTHAN_TEMPLATE, IOI_TEMPLATE, analogue_spec, analogue_words
+from harness.programs.tracr_models import load_tracr
+from harness.tasks.base import TaskData
+from harness.tasks.tracr_tasks import TracrTask, l2_metric
 
 SPLIT_OFFSET = {"validation": 0, "test": 1}
 
@@ -54,7 +54,7 @@ class TracrAnalogue(TracrTask):
         (the circuit's edges do not depend on sizes, but the file is for the default model)."""
         if self.sizes == ANALOGUE_SIZES[self.name]:
             return super().ground_truths()
-        from ..structural_gt import derive_all
+        from harness.programs.structural_gt import derive_all
 
         return derive_all(self.name, self.tracr())
 

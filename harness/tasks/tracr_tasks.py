@@ -10,8 +10,8 @@ import itertools
 
 import torch
 
-from ..tracr_models import load_tracr
-from .base import Task, TaskData, derangement, masked_mean
+from harness.programs.tracr_models import load_tracr
+from harness.tasks.base import Task, TaskData, derangement, masked_mean
 
 
 def l2_metric(logits: torch.Tensor, clean_logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:

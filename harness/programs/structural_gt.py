@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from .ground_truth import GroundTruth, ground_truth_dir, load_ground_truth, save_ground_truth
-from .graph import QKV, Graph
-from .rasp_programs import PROGRAMS
-from .tracr_models import TracrModel, load_tracr
+from harness.core.ground_truth import GroundTruth, ground_truth_dir, load_ground_truth, save_ground_truth
+from harness.core.graph import QKV, Graph
+from harness.programs.rasp_programs import PROGRAMS
+from harness.programs.tracr_models import TracrModel, load_tracr
 
 VARIANTS = ("structural", "structural-ablation")
 SOURCE = ("derived from the compiled tracr program's weights and residual labels by "

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .rasp_programs import PROGRAMS, ProgramSpec
-from .weights import ModelConfig, Weights
+from harness.programs.rasp_programs import PROGRAMS, ProgramSpec
+from harness.core.weights import ModelConfig, Weights
 
 CACHE_VERSION = 1
 

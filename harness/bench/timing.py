@@ -63,9 +63,9 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .architectures import ARCHITECTURES
-from .engine import Engine
-from .tasks.base import TaskData, masked_mean
+from harness.core.architectures import ARCHITECTURES
+from harness.core.engine import Engine
+from harness.tasks.base import TaskData, masked_mean
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 GRAD_WRONG_TARGET = "logit-diff-mse"
@@ -284,7 +284,7 @@ def make_setup(model: str, batch: int, seq_len: int, device="cpu", dtype="float3
     seq_len is clipped to the model's context (tracr models: 6)."""
     if model not in ARCHITECTURES:
         raise KeyError(f"unknown model {model!r}; known: {', '.join(ARCHITECTURES)}")
-    from .weights import random_weights
+    from harness.core.weights import random_weights
 
     cfg = ARCHITECTURES[model]
     dev = torch.device(device)
@@ -318,7 +318,7 @@ def forward_backward(s: Setup):
 
 def forward_backward_weights(s: Setup):
     """One forward and one backward to every weight (a training step's gradient work)."""
-    from .methods.weight_sites import weight_grads
+    from harness.methods.weight_sites import weight_grads
 
     return weight_grads(s.engine, s.data.clean, lambda lg: _objective(lg, s.data))
 
@@ -348,7 +348,7 @@ class Case:
 
 def _registry(method: str, variant: str, **overrides):
     def run(s: Setup):
-        from .methods import get_method
+        from harness.methods import get_method
 
         return get_method(method).run(s.engine, s.data, variant, **overrides)
 
@@ -648,8 +648,8 @@ def eap_breakdown(s: Setup, repeats: int = 3) -> dict:
     keeping sender outputs and q/k/v), the traced clean forward (autograd, keeping receiver
     inputs), the backward to every receiver input and q/k/v, `tr.cache()` and the activation
     difference, and `attribution.contract` into edge scores."""
-    from .methods.attribution import contract, corrupted_cache, receiver_grads, traced_run
-    from .methods.eap import objective_value
+    from harness.methods.attribution import contract, corrupted_cache, receiver_grads, traced_run
+    from harness.methods.eap import objective_value
 
     eng, d, clk = s.engine, s.data, s.clock
     phases = ["cache_forward", "traced_forward", "backward", "stack_and_difference", "contract",

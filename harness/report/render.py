@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .published import SOURCE as PUBLISHED_SOURCE
-from .published import published_frame
-from .results import ResultStore
+from harness.report.published import SOURCE as PUBLISHED_SOURCE
+from harness.report.published import published_frame
+from harness.run.store import ResultStore
 
 AUC_NOTE = ("AUC: scikit-learn ROC AUC of |score| (ties count 1/2). Pess.: ACDC's pessimistic staircase AUC over "
             "Pareto points with tied edges entering together (acdc-tasks.md §8.3). Brackets: 95% bootstrap interval "

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from .weights import ACT_FNS, ModelConfig, Weights
+from harness.core.weights import ACT_FNS, ModelConfig, Weights
 
 _LN_KEYS = ("ln1.w", "ln1.b", "ln2.w", "ln2.b")
 

@@ -33,7 +33,7 @@ from typing import Optional
 
 import torch
 
-from .weights import ModelConfig, Weights
+from harness.core.weights import ModelConfig, Weights
 
 
 class MissingWeightsError(RuntimeError):
@@ -238,16 +238,12 @@ def missing_message(key: str, weights_dir: Optional[Path], why: str) -> str:
 def load_weights(model_name: str, weights_dir=None, device="cpu", dtype=torch.float32) -> Weights:
     """Pretrained weights of `model_name` (an ARCHITECTURES key) with ACDC's processing.
 
-    tracr models are compiled instead (nothing to download). Raises MissingWeightsError when
-    the files are not available.
+    Raises MissingWeightsError when the files are not available. (tracr models are compiled,
+    not loaded: `harness.programs.tracr_models.load_tracr`.)
     """
-    if model_name.startswith("tracr-"):
-        from .tracr_models import load_tracr
-
-        return load_tracr(model_name).weights.to(device, dtype)
     if model_name not in SOURCES or SOURCES[model_name].what != "model":
         known = [k for k, s in SOURCES.items() if s.what == "model"]
-        raise KeyError(f"no pretrained weights known for {model_name!r}; known: {', '.join(known)} (and tracr-*)")
+        raise KeyError(f"no pretrained weights known for {model_name!r}; known: {', '.join(known)}")
     files = locate(model_name, weights_dir)
     if model_name == "gpt2":
         w = _load_hf_gpt2(model_name, files)
@@ -264,7 +260,7 @@ def _load_hf_gpt2(name: str, files: dict) -> Weights:
     from transformers import AutoTokenizer, GPT2LMHeadModel
     from transformer_lens.model_bridge import TransformerBridge
 
-    from .loading_tl import config_from_hf_gpt2, weights_from_bridge
+    from harness.core.loading_tl import config_from_hf_gpt2, weights_from_bridge
 
     folder = files["config.json"].parent
     hf = GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32).eval()
@@ -278,7 +274,7 @@ def _load_hf_gpt2(name: str, files: dict) -> Weights:
 def load_tl_legacy(name: str, config_path, checkpoint_path) -> Weights:
     """A legacy TransformerLens checkpoint (state dict already in TL layout) and its config.json,
     read as transformer_lens derives them; missing biases are zero-filled (TL's fill_missing_keys)."""
-    from .loading_tl import _expected_keys, tl_legacy_config
+    from harness.core.loading_tl import _expected_keys, tl_legacy_config
 
     raw = json.loads(Path(config_path).read_text())
     arch = raw.get("architecture", "neel")

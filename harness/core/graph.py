@@ -23,7 +23,7 @@ from typing import Iterable
 
 import torch
 
-from .weights import ModelConfig
+from harness.core.weights import ModelConfig
 
 QKV = ("q", "k", "v")
 

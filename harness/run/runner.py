@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .engine import Engine
-from .faithfulness import faithfulness
-from .methods import CircuitFamily, all_methods
-from .results import ResultStore
-from .scoring import score_edges_and_nodes
-from .loading import MissingWeightsError  # noqa: F401  (raised by tasks; re-exported for callers)
-from .tasks import TASKS, get_task
+from harness.core.engine import Engine
+from harness.eval.faithfulness import faithfulness
+from harness.methods import CircuitFamily, all_methods
+from harness.run.store import ResultStore
+from harness.eval.scoring import score_edges_and_nodes
+from harness.core.loading import MissingWeightsError  # noqa: F401  (raised by tasks; re-exported for callers)
+from harness.tasks import TASKS, get_task
 
 
 @dataclass
@@ -54,8 +54,8 @@ def resolve_device(name: str) -> str:
 
 
 def _graph_size(task_name: str):
-    from .architectures import ARCHITECTURES
-    from .graph import Graph
+    from harness.core.architectures import ARCHITECTURES
+    from harness.core.graph import Graph
 
     arch = ARCHITECTURES.get(getattr(TASKS[task_name], "model", ""))
     return Graph(arch).n_edges if arch is not None else None

@@ -4,7 +4,7 @@ Random weights with these configs are what tests and timings run on offline.
 """
 from __future__ import annotations
 
-from .weights import ModelConfig
+from harness.core.weights import ModelConfig
 
 ARCHITECTURES: dict[str, ModelConfig] = {
     "gpt2": ModelConfig(

@@ -25,8 +25,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .graph import Graph
-from .weights import Weights
+from harness.core.graph import Graph
+from harness.core.weights import Weights
 
 
 @dataclass

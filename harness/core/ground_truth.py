@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .graph import Graph
+from harness.core.graph import Graph
 
 REQUIRED_KEYS = ("task", "variant", "graph", "source", "edges")
 
@@ -26,7 +26,7 @@ class GroundTruthError(ValueError):
 
 def ground_truth_dir() -> Path:
     env = os.environ.get("CIRCUIT_BENCH_GROUND_TRUTH")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "ground_truth"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "ground_truth"
 
 
 @dataclass
