@@ -59,7 +59,7 @@ def test_kept_circuit_is_faithful_to_its_threshold(reverse):
     clean = e.logits(data.clean)
     g = e.graph
     for k, tau in zip(kept, taus):
-        m = data.metric(e.logits(data.clean, (~k).float(), cache), clean).mean()
+        m = data.metric_values(e.logits(data.clean, (~k).float(), cache), clean).mean()
         assert m < (~k).sum() * tau
         # every kept ADDITION edge's sender is either an input or has a kept path onwards
         for s in g.add_sender[k[: g.n_add]].unique().tolist():

@@ -92,7 +92,7 @@ def test_data_well_formed_and_seeded(setup):
     again, test = task.data("validation"), task.data("test")
     assert torch.equal(again.clean, d.clean) and torch.equal(again.corrupted, d.corrupted)
     assert not torch.equal(test.clean, d.clean)
-    assert torch.equal(d.metric(out, out), torch.zeros(d.n))
+    assert torch.equal(d.metric_values(out, out), torch.zeros(d.n))
 
 
 def test_registered_as_offline_analogue(setup):
@@ -109,7 +109,7 @@ def _position_permuted_cache(eng, tokens):
     perm = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(P - 1, generator=torch.Generator().manual_seed(49))])
     emb = eng.input_embeddings(tokens)
     emb[1] = emb[1][:, perm]
-    return eng.run(tokens, keep=True, input_embeds=emb).cache()
+    return eng.run(tokens, record=True, input_embeds=emb).cache()
 
 
 def test_ground_truth_is_causally_exact(setup):

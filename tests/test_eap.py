@@ -5,7 +5,8 @@ import torch
 
 from harness.core.engine import Engine
 from harness.methods import get_method
-from harness.tasks.base import TaskData, kl_clean_patched
+from harness.core import objectives
+from harness.core.data import Metric, TaskData
 from harness.core.weights import ModelConfig, random_weights
 
 CFG = ModelConfig("tiny-eap", 2, 2, 8, 4, 11, 6, d_mlp=12, act_fn="gelu_new", normalization_type="LN")
@@ -22,15 +23,13 @@ def tiny_task(ablation="resample", seed=0):
     correct = torch.randint(0, CFG.d_vocab, (B, P), generator=g)
     wrong = (correct.unsqueeze(-1) + 1 + torch.randint(0, CFG.d_vocab - 1, (B, P, 2), generator=g)) % CFG.d_vocab
     data = TaskData(clean=clean, corrupted=corr, pos_mask=pos_mask,
-                    metric=lambda lg, cl: kl_clean_patched(lg, cl, pos_mask), correct=correct, wrong=wrong,
+                    metric=Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}), correct=correct, wrong=wrong,
                     ablation=ablation)
     return e, data
 
 
 def objective(name, logits, data, clean_logits):
-    if name == "logit-diff":
-        return data.answer_logit_diff(logits).mean()
-    return data.metric(logits, clean_logits).mean()
+    return objectives.evaluate(name, logits, clean_logits, data).mean()
 
 
 def finite_differences(e, data, tokens, cache, name, eps=1e-5):

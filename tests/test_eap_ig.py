@@ -14,7 +14,7 @@ def mask_gradient(e, data, emb, name):
 
     The mask moves input_r by alpha * (patch_s - current_s); a patch cache holding
     current + (corrupted - clean) makes that the EAP-IG difference (corrupted - clean)."""
-    here = e.run(data.clean, keep=True, input_embeds=emb).cache()
+    here = e.run(data.clean, record=True, input_embeds=emb).cache()
     clean = e.cache(data.clean)
     corr = e.cache(data.clean, zero=True) if data.ablation == "zero" else e.cache(data.corrupted)
     patch = SenderCache(here.senders + corr.senders - clean.senders, here.qkv + corr.qkv - clean.qkv)

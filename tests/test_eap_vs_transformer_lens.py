@@ -8,9 +8,9 @@ small randomly initialised GPT-2 (`GPT2LMHeadModel`, the bridge runs HF's own mo
 
 per example (`metric_fn` sees one example's logits [1, pos, vocab]) and averages over the batch.
 Its edges are per position (writer at p -> reader at p): summing them over positions gives our
-position-free edge. Our objective is `data.answer_logit_diff(logits).mean()` over the batch, so
+position-free edge. Our objective is the answer logit difference (`objectives.answer_logit_diff`) averaged over the batch, so
 its gradient for example b is 1/B times that example's own, and our sum over the batch is TL's
-batch mean: no rescaling is needed when `metric_fn` is one example's `answer_logit_diff`.
+batch mean: no rescaling is needed when `metric_fn` is one example's answer logit difference.
 
 Node mapping (ours <- TL): blocks.0.hook_resid_pre <- embed (TL's writer is `hook_embed` alone,
 without `hook_pos_embed`; clean and corrupted prompts share positions, so the two deltas are the
@@ -30,7 +30,8 @@ import torch
 from harness.core.engine import Engine
 from harness.core.loading_tl import config_from_hf_gpt2, weights_from_bridge
 from harness.methods import get_method
-from harness.tasks.base import TaskData
+from harness.core import objectives
+from harness.core.data import Metric, TaskData
 
 GPT2_KW = dict(n_embd=64, n_layer=2, n_head=4, vocab_size=50257, n_positions=32)
 ACDC_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
@@ -88,7 +89,7 @@ def make_data() -> TaskData:
     correct_p = torch.randint(0, 50257, (P,), generator=g)
     wrong_p = torch.randint(0, 50257, (P, 2), generator=g)
     return TaskData(
-        clean=clean, corrupted=corrupted, pos_mask=pos_mask, metric=lambda lg, cl: torch.zeros(lg.shape[0]),
+        clean=clean, corrupted=corrupted, pos_mask=pos_mask, metric=Metric("none", lambda lg, cl: torch.zeros(lg.shape[0])),
         correct=correct_p.expand(B, P).clone(), wrong=wrong_p.expand(B, P, 2).clone(),
     )
 
@@ -149,7 +150,7 @@ def test_eap_denoising_equals_tl_attribution_patch(tl_bridge_cls, gpt2_tokenizer
 
     def metric_fn(logits):  # one example: [1, pos, vocab] -> scalar, = that example's answer_logit_diff
         assert logits.shape[0] == 1
-        return data.subset(torch.tensor([0])).answer_logit_diff(logits)[0]
+        return objectives.evaluate("logit-diff", logits, None, data.subset(torch.tensor([0])))[0]
 
     t0 = time.perf_counter()
     result = attribution_patch(bridge, data.clean, data.corrupted, metric_fn, EdgeAttributionConfig(granularity="edge"))

@@ -58,12 +58,12 @@ def test_patching_all_edges_into_one_receiver_patches_that_input_only():
     mask = torch.zeros(g.n_edges, dtype=torch.float64)
     r = int(g.qkv_receiver[1, 2, 0])
     mask[g.dense_index[r][g.dense_index[r] >= 0]] = 1
-    tr = e.run(clean, mask, cache, keep=True)
-    trc = e.run(corr, keep=True)
-    trk = e.run(clean, keep=True)
+    tr = e.run(clean, mask, cache, record=True)
+    trc = e.run(corr, record=True)
+    trk = e.run(clean, record=True)
     H = e.cfg.n_heads
-    torch.testing.assert_close(tr.receiver_inputs[1][:, :, 2 * H + 0], trc.receiver_inputs[1][:, :, 2 * H + 0])
-    torch.testing.assert_close(tr.receiver_inputs[1][:, :, 0], trk.receiver_inputs[1][:, :, 0])  # q untouched
+    torch.testing.assert_close(tr.qkv_inputs[1][:, :, 2 * H + 0], trc.qkv_inputs[1][:, :, 2 * H + 0])
+    torch.testing.assert_close(tr.qkv_inputs[1][:, :, 0], trk.qkv_inputs[1][:, :, 0])  # q untouched
 
 
 def test_edge_patching_is_not_node_patching():
@@ -74,13 +74,13 @@ def test_edge_patching_is_not_node_patching():
     name = "blocks.0.attn.hook_result[:, :, 1] -> blocks.1.hook_k_input[:, :, 2]"
     mask = torch.zeros(g.n_edges, dtype=torch.float64)
     mask[g.edge_ids[name]] = 1
-    tr = e.run(clean, mask, cache, keep=True)
-    base = e.run(clean, keep=True)
+    tr = e.run(clean, mask, cache, record=True)
+    base = e.run(clean, record=True)
     H = e.cfg.n_heads
-    k_in = tr.receiver_inputs[1][:, :, H + 2]
-    expected = base.receiver_inputs[1][:, :, H + 2] + cache.senders[g.head_sender[0, 1]] - base.senders[g.head_sender[0, 1]]
+    k_in = tr.qkv_inputs[1][:, :, H + 2]
+    expected = base.qkv_inputs[1][:, :, H + 2] + cache.senders[g.head_sender[0, 1]] - base.senders[g.head_sender[0, 1]]
     torch.testing.assert_close(k_in, expected)
-    torch.testing.assert_close(tr.receiver_inputs[1][:, :, H + 1], base.receiver_inputs[1][:, :, H + 1])
+    torch.testing.assert_close(tr.qkv_inputs[1][:, :, H + 1], base.qkv_inputs[1][:, :, H + 1])
     torch.testing.assert_close(tr.mlp_inputs[0], base.mlp_inputs[0])
 
 

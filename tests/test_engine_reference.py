@@ -168,14 +168,14 @@ def _hook_checks(bridge, e: Engine, tokens) -> None:
     H = cfg.n_heads
     with torch.no_grad():
         logits, cache = bridge.run_with_cache(tokens)
-        tr = e.run(tokens, keep=True)
+        tr = e.run(tokens, record=True)
     tag = "processed" if getattr(bridge, "_weights_processed", False) else "raw"
     _close(f"gpt2 {tag} hook logits", tr.logits, logits, TOL64)
     _close(f"gpt2 {tag} input node (blocks.0.hook_resid_pre)", tr.senders[0], cache["blocks.0.hook_resid_pre"], TOL64)
     _close(f"gpt2 {tag} hook_embed + hook_pos_embed", tr.senders[0], cache["hook_embed"] + cache["hook_pos_embed"], TOL64)
     for L in range(cfg.n_layers):
         for i, x in enumerate("qkv"):
-            _close(f"gpt2 {tag} hook_{x}_input", tr.receiver_inputs[L][:, :, i * H : (i + 1) * H], cache[f"blocks.{L}.hook_{x}_input"], TOL64)
+            _close(f"gpt2 {tag} hook_{x}_input", tr.qkv_inputs[L][:, :, i * H : (i + 1) * H], cache[f"blocks.{L}.hook_{x}_input"], TOL64)
             _close(f"gpt2 {tag} attn.hook_{x}", tr.qkv[L][i], cache[f"blocks.{L}.attn.hook_{x}"], TOL64)
         heads = torch.stack([tr.senders[int(g.head_sender[L, h])] for h in range(H)], dim=2)
         _close(f"gpt2 {tag} attn.hook_result", heads, cache[f"blocks.{L}.attn.hook_result"], TOL64)
@@ -404,7 +404,7 @@ def test_shortformer_positions_enter_only_queries_and_keys():
 
     with torch.no_grad():
         # against the hand-written HookedTransformer forward, with non-zero positions
-        tr = Engine(w).run(tokens, keep=True)
+        tr = Engine(w).run(tokens, record=True)
         _close("shortformer vs hand-written HT forward", tr.logits, _shortformer_reference(w, tokens), TOL64)
         # the input node is the token embedding alone
         assert len(tr.senders) == 1 + SHORTFORMER.n_layers * SHORTFORMER.n_heads

@@ -5,7 +5,7 @@ import torch
 
 from harness.core.engine import Engine
 from harness.methods import get_method
-from harness.methods.patching import objective_mean
+from harness.core import objectives
 
 TASKS = ("tracr-xproportion", "tracr-reverse")
 
@@ -48,7 +48,8 @@ def test_logit_diff_objective(setups):
     mask = torch.zeros(e.graph.n_edges)
     mask[i] = 1
     clean = e.logits(data.clean)
-    want = objective_mean("logit-diff", e.logits(data.clean, mask, cache), data, clean) - data.answer_logit_diff(clean).mean()
+    ld = lambda lg: objectives.evaluate("logit-diff", lg, clean, data).mean()  # noqa: E731
+    want = ld(e.logits(data.clean, mask, cache)) - ld(clean)
     torch.testing.assert_close(s[i], want)
     assert want < -0.1  # patching the output head hurts the answer
 
@@ -76,7 +77,7 @@ def test_node_patching_equals_weight_ablation(setups, task):
 
     def effect(keys):
         lg = Engine(_zeroed(e.w, keys), g).logits(data.clean)
-        return data.metric(lg, clean).mean() - data.metric(clean, clean).mean()
+        return data.metric_values(lg, clean).mean() - data.metric_values(clean, clean).mean()
 
     cases = [(0, [("embed.W_E", None)])]
     for L in range(cfg.n_layers):

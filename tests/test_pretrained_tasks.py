@@ -30,7 +30,7 @@ from harness.tasks.docstring import Docstring, docstring_prompt
 from harness.tasks.greaterthan import GreaterThan, acdc_years, year_tokens
 from harness.tasks.induction import Induction
 from harness.tasks.ioi import IOI, abc_prompts, ioi_prompts
-from harness.tasks.pretrained import docstring_metric, kl_pooled, logit_diff, nll, prob_diff
+from harness.core.objectives import docstring_metric, kl_pooled, logit_diff, nll, prob_diff
 from harness.core.weights import random_weights
 
 PRETRAINED = ("ioi", "greaterthan", "docstring", "induction")
@@ -216,23 +216,24 @@ def test_task_metrics_signs_and_subsets(gpt2_tok):
         V = int(max(d.clean.max(), d.correct.max(), d.wrong.max())) + 1
         good = torch.zeros(d.n, d.clean.shape[1], V)
         good.scatter_(-1, d.correct.unsqueeze(-1), 20.0)
-        m = d.metric(good, good)
+        m = d.metric_values(good, good)
         assert m.shape == (d.n,)
         if name == "induction":
             assert m.mean() < 0.01  # nll of a confident right answer
         else:
             assert (m < 0).all(), name
         kl = task.data(metric="kl").subset(torch.arange(8))
-        assert kl.metric_name == "kl" and kl.metric(good, good).abs().max() < 1e-5
-        assert (kl.metric(good.roll(1, 0), good) > 0).all() if name != "induction" else kl.metric(good.roll(1, 0), good).mean() > 0
+        assert kl.metric_name == "kl" and kl.metric_values(good, good).abs().max() < 1e-5
+        assert (kl.metric_values(good.roll(1, 0), good) > 0).all() if name != "induction" else kl.metric_values(good.roll(1, 0), good).mean() > 0
         idx = torch.tensor([3, 1])
         sub = d.subset(idx)
         if name != "induction":  # per-example metrics; induction's pooled value depends on the batch
-            torch.testing.assert_close(sub.metric(good[idx], good[idx]), m[idx])
+            torch.testing.assert_close(sub.metric_values(good[idx], good[idx]), m[idx])
         else:
-            assert sub.metric(good[idx], good[idx]).shape == (2,)
-        assert torch.equal(sub.correct, d.correct[idx]) and type(sub).__name__ == "PretrainedData"
-        assert torch.equal(d.with_ablation("zero").metric(good, good), m)
+            assert sub.metric_values(good[idx], good[idx]).shape == (2,)
+        assert torch.equal(sub.correct, d.correct[idx])
+        assert sub.rows.keys() == d.rows.keys() and all(torch.equal(sub.rows[k], v[idx]) for k, v in d.rows.items())
+        assert torch.equal(d.with_ablation("zero").metric_values(good, good), m)
         with pytest.raises(ValueError, match="unknown metric"):
             task.data(metric="nope")
 

@@ -12,7 +12,7 @@ from harness.report.compare import compare
 from harness.core.engine import Engine
 from harness.methods import get_method
 from harness.run.runner import RunConfig, bootstrap_intervals, run
-from harness.tasks.base import TaskData
+from harness.core.data import Metric, TaskData
 from harness.core.weights import ModelConfig, random_weights
 
 FAST = dict(tasks=["tracr-xproportion"], methods=["eap", "random", "grad-wrong"],
@@ -112,7 +112,8 @@ def _synthetic(n, seed=0):
     pos[:, -1] = True
     correct = torch.randint(0, 20, (n, 6), generator=g)
     wrong = ((correct + 1 + torch.randint(0, 18, (n, 6), generator=g)) % 20).unsqueeze(-1)
-    data = TaskData(clean, corr, pos, metric=lambda lg, cl: (lg - cl).pow(2).mean((-1, -2)), correct=correct, wrong=wrong)
+    data = TaskData(clean, corr, pos, metric=Metric("l2-all", lambda lg, cl: (lg - cl).pow(2).mean((-1, -2))), correct=correct,
+                    wrong=wrong)
     return eng, data
 
 

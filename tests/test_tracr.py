@@ -33,7 +33,7 @@ def test_converted_model_reproduces_tracr(name, compiled):
     for seqs in by_len.values():
         ids = m.encode(seqs)
         out = tm.forward(tm.params, jnp.array(ids.numpy()))
-        tr = eng.run(ids, keep=True)
+        tr = eng.run(ids, record=True)
         np.testing.assert_allclose(tr.output_input.numpy(), np.asarray(out.transformer_output.output), atol=1e-5)
         # decoded outputs agree with tracr's own decoding (position 0 is BOS)
         for row, s in zip(tr.logits, seqs):
@@ -100,5 +100,5 @@ def test_task_data_subsets_keep_a_working_metric(name, tracr_tasks):
     e = Engine(t.load_model())
     sub = d.subset(torch.tensor([0, 2, 3]))
     clean = e.logits(sub.clean)
-    assert sub.metric(clean, clean).shape == (3,)
-    assert float(sub.metric(e.logits(sub.corrupted), clean).mean()) > 0
+    assert sub.metric_values(clean, clean).shape == (3,)
+    assert float(sub.metric_values(e.logits(sub.corrupted), clean).mean()) > 0

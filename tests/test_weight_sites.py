@@ -6,7 +6,8 @@ import torch
 
 from harness.core.engine import Engine
 from harness.methods import get_method
-from harness.methods.attribution import references, traced_run
+from harness.core.references import references
+from harness.methods.attribution import traced_run
 from harness.methods.targets import target_loss
 from harness.methods.weight_sites import iter_shares, weight_grads
 from harness.core.weights import ModelConfig, random_weights
@@ -17,7 +18,7 @@ SHORT = ModelConfig("tiny-short", 2, 2, 8, 4, 11, 6, d_mlp=None, positional_embe
 
 def _loss_fn(e, data, target="logit-diff-mse"):
     refs = references(e, data)
-    return lambda lg: target_loss(target, lg, data, refs.clean_logits, refs.corrupted_logits)
+    return lambda lg: target_loss(target, lg, data, refs.clean_logits, refs.source_logits)
 
 
 @pytest.mark.parametrize("model", ["ln-mlp", "shortformer"])

@@ -1,20 +1,21 @@
 """A forward pass in which every receiver's input is the sum of its senders' outputs.
 
 The engine runs transformer_lens-format weights (`Weights`) over ACDC's graph (`Graph`).
-Any set of edges can be patched: a float mask `alpha` over the counted edges mixes, for every
-edge s -> r, the sender's output in this run with its output in a corrupted run
-(acdc-tasks.md §1.2):
+Any set of edges can be patched: a float `patch` over the counted edges (1 = patched) mixes,
+for every edge s -> r, the sender's output in this run with its output in the *source* run, the
+run patched from (the corrupted prompts under resample ablation, a zeroed run under zero
+ablation; `harness.core.references` builds it) (acdc-tasks.md §1.2):
 
-    input_r = const_r + sum_s [ (1 - alpha[s->r]) * current_s + alpha[s->r] * corrupted_s ]
+    input_r = const_r + sum_s [ (1 - patch[s->r]) * current_s + patch[s->r] * source_s ]
 
-and a DIRECT edge (q/k/v input -> q/k/v) mixes the head's q/k/v the same way. alpha = 0 is the
-clean model; alpha = 1 everywhere reproduces the corrupted run. The mask is an ordinary tensor,
+and a DIRECT edge (q/k/v input -> q/k/v) mixes the head's q/k/v the same way. patch = 0 is the
+clean model; patch = 1 everywhere reproduces the source run. The patch is an ordinary tensor,
 so it can carry gradients (attribution), be fractional (integrated gradients) and be batched
-(one mask per batch row: many circuits per forward).
+(one patch per batch row: many circuits per forward, `run_many`).
 
 Shapes: tokens [batch, pos]; sender outputs [n_senders, batch, pos, d_model]; q/k/v
-[n_layers, 3, batch, pos, n_heads, d_head]; logits [batch, pos, d_vocab_out].
-No method logic lives here.
+[n_layers, 3, batch, pos, n_heads, d_head]; logits [batch, pos, d_vocab_out]; patch [n_edges]
+or [batch, n_edges]. No method logic lives here.
 """
 from __future__ import annotations
 
@@ -36,13 +37,22 @@ class SenderCache:
     senders: torch.Tensor  # [n_senders, batch, pos, d_model]
     qkv: torch.Tensor  # [n_layers, 3, batch, pos, n_heads, d_head]
 
-    def repeat(self, times: int) -> "SenderCache":
+    def repeat_interleave(self, times: int) -> "SenderCache":
         """Each batch row repeated `times` times in a row (matches tokens.repeat_interleave)."""
         return SenderCache(self.senders.repeat_interleave(times, dim=1), self.qkv.repeat_interleave(times, dim=2))
 
     def tile(self, times: int) -> "SenderCache":
         """The whole batch repeated `times` times (matches tokens.repeat(times, 1))."""
         return SenderCache(self.senders.repeat(1, times, 1, 1), self.qkv.repeat(1, 1, times, 1, 1, 1))
+
+    def tiled(self, times: int) -> "SenderCache":
+        """`tile(times)`, remembered for the last `times` asked (many patched forwards of one
+        size reuse one copy)."""
+        memo = self.__dict__.setdefault("_tiled", {})
+        if times not in memo:
+            memo.clear()
+            memo[times] = self.tile(times)
+        return memo[times]
 
     def rows(self, sl) -> "SenderCache":
         return SenderCache(self.senders[:, sl], self.qkv[:, :, sl])
@@ -52,7 +62,7 @@ class SenderCache:
 class Trace:
     """One forward's outputs, and (when asked) the tensors attribution needs.
 
-    `receiver_inputs[L]` is [batch, pos, 3*n_heads, d_model] (q inputs of heads 0..H-1, then k,
+    `qkv_inputs[L]` is [batch, pos, 3*n_heads, d_model] (q inputs of heads 0..H-1, then k,
     then v); `mlp_inputs[L]` and `output_input` are [batch, pos, d_model]; `qkv[L]` is
     [3, batch, pos, n_heads, d_head]; `senders` lists [batch, pos, d_model] outputs in graph order.
     Gradients with respect to any of them come from `torch.autograd.grad`.
@@ -60,7 +70,7 @@ class Trace:
 
     logits: torch.Tensor
     senders: list = field(default_factory=list)
-    receiver_inputs: list = field(default_factory=list)
+    qkv_inputs: list = field(default_factory=list)
     mlp_inputs: list = field(default_factory=list)
     output_input: Optional[torch.Tensor] = None
     qkv: list = field(default_factory=list)
@@ -87,9 +97,8 @@ class Engine:
         if self.graph.cfg != self.cfg:
             raise ValueError("graph and weights describe different architectures")
         g = self.graph
-        F_ = len(g.senders)
-        self._flat_add = (g.add_receiver * F_ + g.add_sender).to(weights.device)
-        self._act = _ACTS[self.cfg.act_fn]
+        self._flat_add = (g.add_receiver * len(g.senders) + g.add_sender).to(weights.device)
+        self.act_fn = _ACTS[self.cfg.act_fn]
 
     # ----- pieces -----------------------------------------------------------------------
     def _norm(self, x, prefix: str, freeze_scale: bool):
@@ -105,34 +114,34 @@ class Engine:
             x = x * self.w[prefix + ".w"] + self.w[prefix + ".b"]
         return x
 
-    def dense_mask(self, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def dense_patch(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[*, n_edges] -> ADDITION part as [*, n_receivers, n_senders] and DIRECT part as
         [*, n_layers, 3, n_heads]; * is () or (batch,)."""
         g = self.graph
-        lead = mask.shape[:-1]
-        add = mask.new_zeros(*lead, len(g.receivers) * len(g.senders))
-        add = add.index_copy(-1, self._flat_add, mask[..., : g.n_add])
+        lead = patch.shape[:-1]
+        add = patch.new_zeros(*lead, len(g.receivers) * len(g.senders))
+        add = add.index_copy(-1, self._flat_add, patch[..., : g.n_add])
         add = add.view(*lead, len(g.receivers), len(g.senders))
-        direct = mask[..., g.n_add :].reshape(*lead, self.cfg.n_layers, 3, self.cfg.n_heads)
+        direct = patch[..., g.n_add :].reshape(*lead, self.cfg.n_layers, 3, self.cfg.n_heads)
         return add, direct
 
     # ----- the forward ------------------------------------------------------------------
     def run(
         self,
         tokens: torch.Tensor,
-        mask: Optional[torch.Tensor] = None,
-        corrupted: Optional[SenderCache] = None,
+        patch: Optional[torch.Tensor] = None,
+        source: Optional[SenderCache] = None,
         *,
-        keep: bool = False,
+        record: bool = False,
         zero_senders: bool = False,
         freeze_ln_scale: bool = False,
         input_embeds: Optional[torch.Tensor] = None,
     ) -> Trace:
-        """Forward `tokens` [batch, pos]; patch edges by `mask` ([n_edges] or [batch, n_edges])
-        towards `corrupted`. `keep` records senders, receiver inputs and q/k/v in the trace.
-        `zero_senders` zeroes every residual writer (how ACDC builds a zero-ablation cache).
-        `input_embeds` ([n_inputs, batch, pos, d_model]) replaces the input nodes' outputs
-        (used to interpolate embeddings).
+        """Forward `tokens` [batch, pos]; patch edges by `patch` ([n_edges] or [batch, n_edges],
+        1 = patched) towards `source`. `record` keeps senders, receiver inputs and q/k/v in the
+        trace. `zero_senders` zeroes every residual writer (how ACDC builds a zero-ablation
+        source). `input_embeds` ([n_inputs, batch, pos, d_model]) replaces the input nodes'
+        outputs (used to interpolate embeddings).
         """
         cfg, w, g = self.cfg, self.w, self.graph
         tokens = tokens.to(w.device)
@@ -140,19 +149,19 @@ class Engine:
         if P > cfg.n_ctx:
             raise ValueError(f"sequence length {P} exceeds the model's n_ctx {cfg.n_ctx}")
         H, D = cfg.n_heads, cfg.d_model
-        patch = mask is not None
-        if patch:
-            if corrupted is None:
-                raise ValueError("a mask needs a corrupted SenderCache to patch towards")
-            mask = mask.to(w.device, w.dtype)
-            if mask.shape[-1] != g.n_edges:
-                raise ValueError(f"mask has {mask.shape[-1]} edges, graph has {g.n_edges}")
-            add_m, dir_m = self.dense_mask(mask)
-            if mask.dim() == 1:
-                add_m, dir_m = add_m.unsqueeze(0), dir_m.unsqueeze(0)
-            csend = corrupted.senders.to(w.device)
-            if csend.shape[1] != B:
-                raise ValueError(f"corrupted cache has batch {csend.shape[1]}, tokens have {B}")
+        patching = patch is not None
+        if patching:
+            if source is None:
+                raise ValueError("a patch needs a source SenderCache to patch towards")
+            patch = patch.to(w.device, w.dtype)
+            if patch.shape[-1] != g.n_edges:
+                raise ValueError(f"patch has {patch.shape[-1]} edges, graph has {g.n_edges}")
+            add_patch, direct_patch = self.dense_patch(patch)
+            if patch.dim() == 1:
+                add_patch, direct_patch = add_patch.unsqueeze(0), direct_patch.unsqueeze(0)
+            source_senders = source.senders.to(w.device)
+            if source_senders.shape[1] != B:
+                raise ValueError(f"source cache has batch {source_senders.shape[1]}, tokens have {B}")
         trace = Trace(logits=None)  # type: ignore[arg-type]
         senders: list[torch.Tensor] = []
 
@@ -168,36 +177,36 @@ class Engine:
         for x in inputs:
             resid = resid + add_sender(x)
 
-        def patched(base, rows, n_up, alpha):
-            """base + sum_s alpha[r, s] * (corrupted_s - current_s) for receiver rows `rows`."""
-            a = alpha[:, rows, :n_up]  # [b, k, n]
-            delta = csend[:n_up] - torch.stack(senders[:n_up])  # [n, B, P, D]
+        def mix_in_source(base, rows, n_up):
+            """base + sum_s patch[r, s] * (source_s - current_s) for receiver rows `rows`."""
+            a = add_patch[:, rows, :n_up]  # [b, k, n]
+            delta = source_senders[:n_up] - torch.stack(senders[:n_up])  # [n, B, P, D]
             return base + torch.einsum("bkn,nbpd->bpkd", a, delta)
 
         for L in range(cfg.n_layers):
             pre = f"blocks.{L}."
             rows = g.qkv_receiver[L].reshape(-1)
             n_up = g.receivers[int(rows[0])].n_upstream
-            x = resid.unsqueeze(2).expand(B, P, 3 * H, D)
-            if patch:
-                x = patched(x, rows, n_up, add_m)
-            if keep:
-                trace.receiver_inputs.append(x)
-            xn = self._norm(x, pre + "ln1", freeze_ln_scale)
-            xq, xk, xv = xn[:, :, :H], xn[:, :, H : 2 * H], xn[:, :, 2 * H :]
+            qkv_in = resid.unsqueeze(2).expand(B, P, 3 * H, D)
+            if patching:
+                qkv_in = mix_in_source(qkv_in, rows, n_up)
+            if record:
+                trace.qkv_inputs.append(qkv_in)
+            normed = self._norm(qkv_in, pre + "ln1", freeze_ln_scale)
+            q_in, k_in, v_in = normed[:, :, :H], normed[:, :, H : 2 * H], normed[:, :, 2 * H :]
             if cfg.positional_embedding_type == "shortformer":
-                xq = xq + W_pos[None, :, None, :]
-                xk = xk + W_pos[None, :, None, :]
-            q = torch.einsum("bphd,hde->bphe", xq, w[pre + "attn.W_Q"]) + w[pre + "attn.b_Q"]
-            k = torch.einsum("bphd,hde->bphe", xk, w[pre + "attn.W_K"]) + w[pre + "attn.b_K"]
-            v = torch.einsum("bphd,hde->bphe", xv, w[pre + "attn.W_V"]) + w[pre + "attn.b_V"]
-            if patch:
-                cq = corrupted.qkv[L].to(w.device)  # [3, B, P, H, dh]
-                beta = dir_m[:, L]  # [b, 3, H]
-                q = q + beta[:, None, 0, :, None] * (cq[0] - q)
-                k = k + beta[:, None, 1, :, None] * (cq[1] - k)
-                v = v + beta[:, None, 2, :, None] * (cq[2] - v)
-            if keep:
+                q_in = q_in + W_pos[None, :, None, :]
+                k_in = k_in + W_pos[None, :, None, :]
+            q = torch.einsum("bphd,hde->bphe", q_in, w[pre + "attn.W_Q"]) + w[pre + "attn.b_Q"]
+            k = torch.einsum("bphd,hde->bphe", k_in, w[pre + "attn.W_K"]) + w[pre + "attn.b_K"]
+            v = torch.einsum("bphd,hde->bphe", v_in, w[pre + "attn.W_V"]) + w[pre + "attn.b_V"]
+            if patching:
+                source_qkv = source.qkv[L].to(w.device)  # [3, B, P, H, dh]
+                beta = direct_patch[:, L]  # [b, 3, H]
+                q = q + beta[:, None, 0, :, None] * (source_qkv[0] - q)
+                k = k + beta[:, None, 1, :, None] * (source_qkv[1] - k)
+                v = v + beta[:, None, 2, :, None] * (source_qkv[2] - v)
+            if record:
                 # Downstream reads the stacked tensor, so gradients w.r.t. it are defined.
                 qkv = torch.stack([q, k, v])
                 trace.qkv.append(qkv)
@@ -215,26 +224,43 @@ class Engine:
             resid = resid + result.sum(2) + w[pre + "attn.b_O"]
             if not cfg.attn_only:
                 r = int(g.mlp_receiver[L])
-                if patch:
-                    xm = patched(resid.unsqueeze(2), [r], g.receivers[r].n_upstream, add_m).squeeze(2)
+                if patching:
+                    mlp_in = mix_in_source(resid.unsqueeze(2), [r], g.receivers[r].n_upstream).squeeze(2)
                 else:
                     # A tensor of its own (not `resid`, which also flows on through the skip
                     # connection), so its gradient is the MLP input's alone.
-                    xm = resid.clone() if keep else resid
-                if keep:
-                    trace.mlp_inputs.append(xm)
-                h = self._act(self._norm(xm, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
-                out = add_sender(h @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"])
+                    mlp_in = resid.clone() if record else resid
+                if record:
+                    trace.mlp_inputs.append(mlp_in)
+                hidden = self.act_fn(self._norm(mlp_in, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
+                out = add_sender(hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"])
                 resid = resid + out
-        xo = resid
-        if patch:
+        final_in = resid
+        if patching:
             r = g.output_receiver
-            xo = patched(xo.unsqueeze(2), [r], g.receivers[r].n_upstream, add_m).squeeze(2)
-        if keep:
-            trace.output_input = xo
+            final_in = mix_in_source(final_in.unsqueeze(2), [r], g.receivers[r].n_upstream).squeeze(2)
+        if record:
+            trace.output_input = final_in
             trace.senders = senders
-        trace.logits = self._norm(xo, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
+        trace.logits = self._norm(final_in, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
         return trace
+
+    def run_many(self, tokens: torch.Tensor, patches: torch.Tensor, source: SenderCache, max_rows: int = 256,
+                 chunk: Optional[int] = None):
+        """Many patches over one batch, no grad: yields (first patch index, logits [c, batch, pos,
+        d_vocab_out]) per chunk of c patches. patches [k, n_edges]; a forward's rows are patches
+        x examples (patch-major), `chunk` patches per forward (default: as many as keep rows <=
+        `max_rows`). Every caller that evaluates many circuits goes through here: patching,
+        ACDC, faithfulness."""
+        B = tokens.shape[0]
+        chunk = chunk or max(1, max_rows // B)
+        patches = patches.to(self.w.device, self.w.dtype)
+        with torch.no_grad():
+            for i in range(0, patches.shape[0], chunk):
+                part = patches[i : i + chunk]
+                c = part.shape[0]
+                logits = self.run(tokens.repeat(c, 1), part.repeat_interleave(B, 0), source.tiled(c)).logits
+                yield i, logits.view(c, B, *logits.shape[1:])
 
     def input_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input nodes' outputs [n_inputs, batch, pos, d_model]: token+position embedding
@@ -254,7 +280,7 @@ class Engine:
     @torch.no_grad()
     def cache(self, tokens: torch.Tensor, zero: bool = False) -> SenderCache:
         """Sender outputs and q/k/v of a run on `tokens` (zero=True: ACDC's zero ablation)."""
-        return self.run(tokens, keep=True, zero_senders=zero).cache()
+        return self.run(tokens, record=True, zero_senders=zero).cache()
 
-    def logits(self, tokens: torch.Tensor, mask=None, corrupted=None) -> torch.Tensor:
-        return self.run(tokens, mask, corrupted).logits
+    def logits(self, tokens: torch.Tensor, patch=None, source=None) -> torch.Tensor:
+        return self.run(tokens, patch, source).logits

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.methods.attribution import corrupted_cache
+from harness.core.evaluator import PatchedObjective
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -25,20 +25,10 @@ def faithfulness(engine, data, scores: torch.Tensor, fractions=FRACTIONS, max_ro
     E = engine.graph.n_edges
     order = torch.argsort(scores.detach().abs().double().cpu(), descending=True, stable=True)
     ks = sorted({max(1, int(round(f * E))) for f in fractions} | {0, E})
-    masks = torch.ones(len(ks), E, dtype=engine.w.dtype)
+    patches = torch.ones(len(ks), E, dtype=engine.w.dtype)
     for i, k in enumerate(ks):
-        masks[i, order[:k]] = 0.0  # kept edges are clean; the rest are patched
-    cache = corrupted_cache(engine, data)
-    clean_logits = engine.logits(data.clean)
-    B = data.n
-    chunk = max(1, max_rows // B)
-    vals = []
-    for i in range(0, len(ks), chunk):
-        m = masks[i : i + chunk].to(engine.w.device)
-        c = m.shape[0]
-        lg = engine.run(data.clean.repeat(c, 1), m.repeat_interleave(B, 0), cache.tile(c)).logits
-        vals += [float(data.metric(x, clean_logits).mean()) for x in lg.view(c, B, *lg.shape[1:])]
-    vals = np.array(vals)
+        patches[i, order[:k]] = 0.0  # kept edges are clean; the rest are patched
+    vals = PatchedObjective(engine, data, "metric", max_rows=max_rows)(patches).double().cpu().numpy()
     m_empty, m_full = vals[0], vals[-1]
     denom = m_full - m_empty
     f = (vals - m_empty) / denom if abs(denom) > 1e-12 else np.full_like(vals, np.nan)

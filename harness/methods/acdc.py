@@ -2,7 +2,7 @@
 
 For each threshold tau, starting from the full graph: visit receivers in reverse topological
 order; for each incoming edge, tentatively patch it (exact edge patching through the engine's
-mask, on top of every edge removed so far) and remove it for good if
+patch, on top of every edge removed so far) and remove it for good if
 metric(new) - metric(current) < tau (with `abs_value`: |difference| < tau). The metric is the
 task metric with ACDC's sign against clean outputs (`data.metric`, averaged over examples);
 tracr has no KL. Each tau gives one circuit (its kept edges): a `CircuitFamily`.
@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from harness.methods.patching import _evaluator
-from harness.methods.registry import CircuitFamily, register
+from harness.core.evaluator import PatchedObjective
+from harness.methods.registry import CircuitFamily, Timing, register
 
 DEFAULT_THRESHOLDS = tuple(float(t) for t in 10 ** np.linspace(-5, -1, 21))
 
@@ -63,7 +63,7 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
     g = engine.graph
     T, E = len(thresholds), g.n_edges
     tau = torch.tensor(thresholds, dtype=torch.float64)
-    ev = _evaluator(engine, data, "metric", chunk=T, max_rows=max_rows)
+    ev = PatchedObjective(engine, data, "metric", chunk=T, max_rows=max_rows)
     out_edges = [torch.nonzero(g.add_sender == s).flatten() for s in range(len(g.senders))]
     dev = engine.w.device
     kept = torch.ones(T, E, dtype=torch.bool)
@@ -101,6 +101,9 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
     output="family",
     default_variants=["sweep"],
     default_max_edges=5000,
+    # one threshold, timed to its upper bound: every edge evaluated once, plus the full graph
+    timings=lambda bench: [Timing("sweep", label=f"tau={bench.acdc_threshold:g}", options={"thresholds": [bench.acdc_threshold]},
+                                  patched_forwards=lambda graph, batch: graph.n_edges + 1, upper_bound=True)],
 )
 def acdc(engine, data, thresholds=DEFAULT_THRESHOLDS, abs_value=False, max_rows=256):
     thresholds = [float(t) for t in thresholds]

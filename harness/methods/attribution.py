@@ -1,60 +1,31 @@
-"""Shared machinery for gradient methods: clean/corrupted references, gradients at every
-receiver, and the contraction that turns them into one score per edge without edge loops.
+"""Shared machinery of the gradient methods: traced runs, gradients at every receiver, and the
+contraction that turns them into one score per edge without edge loops.
 
-For an edge s -> r, d(objective)/d(alpha[s->r]) = <dL/d input_r, corrupted_s - current_s>
-(summed over batch, positions, d_model); for a DIRECT edge it is <dL/d q, q_corrupted - q>.
+For an edge s -> r, d(objective)/d(patch[s->r]) = <dL/d input_r, source_s - current_s>
+(summed over batch, positions, d_model); for a DIRECT edge it is <dL/d q, q_source - q>.
 So one backward gives every edge's score (Syed et al. 2023; peers-and-methods.md §0.2).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from harness.core.engine import Engine, SenderCache, Trace
-from harness.tasks.base import TaskData
+from harness.core.engine import Engine, Trace
 
 
-def corrupted_cache(engine: Engine, data: TaskData) -> SenderCache:
-    """The run edges are patched towards: the corrupted prompts, or ACDC's zero ablation."""
-    if data.ablation == "zero":
-        return engine.cache(data.clean, zero=True)
-    return engine.cache(data.corrupted)
-
-
-@dataclass
-class References:
-    clean_logits: torch.Tensor
-    corrupted_logits: torch.Tensor
-    cache: SenderCache
-
-
-@torch.no_grad()
-def references(engine: Engine, data: TaskData) -> References:
-    clean_logits = engine.logits(data.clean)
-    cache = corrupted_cache(engine, data)
-    if data.ablation == "zero":
-        ones = torch.ones(engine.graph.n_edges, device=engine.w.device, dtype=engine.w.dtype)
-        corrupted_logits = engine.logits(data.clean, ones, cache)
-    else:
-        corrupted_logits = engine.logits(data.corrupted)
-    return References(clean_logits, corrupted_logits, cache)
-
-
-def traced_run(engine: Engine, tokens, mask=None, cache=None, input_embeds=None, freeze_ln_scale=False) -> Trace:
+def traced_run(engine: Engine, tokens, patch=None, source=None, input_embeds=None, freeze_ln_scale=False) -> Trace:
     """A forward whose receiver inputs and q/k/v can be differentiated."""
     if input_embeds is None:
         input_embeds = engine.input_embeddings(tokens)
     # Gradients need a leaf upstream of everything: the input embeddings.
     input_embeds = input_embeds.detach().requires_grad_(True)
-    return engine.run(tokens, mask, cache, keep=True, input_embeds=input_embeds, freeze_ln_scale=freeze_ln_scale)
+    return engine.run(tokens, patch, source, record=True, input_embeds=input_embeds, freeze_ln_scale=freeze_ln_scale)
 
 
 def receiver_grads(trace: Trace, objective: torch.Tensor):
     """Gradients of a scalar objective at every receiver input and every q/k/v."""
-    targets = list(trace.receiver_inputs) + list(trace.mlp_inputs) + [trace.output_input] + list(trace.qkv)
+    targets = list(trace.qkv_inputs) + list(trace.mlp_inputs) + [trace.output_input] + list(trace.qkv)
     grads = torch.autograd.grad(objective, targets, allow_unused=True)
-    nq = len(trace.receiver_inputs)
+    nq = len(trace.qkv_inputs)
     nm = len(trace.mlp_inputs)
     fix = lambda g, t: torch.zeros_like(t) if g is None else g  # noqa: E731
     grads = [fix(g, t) for g, t in zip(grads, targets)]
@@ -77,15 +48,15 @@ def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: tor
     suite).
     """
     g, cfg = engine.graph, engine.cfg
-    F_, B = sender_vec.shape[0], sender_vec.shape[1]
+    n_senders, B = sender_vec.shape[0], sender_vec.shape[1]
     if per_example:
-        S = sender_vec.permute(1, 0, 2, 3).reshape(B, F_, -1)  # one copy
+        S = sender_vec.permute(1, 0, 2, 3).reshape(B, n_senders, -1)  # one copy
 
         def block(grad, n_up):  # grad [B, P, k, D] -> [B, k, n_up]
             G = grad.permute(0, 2, 1, 3).reshape(B, grad.shape[2], -1)
             return torch.bmm(G, S[:, :n_up].transpose(1, 2))
     else:
-        S = sender_vec.reshape(F_, -1)
+        S = sender_vec.reshape(n_senders, -1)
 
         def block(grad, n_up):  # grad [B, P, k, D] -> [k, n_up]
             G = grad.permute(2, 0, 1, 3).reshape(grad.shape[2], -1)
@@ -101,8 +72,8 @@ def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: tor
             n_up = g.receivers[r].n_upstream
             dense[..., r : r + 1, :n_up] = block(grads["mlp_in"][L].unsqueeze(2), n_up)
     r = g.output_receiver
-    dense[..., r : r + 1, :] = block(grads["out"].unsqueeze(2), F_)
-    flat = (g.add_receiver * F_ + g.add_sender).to(dense.device)
+    dense[..., r : r + 1, :] = block(grads["out"].unsqueeze(2), n_senders)
+    flat = (g.add_receiver * n_senders + g.add_sender).to(dense.device)
     add = dense.reshape(*lead, -1)[..., flat]
     eq = "xbphe,xbphe->bxh" if per_example else "xbphe,xbphe->xh"
     direct = torch.stack([torch.einsum(eq, gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], -3)

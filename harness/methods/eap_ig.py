@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from harness.methods.attribution import contract, receiver_grads, references, traced_run
-from harness.methods.eap import objective_value
-from harness.methods.registry import register
+from harness.core import objectives
+from harness.core.references import references
+from harness.methods.attribution import contract, receiver_grads, traced_run
+from harness.methods.registry import Timing, register
 
 
 def path_embeddings(engine, data, steps: int):
@@ -35,17 +36,20 @@ def path_embeddings(engine, data, steps: int):
         "inputs-5-metric": ({"steps": 5, "objective": "metric"}, "5 steps, the task metric vs clean outputs"),
     },
     default_variants=["inputs-5", "inputs-5-metric"],
+    gradient=True,
+    per_example=True,
+    timings=lambda bench: [Timing("inputs-5", label=f"inputs-{bench.ig_steps}", options={"steps": bench.ig_steps})],
 )
 def eap_ig(engine, data, steps=5, objective="logit-diff", per_example=False):
     if steps < 1:
         raise ValueError("steps must be >= 1")
     refs = references(engine, data)
     clean = engine.cache(data.clean)
-    d_send, d_qkv = refs.cache.senders - clean.senders, refs.cache.qkv - clean.qkv
+    d_send, d_qkv = refs.source.senders - clean.senders, refs.source.qkv - clean.qkv
     total = None
     for emb in path_embeddings(engine, data, steps):
         tr = traced_run(engine, data.clean, input_embeds=emb)
-        grads = receiver_grads(tr, objective_value(objective, tr.logits, data, refs.clean_logits))
+        grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, refs.clean_logits, data).mean())
         s = contract(engine, grads, d_send, d_qkv, per_example=per_example).detach()
         total = s if total is None else total + s
     return total / steps

@@ -15,10 +15,11 @@ Variants are named `<target>/<site>`.
 """
 from __future__ import annotations
 
-from harness.methods.attribution import contract, receiver_grads, references, traced_run
-from harness.methods.registry import register
+from harness.core.references import references
+from harness.methods.attribution import contract, receiver_grads, traced_run
+from harness.methods.registry import Timing, register
 from harness.methods.targets import TARGETS, target_loss
-from harness.methods.weight_sites import weight_edge_scores, weight_grads, weight_node_scores
+from harness.methods.weight_sites import weight_edge_bytes, weight_edge_scores, weight_grads, weight_node_scores
 
 SITES = {
     "activation": "gradient x activation (zero reference)",
@@ -28,6 +29,7 @@ SITES = {
     "weight-edge-taylor": "<share of dL/dW from the sender, W> (frozen LN scale)",
 }
 FROZEN_BY_DEFAULT = ("weight-edge", "weight-edge-taylor")
+TIMED_TARGET = "logit-diff-mse"  # the benchmarks time every site with the seed's target
 
 VARIANTS = {
     f"{t}/{s}": ({"target": t, "site": s}, f"{tdesc}; site: {SITES[s]}")
@@ -42,6 +44,10 @@ VARIANTS = {
     VARIANTS,
     default_variants=[f"{t}/activation" for t in TARGETS]
     + ["logit-diff-mse/weight-node", "logit-diff-mse/weight-edge", "logit-diff-mse/weight-edge-taylor"],
+    gradient=True,
+    per_example=[v for v in VARIANTS if not v.split("/")[1].startswith("weight")],  # dL/dW sums over examples
+    timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
+                           for site in SITES],
 )
 def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, freeze_ln_scale=None):
     if site not in SITES:
@@ -52,7 +58,7 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
     refs = references(engine, data)
 
     def loss_of(logits):
-        return target_loss(target, logits, data, refs.clean_logits, refs.corrupted_logits)
+        return target_loss(target, logits, data, refs.clean_logits, refs.source_logits)
 
     if site == "weight-node":
         return weight_node_scores(engine, weight_grads(engine, data.clean, loss_of, freeze))
@@ -64,5 +70,5 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
     if site == "activation":
         s_vec, q_vec = here.senders, here.qkv
     else:
-        s_vec, q_vec = here.senders - refs.cache.senders, here.qkv - refs.cache.qkv
+        s_vec, q_vec = here.senders - refs.source.senders, here.qkv - refs.source.qkv
     return contract(engine, grads, s_vec, q_vec, per_example=per_example).detach()

@@ -1,13 +1,39 @@
-"""Method registry. A method is a function (engine, data, **options) -> EdgeScores | CircuitFamily.
+"""The method contract and registry.
 
-Each method declares its variants (name -> options) so the CLI and `list` learn them from here.
+A method is a function `fn(engine, data, **options)` returning edge scores, a tensor
+[n_edges] (rankings use |score|), or a `CircuitFamily`. It declares, when it registers, what the
+runner and the benchmarks need to know, so nothing is found out by inspecting its signature:
+
+- variants: name -> (options, one-line description); `default_variants` run when none is named;
+- output: "ranking" or "family";
+- references: the ablations (`TaskData.ablation`) whose source it can patch from;
+- gradient: it scores edges from gradients (the benchmarks compare these with patching);
+- seeded: it takes `seed=`; per_example: it takes `per_example=True` and then returns
+  [batch, n_edges] terms that sum over examples to its scores (True, False, or the variants that
+  do), which makes bootstrap intervals one run instead of one run per resample;
+- default_max_edges: skipped by default on larger graphs (cost grows with edges x examples);
+- timings: how `circuit-bench bench` times it (`Timing`, one per timed row), given the bench
+  settings.
+
+Adding a method: one module in this folder (found without a hand-kept list), or one anywhere
+else loaded with `circuit-bench --plugin MODULE` or the `circuit_bench.plugins` entry point,
+that calls `register`.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import pkgutil
+import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
+
+from harness.core.data import ABLATIONS
+
+OUTPUTS = ("ranking", "family")
 
 
 @dataclass
@@ -18,44 +44,103 @@ class CircuitFamily:
     thresholds: list = field(default_factory=list)
 
 
+def as_scores(result) -> torch.Tensor:
+    """A method's result on the CPU: float64 scores [n_edges], or a family's bool [k, n_edges]."""
+    if isinstance(result, CircuitFamily):
+        return result.circuits.cpu()
+    scores = result.detach().double().cpu()
+    if not torch.isfinite(scores).all():
+        raise FloatingPointError("method produced non-finite scores")
+    return scores
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed row of a method (see harness.bench).
+
+    variant: the registered variant run; label: the row's name (default: the variant);
+    options: overrides for the run (e.g. one ACDC threshold), or graph -> overrides;
+    patched_forwards(graph, batch) -> int: for methods that loop over patched forwards, how many
+        a full run makes (upper_bound: at most that many), so a run cut at a budget extrapolates;
+    sampled_edges: the run covers a sample of edges by design (`edges=` option) and scales up;
+    memory_bytes(engine, batch, seq_len) -> int: a known large allocation, checked first.
+    """
+
+    variant: str
+    label: Optional[str] = None
+    options: dict = field(default_factory=dict)
+    patched_forwards: Optional[Callable] = None
+    upper_bound: bool = False
+    sampled_edges: bool = False
+    memory_bytes: Optional[Callable] = None
+
+
 @dataclass
 class MethodSpec:
     name: str
     fn: Callable
     description: str
     variants: dict  # variant name -> (options dict, one-line description)
-    output: str = "ranking"  # or "family"
+    output: str = "ranking"
     default_variants: tuple = ()
-    # Methods whose cost grows with (edges x examples) forwards run by default only on graphs up
-    # to this size; asked for by name (--methods) they always run.
-    default_max_edges: int | None = None
+    references: tuple = ABLATIONS
+    gradient: bool = False
+    seeded: bool = False
+    per_example: object = False  # bool, or the variants that support it
+    default_max_edges: Optional[int] = None
+    timings: Optional[Callable] = None  # bench settings -> [Timing]
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
             raise KeyError(f"method {self.name!r} has no variant {variant!r}; variants: {', '.join(self.variants)}")
         return dict(self.variants[variant][0])
 
-    def run(self, engine, data, variant: str, **overrides):
+    def supports_per_example(self, variant: str) -> bool:
+        if isinstance(self.per_example, bool):
+            return self.per_example
+        return variant in self.per_example
+
+    def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False, **overrides):
+        """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported."""
+        if data.ablation not in self.references:
+            raise ValueError(f"method {self.name!r} does not patch from a {data.ablation!r} source "
+                             f"(it accepts: {', '.join(self.references)})")
         opts = self.options(variant)
         opts.update(overrides)
+        if self.seeded and seed is not None:
+            opts["seed"] = seed
+        if per_example:
+            if not self.supports_per_example(variant):
+                raise ValueError(f"{self.name}/{variant} gives no per-example scores")
+            opts["per_example"] = True
         return self.fn(engine, data, **opts)
 
 
 METHODS: dict[str, MethodSpec] = {}
 
 
-def register(name: str, description: str, variants: dict, output: str = "ranking", default_variants=None,
-             default_max_edges=None):
+def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
+             references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
+             default_max_edges=None, timings=None):
+    """Decorator: declare a method (see the module docstring for each field)."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+    unknown = set(default_variants or ()) - set(variants)
+    if unknown:
+        raise ValueError(f"{name}: default variants {sorted(unknown)} are not variants")
+
     def deco(fn):
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
-                                   default_max_edges)
+                                   tuple(references), gradient, seeded,
+                                   per_example if isinstance(per_example, bool) else frozenset(per_example),
+                                   default_max_edges, timings)
         return fn
 
     return deco
 
 
 def get_method(name: str) -> MethodSpec:
-    _load_all()
+    load_methods()
     try:
         return METHODS[name]
     except KeyError:
@@ -63,14 +148,42 @@ def get_method(name: str) -> MethodSpec:
 
 
 def all_methods() -> dict:
-    _load_all()
+    load_methods()
     return METHODS
 
 
-def _load_all():
-    from harness.methods import acdc  # noqa: F401  (registration side effects)
-    from harness.methods import eap  # noqa: F401  (registration side effects)
-    from harness.methods import eap_ig  # noqa: F401  (registration side effects)
-    from harness.methods import grad_wrong  # noqa: F401  (registration side effects)
-    from harness.methods import patching  # noqa: F401  (registration side effects)
-    from harness.methods import random_baseline  # noqa: F401  (registration side effects)
+_LOADED = False
+
+
+def load_methods() -> None:
+    """Import every module of this package (each registers its methods), once."""
+    global _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
+    pkg = sys.modules[__name__.rsplit(".", 1)[0]]
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def load_plugin(spec: str) -> None:
+    """Import a module that registers methods or tasks: a dotted module name or a .py file."""
+    path = Path(spec)
+    if spec.endswith(".py"):
+        if not path.is_file():
+            raise FileNotFoundError(f"plugin file {spec!r} does not exist")
+        name = f"circuit_bench_plugin_{path.stem}"
+        mod_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[name] = module
+        mod_spec.loader.exec_module(module)
+    else:
+        importlib.import_module(spec)
+
+
+def load_entry_point_plugins() -> None:
+    """Import the modules installed packages declare under the `circuit_bench.plugins` entry point."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="circuit_bench.plugins"):
+        ep.load()

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from harness.tasks.base import TaskData, masked_mean
+from harness.core.data import TaskData
+from harness.core.objectives import kl_divergence, masked_mean
 
 TARGETS = {
     "logit-diff-mse": "the seed's: MSE pulling the correct and the wrong answer's logits together "
@@ -25,19 +26,21 @@ TARGETS = {
 }
 
 
-def target_loss(name: str, logits: torch.Tensor, data: TaskData, clean_logits: torch.Tensor, corrupted_logits: torch.Tensor) -> torch.Tensor:
-    """Scalar loss, mean over examples; minimising it moves the model towards the wrong target."""
+def target_loss(name: str, logits: torch.Tensor, data: TaskData, clean_logits: torch.Tensor, source_logits: torch.Tensor) -> torch.Tensor:
+    """Scalar loss, mean over examples; minimising it moves the model towards the wrong target.
+    logits, clean_logits, source_logits: [batch, pos, d_vocab_out] (source: the run patched from,
+    `harness.core.references`)."""
     if name not in TARGETS:
         raise KeyError(f"unknown target {name!r}; targets: {', '.join(TARGETS)}")
     m = data.pos_mask.to(logits.device)
     if name == "task-metric":
-        return data.metric(logits, clean_logits).mean()
+        return data.metric_values(logits, clean_logits).mean()
     if not data.categorical:
         y, yc = logits[..., 0], clean_logits[..., 0].detach()
         lo, hi = data.output_range
         mid = (lo + hi) / 2
         if name in ("logit-diff-mse", "counterfactual"):
-            tgt = corrupted_logits[..., 0].detach()
+            tgt = source_logits[..., 0].detach()
         elif name == "least-likely":
             tgt = torch.where(yc > mid, torch.full_like(yc, lo), torch.full_like(yc, hi))
         elif name == "inverted":
@@ -54,12 +57,11 @@ def target_loss(name: str, logits: torch.Tensor, data: TaskData, clean_logits: t
         tgt = clean_logits.detach().argmin(-1)
         per_pos = -lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     elif name == "counterfactual":
-        tgt = data.counterfactual if data.counterfactual is not None else corrupted_logits.detach().argmax(-1)
+        tgt = data.counterfactual if data.counterfactual is not None else source_logits.detach().argmax(-1)
         per_pos = -lp.gather(-1, tgt.to(logits.device).unsqueeze(-1)).squeeze(-1)
     elif name == "inverted":
-        lq = (-clean_logits.detach()).log_softmax(-1)
-        per_pos = (lq.exp() * (lq - lp)).sum(-1)
-    else:  # uniform
+        per_pos = kl_divergence((-clean_logits.detach()).log_softmax(-1), lp)
+    else:  # uniform: KL(uniform || model) in closed form, sum_v (1/V) (log(1/V) - lp_v)
         V = logits.shape[-1]
         per_pos = (-math.log(V) - lp).mean(-1)
     return masked_mean(per_pos, m).mean()

@@ -43,6 +43,17 @@ def weights_with_grad(w: Weights) -> Weights:
     return Weights(w.cfg, params, dict(w.provenance))
 
 
+def weight_edge_bytes(engine, batch: int, seq_len: int) -> int:
+    """The largest tensor the weight-edge sites allocate: one receiver's per-sender shares of
+    dL/dW, [n_upstream, d_model, e] (e = d_head, d_mlp or d_vocab_out for the output, whose
+    receiver reads every sender), twice (the einsum and, for -taylor, shares * W)."""
+    cfg, g = engine.cfg, engine.graph
+    item = torch.finfo(engine.w.dtype).bits // 8
+    out = len(g.senders) * cfg.d_model * cfg.vocab_out
+    mlp = 0 if cfg.attn_only else max(g.receivers[int(r)].n_upstream for r in g.mlp_receiver) * cfg.d_model * cfg.d_mlp
+    return 2 * item * max(out, mlp)
+
+
 def weight_grads(engine: Engine, tokens, loss_fn, freeze_ln_scale=False) -> dict:
     """dL/dW for every parameter: loss_fn(logits) -> scalar, on a copy of the weights."""
     w = weights_with_grad(engine.w)
@@ -110,7 +121,7 @@ def _frozen_ln(engine: Engine, x: torch.Tensor, prefix: str):
 
 
 def iter_shares(engine: Engine, trace, loss: torch.Tensor):
-    """Yield a `Share` for every receiver of an unpatched traced run (`keep=True`); the run's
+    """Yield a `Share` for every receiver of an unpatched traced run (`record=True`); the run's
     `freeze_ln_scale` decides the gradients g, the split itself is exact either way."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     L_, H = cfg.n_layers, cfg.n_heads
@@ -140,7 +151,7 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
                 extra = w["pos_embed.W_pos"][:P]  # added after LN to q/k inputs
             for h in range(H):
                 j = li * H + h
-                yield split(int(g.qkv_receiver[L, li, h]), trace.receiver_inputs[L][:, :, j], p + "ln1", c, extra,
+                yield split(int(g.qkv_receiver[L, li, h]), trace.qkv_inputs[L][:, :, j], p + "ln1", c, extra,
                             w[p + f"attn.W_{X}"][h], g_qkv[L][li, :, :, h], p + f"attn.W_{X}", h,
                             g.direct_index(L, "qkv"[li], h))
         if not cfg.attn_only:
@@ -148,7 +159,7 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
             lin, beta = _frozen_ln(engine, xm, p + "ln2")
             pre = ((lin(xm) + beta) @ w[p + "mlp.W_in"] + w[p + "mlp.b_in"]).requires_grad_(True)
             with torch.enable_grad():
-                out = engine._act(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
+                out = engine.act_fn(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
                 g_pre = torch.autograd.grad(out, pre, g_mlp_out[L])[0]
             yield split(int(g.mlp_receiver[L]), xm, p + "ln2", sum(b_O[: L + 1], zero), 0.0, w[p + "mlp.W_in"],
                         g_pre, p + "mlp.W_in", None, None)

@@ -5,7 +5,6 @@ error and the run goes on; Ctrl-C keeps every finished record.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import time
 import traceback
@@ -16,12 +15,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from harness.core.device import resolve_device
 from harness.core.engine import Engine
+from harness.core.loading import MissingWeightsError
+from harness.eval.bootstrap import bootstrap_intervals, score_all
 from harness.eval.faithfulness import faithfulness
 from harness.methods import CircuitFamily, all_methods
+from harness.methods.registry import as_scores
 from harness.run.store import ResultStore
-from harness.eval.scoring import score_edges_and_nodes
-from harness.core.loading import MissingWeightsError  # noqa: F401  (raised by tasks; re-exported for callers)
 from harness.tasks import TASKS, get_task
 
 
@@ -43,14 +44,6 @@ class RunConfig:
     methods_explicit: bool = True  # False: defaults, so costly methods skip large graphs
     faithfulness: bool = True  # CPR/CMD of the top-k circuits of every ranking
     threads: int | None = None  # CPU threads; None: 1 for small models, torch's default otherwise
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
-    return name
 
 
 def _graph_size(task_name: str):
@@ -82,63 +75,6 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
-def _score_all(task, graph, result) -> dict:
-    """(ground truth, level) -> RocResult for a ranking tensor or a bool family tensor."""
-    out = {}
-    for gt_name, gt in task.ground_truths().items():
-        for level, r in score_edges_and_nodes(graph, result, gt.edge_mask(graph)).items():
-            out[(gt_name, level)] = r
-    return out
-
-
-def _as_scores(result):
-    if isinstance(result, CircuitFamily):
-        return result.circuits.cpu()
-    scores = result.detach().double().cpu()
-    if not torch.isfinite(scores).all():
-        raise FloatingPointError("method produced non-finite scores")
-    return scores
-
-
-def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, kwargs=None, max_reruns=None) -> dict:
-    """95% percentile intervals of every AUC over `n_boot` resamples of the examples.
-
-    Methods whose scores are sums over examples (every gradient method: the model treats
-    examples independently) are run once with `per_example=True` and resampled by reweighting
-    rows; other methods are re-run on each resampled dataset.
-    """
-    kwargs = dict(kwargs or {})
-    g = torch.Generator().manual_seed(10_000 + seed)
-    per_ex = None
-    if "per_example" in inspect.signature(spec.fn).parameters:
-        try:
-            per_ex = spec.run(engine, data, variant, per_example=True, **kwargs).detach().double().cpu()
-        except (ValueError, NotImplementedError):
-            per_ex = None  # this variant is not a sum over examples: re-run it on each resample
-    if per_ex is None and max_reruns is not None:
-        n_boot = min(n_boot, max_reruns)
-    samples: dict = {}
-    for _ in range(n_boot):
-        idx = torch.randint(0, data.n, (data.n,), generator=g)
-        if per_ex is not None:
-            res = per_ex[idx].sum(0)
-        else:
-            res = _as_scores(spec.run(engine, data.subset(idx), variant, **kwargs))
-        try:
-            scored = _score_all(task, engine.graph, res)
-        except ValueError:
-            continue
-        for key, r in scored.items():
-            samples.setdefault(key, []).append((r.auc, r.pessimistic_auc))
-    out = {}
-    for key, vals in samples.items():
-        a = np.array(vals)
-        out[key] = {"auc_lo": float(np.percentile(a[:, 0], 2.5)), "auc_hi": float(np.percentile(a[:, 0], 97.5)),
-                    "pessimistic_auc_lo": float(np.percentile(a[:, 1], 2.5)),
-                    "pessimistic_auc_hi": float(np.percentile(a[:, 1], 97.5)), "n_bootstrap": len(vals)}
-    return out
-
-
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     spec = all_methods()[method]
     record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
@@ -146,11 +82,10 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
-    kwargs = {"seed": cfg.seed} if "seed" in inspect.signature(spec.fn).parameters else {}  # seeded methods
-    result = spec.run(engine, data, variant, **kwargs)
+    result = spec.run(engine, data, variant, seed=cfg.seed)
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
-    scores = _as_scores(result)
+    scores = as_scores(result)
     if isinstance(result, CircuitFamily):
         record["thresholds"] = [float(x) for x in result.thresholds]
         record["circuit_sizes"] = scores.sum(1).tolist()
@@ -158,8 +93,8 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
             record["faithfulness"] = faithfulness(engine, data, scores)
-    scored = _score_all(task, engine.graph, scores)
-    intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, kwargs, cfg.bootstrap_reruns) if cfg.bootstrap and scored else {}
+    scored = score_all(task, engine.graph, scores)
+    intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, cfg.bootstrap_reruns) if cfg.bootstrap and scored else {}
     rows = []
     for (gt_name, level), r in scored.items():
         keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
@@ -211,7 +146,7 @@ def run_metadata(cfg: RunConfig) -> dict:
 
 
 def run(cfg: RunConfig, log=print) -> ResultStore:
-    cfg.device = resolve_device(cfg.device)
+    cfg.device = str(resolve_device(cfg.device))
     store = ResultStore(cfg.out)
     if cfg.fresh:
         store.clear()

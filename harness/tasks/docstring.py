@@ -24,7 +24,9 @@ import random
 import torch
 
 from harness.tasks.data_lists import DOCSTRING_NOUNS, DOCSTRING_VARIABLE_NAMES
-from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, docstring_metric, encode, kl_last, stack_equal
+from harness.core import objectives
+from harness.core.data import Metric, TaskData
+from harness.tasks.pretrained import PretrainedTask, encode, stack_equal
 
 N_PROMPTS = 100
 
@@ -62,7 +64,11 @@ class Docstring(PretrainedTask):
     requires = ("attn-only-4l", "gpt-neox-tokenizer-digits")
     tokenizer_key = "gpt-neox-tokenizer-digits"
     n_per_split = 50
-    metric_names = ("docstring_metric", "kl")
+    metrics = {
+        "docstring_metric": Metric("docstring_metric", objectives.docstring_metric,
+                                   {"correct": "answer", "wrong": "wrong_args"}),
+        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}),
+    }
 
     def tokens(self) -> dict:
         if self._cache is None:
@@ -84,7 +90,7 @@ class Docstring(PretrainedTask):
             }
         return self._cache
 
-    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> PretrainedData:
+    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> TaskData:
         """ACDC's fixed data (the same for every `seed`); metric "docstring_metric" (default) or "kl"."""
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
@@ -96,13 +102,10 @@ class Docstring(PretrainedTask):
         wrong = torch.zeros(B, P, t["wrong"].shape[1], dtype=torch.long)
         cf = torch.zeros(B, P, dtype=torch.long)
         correct[:, -1], wrong[:, -1], cf[:, -1] = t["correct"][rows], t["wrong"][rows], t["cf"][rows]
-        if metric == "docstring_metric":
-            fn = RowMetric(docstring_metric, {"correct": t["correct"][rows], "wrong": t["wrong"][rows]})
-        else:
-            fn = RowMetric(kl_last, {"pos_mask": pos_mask})
-        return PretrainedData(
-            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
-            counterfactual=cf, ablation=ablation, metric_name=metric,
+        return TaskData(
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
+            correct=correct, wrong=wrong, counterfactual=cf,
+            rows={"answer": t["correct"][rows], "wrong_args": t["wrong"][rows]}, ablation=ablation,
             info={"split": split, "n": B, "natural_metric": "correct - max wrong logit = -docstring_metric"
                   if metric == "docstring_metric" else "KL"},
         )

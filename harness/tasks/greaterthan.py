@@ -14,10 +14,14 @@ counterfactual = "02" (the corrupted prompt's smallest greater year).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from harness.tasks.data_lists import GREATERTHAN_NOUNS
-from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, prob_diff, stack_equal
+from harness.core import objectives
+from harness.core.data import Metric, TaskData
+from harness.tasks.pretrained import PretrainedTask, encode, stack_equal
 
 N_PROMPTS = 200
 TEMPLATE = "The {noun} lasted from the year {year} to "
@@ -56,7 +60,10 @@ class GreaterThan(PretrainedTask):
     requires = ("gpt2", "gpt2-tokenizer")
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 100
-    metric_names = ("prob_diff", "kl")
+    metrics = {
+        "prob_diff": Metric("prob_diff", objectives.prob_diff, {"yy": "yy"}),  # + year_tokens, set in data()
+        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}),
+    }
 
     def tokens(self) -> dict:
         if self._cache is None:
@@ -76,7 +83,7 @@ class GreaterThan(PretrainedTask):
             self._cache = {"clean": clean, "corrupted": corrupted, "yy": yy, "year_tokens": ytab, "texts": texts}
         return self._cache
 
-    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> PretrainedData:
+    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> TaskData:
         """ACDC's fixed data (the same for every `seed`); metric "prob_diff" (default) or "kl"."""
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
@@ -88,13 +95,12 @@ class GreaterThan(PretrainedTask):
         wrong = torch.zeros(B, P, 1, dtype=torch.long)
         cf = torch.zeros(B, P, dtype=torch.long)
         correct[:, -1], wrong[:, -1, 0], cf[:, -1] = ytab[(yy + 1).clamp(max=99)], ytab[yy], ytab[2]
+        fn = self.metrics[metric]
         if metric == "prob_diff":
-            fn = RowMetric(prob_diff, {"yy": yy}, {"year_tokens": ytab})
-        else:
-            fn = RowMetric(kl_last, {"pos_mask": pos_mask})
-        return PretrainedData(
+            fn = dataclasses.replace(fn, const={"year_tokens": ytab})
+        return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
-            counterfactual=cf, ablation=ablation, metric_name=metric,
+            counterfactual=cf, rows={"yy": yy}, ablation=ablation,
             info={"split": split, "n": B,
                   "natural_metric": "P(>YY) - P(<=YY) = -prob_diff" if metric == "prob_diff" else "KL"},
         )

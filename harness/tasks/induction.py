@@ -23,7 +23,9 @@ from typing import Optional
 import torch
 
 from harness.core import loading
-from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, kl_pooled, nll
+from harness.core import objectives
+from harness.core.data import Metric, TaskData
+from harness.tasks.pretrained import PretrainedTask
 
 SEQ_LEN = 300
 SHUFFLE_SEED = 42
@@ -35,7 +37,10 @@ class Induction(PretrainedTask):
     description = "Induction on redwood_attn_2l (ACDC: 300-token OpenWebText rows, masked positions, 50+50; no ground truth)"
     requires = ("redwood_attn_2l", "induction-data")
     n_per_split = 50
-    metric_names = ("nll", "kl")
+    metrics = {
+        "nll": Metric("nll", objectives.nll, {"labels": "correct", "mask": "pos_mask"}),
+        "kl": Metric("kl", objectives.kl_pooled, {"mask": "pos_mask"}),
+    }
     seq_len = SEQ_LEN
 
     def __init__(self, tokenizer=None, weights_dir=None, tokens: Optional[torch.Tensor] = None,
@@ -55,7 +60,7 @@ class Induction(PretrainedTask):
                              f"got {tuple(toks.shape)}")
         return toks, mask
 
-    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> PretrainedData:
+    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> TaskData:
         """ACDC's fixed data (the same for every `seed`); metric "nll" (default) or "kl"."""
         metric = self.check_metric(metric)
         toks, mask = self.raw()
@@ -68,13 +73,9 @@ class Induction(PretrainedTask):
         # a wrong answer that always differs from the right one and is a token id of the data
         fallback = torch.where(clean != labels, clean, (labels + 1) % (int(toks.max()) + 1))
         wrong = torch.where(cf != labels, cf, fallback).unsqueeze(-1)
-        if metric == "nll":
-            fn = RowMetric(nll, {"labels": labels, "mask": pos_mask})
-        else:
-            fn = RowMetric(kl_pooled, {"mask": pos_mask})
-        return PretrainedData(
-            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=labels, wrong=wrong,
-            counterfactual=cf, ablation=ablation, metric_name=metric,
+        return TaskData(
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
+            correct=labels, wrong=wrong, counterfactual=cf, ablation=ablation,
             info={"split": split, "n": int(clean.shape[0]), "masked_positions": int(pos_mask.sum()),
                   "natural_metric": "negative log-probability (lower is better)" if metric == "nll" else "KL",
                   "ground_truth": "none: ACDC defines no induction circuit, so no AUC"},

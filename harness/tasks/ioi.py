@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from harness.tasks.data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
-from harness.tasks.pretrained import PretrainedData, PretrainedTask, RowMetric, encode, kl_last, logit_diff, stack_equal
+from harness.core import objectives
+from harness.core.data import Metric, TaskData
+from harness.tasks.pretrained import PretrainedTask, encode, stack_equal
 
 TEMPLATE = "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
 N_PROMPTS = 200
@@ -86,7 +88,10 @@ class IOI(PretrainedTask):
     requires = ("gpt2", "gpt2-tokenizer")
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 100
-    metric_names = ("logit_diff", "kl")
+    metrics = {
+        "logit_diff": Metric("logit_diff", objectives.logit_diff, {"correct": "io", "wrong": "s"}),
+        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}),
+    }
 
     def tokens(self) -> dict:
         """All 200 rows: clean/corrupted token ids [200, 16] and the IO/S/ABC-IO token ids."""
@@ -106,7 +111,7 @@ class IOI(PretrainedTask):
                            "abc_io": at[:, 15].clone(), "prompts": clean, "abc_prompts": abc}
         return self._cache
 
-    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> PretrainedData:
+    def data(self, split="validation", seed=0, ablation="resample", metric=None) -> TaskData:
         """ACDC's fixed data (the same for every `seed`); metric "logit_diff" (default) or "kl"."""
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
@@ -118,12 +123,9 @@ class IOI(PretrainedTask):
         wrong = torch.zeros(B, P, 1, dtype=torch.long)
         cf = torch.zeros(B, P, dtype=torch.long)
         correct[:, -1], wrong[:, -1, 0], cf[:, -1] = t["io"][rows], t["s"][rows], t["abc_io"][rows]
-        if metric == "logit_diff":
-            fn = RowMetric(logit_diff, {"correct": t["io"][rows], "wrong": t["s"][rows]})
-        else:
-            fn = RowMetric(kl_last, {"pos_mask": pos_mask})
-        return PretrainedData(
-            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
-            counterfactual=cf, ablation=ablation, metric_name=metric,
+        return TaskData(
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
+            correct=correct, wrong=wrong, counterfactual=cf, rows={"io": t["io"][rows], "s": t["s"][rows]},
+            ablation=ablation,
             info={"split": split, "n": B, "natural_metric": "IO - S logit difference = -logit_diff" if metric == "logit_diff" else "KL"},
         )

@@ -23,10 +23,10 @@ import torch
 
 from harness.programs.rasp_programs import ANALOGUE_SIZES, GREATERTHAN_TEMPLATE, IOI_TEMPLATE, analogue_spec, analogue_words
 from harness.programs.tracr_models import load_tracr
-from harness.tasks.base import TaskData
-from harness.tasks.tracr_tasks import TracrTask, l2_metric
+from harness.core.data import TaskData, check_split
+from harness.tasks.tracr_tasks import L2, TracrTask
 
-SPLIT_OFFSET = {"validation": 0, "test": 1}
+SPLIT_OFFSET = {"validation": 0, "test": 1}  # seeds the prompt generator per split
 
 
 class TracrAnalogue(TracrTask):
@@ -72,8 +72,7 @@ class TracrAnalogue(TracrTask):
         return [length]
 
     def data(self, split="validation", seed=0, ablation="resample"):
-        if split not in SPLIT_OFFSET:
-            raise ValueError(f"unknown split {split!r}; splits: validation, test")
+        check_split(split)
         rng = random.Random(1000003 * seed + SPLIT_OFFSET[split])
         rows = [self.examples(rng) for _ in range(self.n_per_split)]
         m = self.tracr()
@@ -92,12 +91,9 @@ class TracrAnalogue(TracrTask):
             cf[b, pos] = torch.tensor([idx[v] for v in f])
             wrong[b, pos] = torch.tensor([[idx[v] for v in ws] for ws in w])
         return TaskData(
-            clean=clean, corrupted=corr, pos_mask=pos_mask,
-            # Scored positions are the same in every row: the metric holds them as [pos], so it
-            # stays right for `TaskData.subset` (bootstrap resamples).
-            metric=lambda lg, cl, _m=pos_mask[0].clone(): l2_metric(lg, cl, _m.to(lg.device)),
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=L2,
             categorical=True, correct=correct, wrong=wrong, counterfactual=cf, ablation=ablation,
-            metric_name="l2", info={"split": split, "n": B, "sizes": dict(self.sizes), "mirrors": self.mirrors},
+            info={"split": split, "n": B, "sizes": dict(self.sizes), "mirrors": self.mirrors},
         )
 
 

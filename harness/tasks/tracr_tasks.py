@@ -1,8 +1,8 @@
 """ACDC's two tracr tasks, on models compiled at run time from the bundled RASP programs.
 
-Metric (acdc-tasks.md §6): `l2`, the mean squared difference between the patched and the clean
-model's outputs at the scored positions (all output dimensions). KL is refused: tracr outputs
-are one-hots or a single number, not distributions.
+Metric (acdc-tasks.md §6): `objectives.l2`, the mean squared difference between the patched and
+the clean model's outputs at the scored positions (all output dimensions). KL is refused: tracr
+outputs are one-hots or a single number, not distributions.
 """
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import itertools
 
 import torch
 
+from harness.core import objectives
+from harness.core.data import Metric, TaskData, check_split, derangement
 from harness.programs.tracr_models import load_tracr
-from harness.tasks.base import Task, TaskData, derangement, masked_mean
+from harness.tasks.base import Task
 
-
-def l2_metric(logits: torch.Tensor, clean_logits: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
-    return masked_mean((logits - clean_logits).pow(2).mean(-1), pos_mask)
+L2 = Metric("l2", objectives.l2, {"pos_mask": "pos_mask"})
 
 
 class TracrTask(Task):
@@ -40,11 +40,9 @@ class TracrTask(Task):
         pos_mask = torch.zeros_like(clean, dtype=torch.bool)
         pos_mask[:, 1:] = True  # position 0 is BOS: its output is meaningless
         return TaskData(
-            clean=clean, corrupted=corr, pos_mask=pos_mask,
-            # the scored positions are the same in every row: hold them as [pos], so subsets work
-            metric=lambda lg, cl, _m=pos_mask[0].clone(): l2_metric(lg, cl, _m.to(lg.device)),
+            clean=clean, corrupted=corr, pos_mask=pos_mask, metric=L2,
             categorical=categorical, correct=correct, wrong=wrong, counterfactual=counterfactual,
-            ablation=ablation, metric_name="l2", info=info or {},
+            ablation=ablation, info=info or {},
         )
 
 
@@ -64,8 +62,7 @@ class TracrReverse(TracrTask):
     description = "tracr: reverse a length-3 sequence over {1,2,3} (ACDC tracr-reverse)"
 
     def data(self, split="validation", seed=0, ablation="resample"):
-        if split not in ("validation", "test"):
-            raise ValueError(f"unknown split {split!r}")
+        check_split(split)
         seqs = [list(p) for p in itertools.permutations([1, 2, 3])]
         g = torch.Generator().manual_seed(seed)
         perm = derangement(len(seqs), g)
@@ -98,8 +95,7 @@ class TracrXProportion(TracrTask):
     n_per_split = 50
 
     def data(self, split="validation", seed=0, ablation="resample"):
-        if split not in ("validation", "test"):
-            raise ValueError(f"unknown split {split!r}")
+        check_split(split)
         allseq = [list(s) for s in itertools.product("wxyz", repeat=4)]
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(allseq), generator=g)[: 2 * self.n_per_split].tolist()

@@ -1,0 +1,134 @@
+"""What a method sees of a task: one split's tokens, per-example fields and its metric.
+
+Every per-example tensor (tokens, scored positions, answers, and the extra `rows` a metric
+reads) is a field with the batch as its first dimension, so `subset` re-indexes all of it
+together and a bootstrap resample can never pair one example's answers with another's tokens.
+A metric is a pure function of (logits, clean_logits, **fields) from `harness.core.objectives`,
+named with the fields it reads (`Metric.reads`), never a closure over data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import torch
+
+SPLITS = ("validation", "test")
+ABLATIONS = ("resample", "zero")
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    return split
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task metric: `fn(logits, clean_logits, **kwargs) -> [batch]`.
+
+    reads: keyword -> the name of a per-example field of the data (`pos_mask`, `correct`,
+        `wrong`, `counterfactual` or a key of `TaskData.rows`), passed as that keyword.
+    const: keyword -> a value shared by every example (e.g. Greater-Than's 100 year tokens).
+    """
+
+    name: str
+    fn: Callable
+    reads: dict = field(default_factory=dict)
+    const: dict = field(default_factory=dict)
+
+
+@dataclass
+class TaskData:
+    """One split of a task.
+
+    clean, corrupted: token ids [batch, pos] (corrupted: the counterfactual prompts, the source
+        of resample ablation).
+    pos_mask: bool [batch, pos], the positions a metric reads.
+    metric: the task metric (ACDC's sign: lower is better for the model; 0 for the clean model
+        where it compares with clean outputs).
+    correct: long [batch, pos], the right answer's output index at scored positions (categorical
+        outputs), or None for numerical outputs.
+    wrong: long [batch, pos, n_wrong], the task's wrong answers (IOI: the subject; docstring: 13
+        other arguments), or None.
+    counterfactual: long [batch, pos], the corrupted prompt's right answer, or None.
+    rows: further per-example tensors [batch, ...] that the metric reads (e.g. IOI's IO and S
+        tokens).
+    categorical: whether outputs are class scores (False: one numerical output per position).
+    output_range: for numerical outputs, the range the output lives in.
+    ablation: the source patched from: "resample" (the corrupted prompts) or "zero" (ACDC's
+        zero ablation).
+    """
+
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    pos_mask: torch.Tensor
+    metric: Metric
+    categorical: bool = True
+    correct: Optional[torch.Tensor] = None
+    wrong: Optional[torch.Tensor] = None
+    counterfactual: Optional[torch.Tensor] = None
+    rows: dict = field(default_factory=dict)
+    output_range: tuple = (0.0, 1.0)
+    ablation: str = "resample"
+    info: dict = field(default_factory=dict)
+
+    PER_EXAMPLE = ("clean", "corrupted", "pos_mask", "correct", "wrong", "counterfactual")
+
+    def __post_init__(self):
+        if self.clean.shape != self.corrupted.shape:
+            raise ValueError(f"clean {tuple(self.clean.shape)} and corrupted {tuple(self.corrupted.shape)} differ in shape")
+        if self.pos_mask.shape != self.clean.shape:
+            raise ValueError("pos_mask must have the shape of the tokens")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, not {self.ablation!r}")
+        if not isinstance(self.metric, Metric):
+            raise TypeError("TaskData.metric must be a harness.core.data.Metric (a function and the fields it reads)")
+        for name, t in self.rows.items():
+            if t.shape[0] != self.n:
+                raise ValueError(f"rows[{name!r}] has {t.shape[0]} rows, the data has {self.n}")
+        for kw, src in self.metric.reads.items():
+            if src not in self.PER_EXAMPLE and src not in self.rows:
+                raise ValueError(f"metric {self.metric.name!r} reads {src!r}, which is not a field of this data")
+
+    @property
+    def n(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.name
+
+    def field(self, name: str) -> torch.Tensor:
+        return self.rows[name] if name in self.rows else getattr(self, name)
+
+    def metric_values(self, logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
+        """[batch]: the task metric of each example (see `Metric`)."""
+        dev = logits.device
+        kw = {k: self.field(src).to(dev) for k, src in self.metric.reads.items()}
+        kw.update({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in self.metric.const.items()})
+        return self.metric.fn(logits, clean_logits, **kw)
+
+    def subset(self, idx: torch.Tensor) -> "TaskData":
+        """The same split restricted to examples `idx` (bootstrap resamples): every per-example
+        field is re-indexed."""
+        pick = {name: (None if getattr(self, name) is None else getattr(self, name)[idx]) for name in self.PER_EXAMPLE}
+        return replace(self, **pick, rows={k: v[idx] for k, v in self.rows.items()}, info=dict(self.info))
+
+    def with_ablation(self, ablation: str) -> "TaskData":
+        return replace(self, ablation=ablation, info=dict(self.info))
+
+    def to(self, device) -> "TaskData":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, **{n: move(getattr(self, n)) for n in self.PER_EXAMPLE},
+                       rows={k: v.to(device) for k, v in self.rows.items()})
+
+
+def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random permutation with no fixed points (n >= 2), by rejection."""
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 rows")
+    while True:
+        p = torch.randperm(n, generator=generator)
+        if not (p == torch.arange(n)).any():
+            return p
