@@ -5,10 +5,10 @@ CI proof (quick):   python -m pytest benchmarks -m quick --benchmark-disable -q
 GPU:                CIRCUIT_BENCH_DEVICE=cuda python -m pytest benchmarks
 Assert the targets: CIRCUIT_BENCH_ASSERT_TARGETS=1 python -m pytest benchmarks -k targets
 
-Every case is defined once in `harness.timing` (shared with `circuit-bench bench`): random
-weights with the real configurations (timing does not depend on weight values), random token
-batches with a generic logit-difference TaskData. Each benchmark round runs the case through
-`harness.timing.measure` (CUDA: synchronise + events + max_memory_allocated; CPU: perf_counter
+Every case is defined once in `harness.bench` (shared with `circuit-bench bench`; method cases
+come from the registry's declared timings): random weights with the real configurations (timing
+does not depend on weight values), random token batches with a generic logit-difference
+TaskData. Each benchmark round runs the case through `harness.bench.measure.measure` (CUDA: synchronise + events + max_memory_allocated; CPU: perf_counter
 and peak RSS), so pytest-benchmark's own clock sees finished work, and `benchmark.extra_info`
 gets the honest figures: device, dtype, batch, seq_len, torch, threads, peak_mem_mb, and for
 looping methods the extrapolated seconds for a full run. Speed targets are ratios measured in
@@ -31,7 +31,12 @@ import statistics
 import pytest
 import torch
 
-from harness.bench import timing as T
+from harness.bench.cases import cases
+from harness.bench.measure import bench_setup, measure, memory_limit_bytes
+from harness.bench.setups import Setup, make_setup
+from harness.bench.suite import BATCHING_TARGET, EAP_TARGET, BenchConfig, add_ratios, target_rows
+from harness.core.device import resolve_device
+from harness.report.timing_text import targets_text
 
 
 def pytest_configure(config):
@@ -44,7 +49,7 @@ def _env(name, default, cast=str):
     return cast(v) if v not in (None, "") else default
 
 
-DEVICE = str(T.resolve_device(_env("CIRCUIT_BENCH_DEVICE", "cpu")))
+DEVICE = str(resolve_device(_env("CIRCUIT_BENCH_DEVICE", "cpu")))
 DTYPE = _env("CIRCUIT_BENCH_DTYPE", "float32")
 ROUNDS = _env("CIRCUIT_BENCH_ROUNDS", 3, int)
 BUDGET_S = _env("CIRCUIT_BENCH_BUDGET_S", 60.0, float)
@@ -55,7 +60,7 @@ THREADS = _env("CIRCUIT_BENCH_THREADS", None, int)
 if THREADS:
     torch.set_num_threads(THREADS)
 
-CASES = {c.key: c for c in T.cases(ig_steps=IG_STEPS, single_edges=SINGLE_EDGES)}
+CASES = {c.key: c for c in cases(BenchConfig(ig_steps=IG_STEPS, single_edges=SINGLE_EDGES))}
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +72,13 @@ def setups():
         key = (model, batch, seq_len)
         if key not in cache:
             cache.clear()
-            cache[key] = T.make_setup(model, batch, seq_len, DEVICE, DTYPE)
+            cache[key] = make_setup(model, batch, seq_len, DEVICE, DTYPE)
         return cache[key]
 
     return get
 
 
-def _info(s: T.Setup) -> dict:
+def _info(s: Setup) -> dict:
     return {"model": s.model, "device": s.device.type, "dtype": str(s.dtype).replace("torch.", ""), "batch": s.batch,
             "seq_len": s.seq_len, "torch": torch.__version__, "threads": s.clock.threads(),
             "mem_kind": s.clock.mem_kind, "n_edges": s.graph.n_edges, "device_name": s.clock.device_name()}
@@ -86,15 +91,15 @@ def time_case(benchmark, setups):
     def run(model, batch, seq_len, key):
         s = setups(model, batch, seq_len)
         case = CASES[key]
-        limit = T.memory_limit_bytes(s.device)
+        limit = memory_limit_bytes(s.device)
         need = case.mem_bytes(s) if case.mem_bytes else 0
         if limit is not None and need > limit:
             pytest.skip(f"{key} needs ~{need / 2**30:.1f} GiB in one tensor (limit {limit / 2**30:.1f} GiB)")
         samples = []
         looping = case.units is not None
         if s.clock.cuda or not looping:  # warm-up (CUDA looping cases: one patched forward; none on CPU)
-            T.measure(s, case, None, 1 if looping else None)
-        benchmark.pedantic(lambda: samples.append(T.measure(s, case, BUDGET_S)), rounds=1 if looping else ROUNDS,
+            measure(s, case, None, 1 if looping else None)
+        benchmark.pedantic(lambda: samples.append(measure(s, case, BUDGET_S)), rounds=1 if looping else ROUNDS,
                            iterations=1, warmup_rounds=0)
         last = samples[-1]
         benchmark.extra_info.update(_info(s))
@@ -121,22 +126,23 @@ def check_targets(benchmark, setups):
         s = setups(model, batch, seq_len)
         keys = ["forward/no-grad", "forward-backward/activations", "eap/noising", "act-patch-edge/batched",
                 "act-patch-edge/single"]
-        cfg = T.BenchConfig(models=[model], device=DEVICE, dtype=DTYPE, batches=[batch], seq_len=seq_len,
+        cfg = BenchConfig(models=[model], device=DEVICE, dtype=DTYPE, batches=[batch], seq_len=seq_len,
                             repeats=ROUNDS, heavy_repeats=1, warmup=1, ig_steps=IG_STEPS, single_edges=SINGLE_EDGES,
                             budget_s=BUDGET_S, progress=False)
         rows = []
-        benchmark.pedantic(lambda: rows.extend(T.bench_setup(cfg, s, [CASES[k] for k in keys])), rounds=1, iterations=1)
-        df = T.add_ratios(pd.DataFrame(rows))
-        trows, text = T.target_summary(df)
+        benchmark.pedantic(lambda: rows.extend(bench_setup(cfg, s, [CASES[k] for k in keys])), rounds=1, iterations=1)
+        df = add_ratios(pd.DataFrame(rows))
+        trows = target_rows(df)
+        text = targets_text(pd.DataFrame(trows), df)
         t = trows[0]
         benchmark.extra_info.update(_info(s))
         benchmark.extra_info.update({k: (float(v) if isinstance(v, float) else v) for k, v in t.items()})
         benchmark.extra_info["summary"] = text
         if ASSERT_TARGETS:
-            assert t["eap_over_floor"] <= T.EAP_TARGET, text
+            assert t["eap_over_floor"] <= EAP_TARGET, text
             if t["batched_speedup"] != t["batched_speedup"]:  # NaN: a patching case was skipped
                 pytest.skip("batched or single-edge patching was not timed here:\n" + text)
-            assert t["batched_speedup"] >= T.BATCHING_TARGET, text
+            assert t["batched_speedup"] >= BATCHING_TARGET, text
         return t
 
     return run

@@ -132,9 +132,10 @@ def cmd_ground_truth(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from harness.report import render as report
+    from harness.bench.suite import BenchConfig, run_bench
     from harness.core.architectures import ARCHITECTURES
-    from harness.bench.timing import BenchConfig, run_bench
+    from harness.report import render as report
+    from harness.report.timing_text import targets_text_for
 
     models = _check_names("model", args.models, list(ARCHITECTURES)) if args.models else None
     opts = dict(models=models, device=args.device, dtype=args.dtype, batches=args.batch, seq_len=args.seq_len,
@@ -153,13 +154,15 @@ def cmd_bench(args) -> int:
     except (ValueError, KeyError) as e:
         _fail(str(e))
     rep = report.render(args.out)
-    print((path.parent / "timing_targets.md").read_text())
+    print(targets_text_for(path.parent))
     print(f"wrote {path} and {rep}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="circuit-bench", description="Benchmark gradient-based circuit discovery.")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                   help="import a module or .py file that registers methods or tasks (repeatable)")
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run methods on tasks, score them against ground truth, write results and a report")
     r.add_argument("--tasks", nargs="+", help="task names (default: every task that runs offline)")
@@ -233,6 +236,14 @@ def main(argv=None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
+    from harness.methods.registry import load_entry_point_plugins, load_plugin
+
+    load_entry_point_plugins()
+    for spec in args.plugin:
+        try:
+            load_plugin(spec)
+        except (ImportError, FileNotFoundError, SyntaxError) as e:
+            _fail(f"cannot load plugin {spec!r}: {e}")
     try:
         return args.fn(args)
     except KeyboardInterrupt:

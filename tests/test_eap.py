@@ -1,5 +1,5 @@
 """EAP equals the first-order effect of patching each edge, measured by finite differences on the
-engine mask (an independent path: no receiver gradients, no contraction)."""
+engine patch (an independent path: no receiver gradients, no contraction)."""
 import pytest
 import torch
 
@@ -34,11 +34,11 @@ def objective(name, logits, data, clean_logits):
 
 def finite_differences(e, data, tokens, cache, name, eps=1e-5):
     """Central differences d objective / d alpha_e at alpha = 0, all edges in one forward."""
-    E, B = e.graph.n_edges, data.n
+    E = e.graph.n_edges
     clean_logits = e.logits(data.clean)
-    masks = torch.cat([torch.eye(E, dtype=torch.float64) * eps, -torch.eye(E, dtype=torch.float64) * eps])
-    logits = e.logits(tokens.repeat(2 * E, 1), masks.repeat_interleave(B, 0), cache.tile(2 * E))
-    vals = torch.stack([objective(name, lg, data, clean_logits) for lg in logits.view(2 * E, B, *logits.shape[1:])])
+    patches = torch.cat([torch.eye(E, dtype=torch.float64) * eps, -torch.eye(E, dtype=torch.float64) * eps])
+    vals = torch.stack([objective(name, lg, data, clean_logits)
+                        for _, chunk in e.run_many(tokens, patches, cache, chunk=2 * E) for lg in chunk])
     return (vals[:E] - vals[E:]) / (2 * eps)
 
 

@@ -1,4 +1,4 @@
-"""Patching semantics (acdc-tasks.md §1.2) on random models of every supported shape."""
+"""Patching semantics (docs/graph-and-patching.md#patching-semantics) on random models of every supported shape."""
 import pytest
 import torch
 

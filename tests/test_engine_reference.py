@@ -210,7 +210,7 @@ def test_gpt2_edge_patching_matches_library_hooks(make_gpt2):
     """A random fractional mask over all edges: the engine's patched logits against patching
     done with the library's own hooks, edge by edge, from the edge names alone.
 
-    ACDC semantics (acdc-tasks.md §1.2): a receiver's input gets, for each masked edge s -> r,
+    ACDC semantics (docs/graph-and-patching.md#patching-semantics): a receiver's input gets, for each masked edge s -> r,
     alpha * (corrupted_s - current_s), where current_s is s's output in *this* (patched) run; a
     DIRECT edge mixes the head's q/k/v towards the corrupted one.
     """

@@ -8,7 +8,7 @@ from harness.core.architectures import ARCHITECTURES
 from harness.cli import main
 from harness.core.graph import Graph
 
-# acdc-tasks.md §1.1 (verified there by building ACDC's graph); the paper quotes 32,923, 1,377, 305.
+# docs/graph-and-patching.md#computational-graph (verified there by building ACDC's graph); the paper quotes 32,923, 1,377, 305.
 ACDC_COUNTS = {
     "gpt2": (32491, 432, 444, 32923, 1022),
     "attn-only-4l": (1281, 96, 96, 1377, 226),

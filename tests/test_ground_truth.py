@@ -7,7 +7,7 @@ from harness.core.architectures import ARCHITECTURES
 from harness.core.ground_truth import GroundTruthError, ground_truth_dir, ground_truths_for, load_ground_truth
 from harness.core.graph import Graph
 
-# (edges, nodes) as ACDC counts them: acdc-tasks.md §2.5, §3.5, §4.5, §6.1, §6.2.
+# (edges, nodes) as ACDC counts them: docs/tasks.md#ioi-ground-truth, docs/tasks.md#greater-than-ground-truth, docs/tasks.md#docstring-ground-truth, docs/tasks.md#tracr-reverse, docs/tasks.md#tracr-xproportion
 ACDC = {
     "ioi": ("gpt2", 1041, 196),
     "greaterthan": ("gpt2", 262, 77),

@@ -9,7 +9,7 @@ from harness.eval.scoring import pareto_front, pessimistic_auc, score_edges_and_
 
 
 def test_acdc_pessimistic_auc_asserts():
-    # acdc_graphics.pessimistic_auc's own asserts (acdc-tasks.md §8.3, peers-and-methods.md §2.2)
+    # acdc_graphics.pessimistic_auc's own asserts (docs/scoring.md#pessimistic-auc-and-pareto-filter, docs/scoring.md#peer-auc-definitions)
     assert pessimistic_auc(np.array([[0, 0], [1, 1]])) == 0
     assert pessimistic_auc(np.array([[0, 0], [0.5, 0.5], [1, 1]])) == pytest.approx(0.25)
     assert pessimistic_auc(np.array([[0, 0], [0.25, 0.25], [1, 1]])) == pytest.approx(0.1875)

@@ -1,6 +1,6 @@
 """Structural ground truth of the tracr models (harness.structural_gt): files on disk are what
 the rule gives now, they fit their graphs, and reverse/xproportion match the hand-derived
-circuits of tracr-and-analogues.md §1.8 and differ from ACDC's stored GT as explained there."""
+circuits of docs/tracr.md#structural-ground-truth and differ from ACDC's stored GT as explained there."""
 from __future__ import annotations
 
 import json
@@ -73,7 +73,7 @@ def _diff(task, variant="structural"):
 
 
 def test_differences_from_acdc_are_the_expected_ones():
-    """§1.8: ACDC (zero ablation) adds edges carrying only `one`/`tokens:BOS` and, for reverse,
+    """docs/tracr.md#structural-ground-truth: ACDC (zero ablation) adds edges carrying only `one`/`tokens:BOS` and, for reverse,
     omits the constant-QK q/k edges of the length head."""
     only_ours, only_acdc = _diff("tracr-reverse")
     assert only_ours == {"embed->a0.0(q)", "embed->a0.0(k)", "a0.0(q) DIRECT", "a0.0(k) DIRECT"}

@@ -6,9 +6,17 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.bench import timing as T
+from harness.bench.cases import cases
+from harness.bench.clock import Clock
+from harness.bench.data import random_task_data
+from harness.bench.measure import measure
+from harness.bench.profile import eap_breakdown
+from harness.bench.setups import make_setup
+from harness.bench.suite import BenchConfig
 from harness.core.architectures import ARCHITECTURES
 from harness.cli import main
+from harness.methods.registry import METHODS, Timing, all_methods, get_method, register
+from harness.report.timing_text import targets_text_for
 
 REQUIRED = ["model", "method", "variant", "device", "batch", "seq_len", "seconds", "peak_mem_mb", "ratio_to_fwd_bwd",
             "extrapolated", "dtype", "torch", "threads", "repeats", "speedup_vs_act_patch", "speedup_vs_single_edge"]
@@ -36,10 +44,11 @@ def test_bench_quick_writes_timing_csv(tmp_path, capsys):
     for k in [("forward", "no-grad"), ("forward-backward", "activations"), ("eap", "noising"), ("eap-ig", "inputs-2"),
               ("act-patch-node", "metric"), ("act-patch-edge", "batched"), ("acdc", "tau=0.001")]:
         assert k in keys
-    assert {v.split("/")[1] for m, v in keys if m == "grad-wrong"} == set(T.GRAD_WRONG_SITES)
+    sites = {v.split("/")[1] for v in get_method("grad-wrong").variants}  # every registered gradient site
+    assert {v.split("/")[1] for m, v in keys if m == "grad-wrong"} == sites
     fb = df[(df["method"] == "forward-backward") & (df["variant"] == "activations")]
     assert fb["ratio_to_fwd_bwd"].iloc[0] == pytest.approx(1.0)
-    grad = df["method"].isin(T.GRADIENT_METHODS)
+    grad = df["method"].isin({name for name, spec in all_methods().items() if spec.gradient})
     assert (df.loc[grad, "speedup_vs_act_patch"] > 0).all() and df.loc[~grad, "speedup_vs_act_patch"].isna().all()
     assert (df.loc[grad, "speedup_vs_single_edge"] > 0).all()
     assert not df[(df["method"] == "act-patch-edge") & (df["variant"] == "batched")]["speedup_vs_single_edge"].isna().any()
@@ -48,14 +57,15 @@ def test_bench_quick_writes_timing_csv(tmp_path, capsys):
     assert eap["forwards"] == 2 and eap["patched_forwards"] == 0
     targets = pd.read_csv(tmp_path / "timing_targets.csv")
     assert {"eap_over_floor", "batched_speedup", "eap_target_met", "batching_target_met"} <= set(targets.columns)
-    assert "1.15x" in (tmp_path / "timing_targets.md").read_text()
+    text = targets_text_for(tmp_path)  # generated from the CSVs, printed by the command
+    assert "1.15x" in text and text in capsys.readouterr().out
     report = (tmp_path / "report.md").read_text()
     assert "## Speed" in report and "timing.png" in report
 
 
 def test_eap_breakdown_phases():
-    s = T.make_setup("tracr-reverse", 2, 6)
-    bd = T.eap_breakdown(s, repeats=1)
+    s = make_setup("tracr-reverse", 2, 6)
+    bd = eap_breakdown(s, repeats=1)
     assert list(bd) == ["cache_forward", "traced_forward", "backward", "stack_and_difference", "contract",
                         "floor_no_grad_forward", "floor_forward", "floor_backward"]
     assert all(v > 0 for v in bd.values())
@@ -64,37 +74,57 @@ def test_eap_breakdown_phases():
 def test_random_task_data():
     for name in ("gpt2", "tracr-xproportion"):
         cfg = ARCHITECTURES[name]
-        d = T.random_task_data(cfg, 4, 6)
+        d = random_task_data(cfg, 4, 6)
         assert d.clean.shape == d.corrupted.shape == (4, 6) and int(d.clean.max()) < cfg.d_vocab
         assert d.pos_mask[:, -1].all() and d.pos_mask.sum() == 4
         logits = torch.randn(4, 6, cfg.vocab_out)
-        assert d.metric(logits, logits).shape == (4,)
+        assert d.metric_values(logits, logits).shape == (4,)
         assert d.categorical == (cfg.vocab_out > 1)
         if d.categorical:
             assert (d.correct != d.wrong[..., 0]).all()
         else:
-            assert torch.equal(d.metric(logits, logits), torch.zeros(4))
+            assert torch.equal(d.metric_values(logits, logits), torch.zeros(4))
     with pytest.raises(ValueError, match="n_ctx"):
-        T.random_task_data(ARCHITECTURES["tracr-reverse"], 2, 7)
+        random_task_data(ARCHITECTURES["tracr-reverse"], 2, 7)
 
 
 def test_budget_stops_and_extrapolates():
-    s = T.make_setup("tracr-reverse", 32, 6)
-    cases = {c.key: c for c in T.cases(single_edges=5)}
+    s = make_setup("tracr-reverse", 32, 6)
+    by_key = {c.key: c for c in cases(BenchConfig(single_edges=5))}
     full = s.graph.n_edges
-    batched = T.measure(s, cases["act-patch-edge/batched"], max_patched=2)
+    batched = measure(s, by_key["act-patch-edge/batched"], max_patched=2)
     assert batched.extrapolated and batched.units_done == 2 and batched.units_total == math.ceil(full / s.chunk)
     assert batched.seconds >= batched.measured > 0 and batched.patched == 2
-    single = T.measure(s, cases["act-patch-edge/single"])
+    single = measure(s, by_key["act-patch-edge/single"])
     assert single.extrapolated and single.units_done == 5 and single.units_total == full and single.patched == 5
-    node = T.measure(s, cases["act-patch-node/metric"])
+    node = measure(s, by_key["act-patch-node/metric"])
     assert not node.extrapolated and node.units_done == node.units_total == node.patched
 
 
 def test_clock_cpu_memory_and_time():
-    clk = T.Clock("cpu")
+    clk = Clock("cpu")
     clk.start()
     x = torch.ones(2**20)  # 4 MB
     end, peak = clk.stop()
     assert clk.elapsed(end) > 0 and peak > 0 and x.sum() > 0
     assert clk.mem_kind.startswith("cpu-peak-rss")
+
+
+def test_registered_timing_is_benchmarked():
+    """A method registered with a Timing is a case with no edit in harness.bench."""
+    all_methods()  # load the package's methods first, so the throwaway is not loaded over
+
+    @register("timed-throwaway", "zero scores (test)", {"zeros": ({}, "zeros")}, gradient=True,
+              timings=lambda bench: [Timing("zeros", label=f"zeros-{bench.single_edges}")])
+    def zeros(engine, data):
+        return torch.zeros(engine.graph.n_edges)
+
+    try:
+        found = {c.key: c for c in cases(BenchConfig(single_edges=3))}
+        case = found["timed-throwaway/zeros-3"]
+        assert case.gradient and case.units is None and case.source == "registry"
+        sample = measure(make_setup("tracr-reverse", 2, 6), case)
+        assert sample.seconds > 0 and sample.forwards == 0
+    finally:
+        METHODS.pop("timed-throwaway", None)
+    assert "timed-throwaway/zeros-3" not in {c.key for c in cases(BenchConfig(single_edges=3))}

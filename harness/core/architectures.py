@@ -1,4 +1,4 @@
-"""The real configurations of the models ACDC's six tasks use (acdc-tasks.md §1.4, §7.2).
+"""The real configurations of the models ACDC's six tasks use (docs/tasks.md#models, docs/tracr.md#compiled-model-facts).
 
 Random weights with these configs are what tests and timings run on offline.
 """

@@ -4,7 +4,7 @@ The engine runs transformer_lens-format weights (`Weights`) over ACDC's graph (`
 Any set of edges can be patched: a float `patch` over the counted edges (1 = patched) mixes,
 for every edge s -> r, the sender's output in this run with its output in the *source* run, the
 run patched from (the corrupted prompts under resample ablation, a zeroed run under zero
-ablation; `harness.core.references` builds it) (acdc-tasks.md §1.2):
+ablation; `harness.core.references` builds it) (docs/graph-and-patching.md#patching-semantics):
 
     input_r = const_r + sum_s [ (1 - patch[s->r]) * current_s + patch[s->r] * source_s ]
 

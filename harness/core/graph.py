@@ -4,7 +4,7 @@ Nodes are TransformerLens hook names with an index, written as ACDC prints them:
 `blocks.3.attn.hook_result[:, :, 5]` is head 3.5's output, `blocks.0.hook_resid_pre[:]` the
 embedding. Edges are named `"<sender> -> <receiver>"`; ground-truth files use these names.
 
-Three edge types (acdc-tasks.md §1.1):
+Three edge types (docs/graph-and-patching.md#computational-graph):
 - ADDITION: a residual writer (input node, head output, MLP output) into a later residual
   reader (a head's q/k/v input, an MLP input, the final residual).
 - DIRECT: a head's q/k/v input into its q/k/v. Counted, and patchable, as in ACDC.
@@ -157,7 +157,7 @@ class Graph:
         names |= {self.qkv_node(l, x, h) for l in range(self.cfg.n_layers) for x in QKV for h in range(self.cfg.n_heads)}
         return sorted(names)
 
-    # ----- node-level ROC (acdc-tasks.md §8.2) -----------------------------------------------
+    # ----- node-level ROC (docs/scoring.md#node-level-roc) -----------------------------------------------
     @staticmethod
     def roc_node(name: str) -> str | None:
         """ACDC's `filter_nodes`: MLP inputs are dropped (the MLP is its output node); the

@@ -12,7 +12,7 @@ Where things are looked for, in order (nothing is ever listed over the network):
 If all fail, `MissingWeightsError` names the model, where it looked and the command that fixes
 it; the runner reports the task as skipped.
 
-Models (acdc-tasks.md §1.4): GPT-2 small goes through transformer_lens 4.3's
+Models (docs/tasks.md#models): GPT-2 small goes through transformer_lens 4.3's
 `TransformerBridge.boot_transformers` on the local files. The legacy TransformerLens
 checkpoints (attn-only-4l, redwood_attn_2l) are read here from `config.json` and `*final.pth`:
 TL 4.3's own loader (`sources/tl_legacy.py`) lists the repository's files over the network

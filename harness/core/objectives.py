@@ -5,7 +5,7 @@ Shapes: logits and clean_logits [batch, pos, d_vocab_out]; pos_mask and mask boo
 per-example answers as documented per function. Every function returns [batch], one value per
 example, whose mean over the batch is the number the task reports.
 
-Sign convention (ACDC's, docs/tasks.md#metrics-and-signs): a task metric is lower-is-better for
+Sign convention (ACDC's, docs/graph-and-patching.md#metric-conventions): a task metric is lower-is-better for
 the model and 0 for the clean model wherever it compares with the clean outputs (`l2`, `kl`).
 The answer logit difference (`answer_logit_diff`, Syed et al. 2023's attribution objective) has
 the natural sign: higher is better.

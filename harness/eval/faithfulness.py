@@ -1,6 +1,6 @@
 """Faithfulness of the circuits a ranking implies: how much of the model's behaviour the top-k
 edges keep when every other edge is patched (MIB's definition, Mueller et al. 2025;
-peers-and-methods.md §2.3).
+docs/scoring.md#faithfulness-cpr-and-cmd).
 
     f(C) = (m(C) - m(empty)) / (m(full) - m(empty))
 

@@ -1,6 +1,6 @@
 """Score an edge ranking (or a family of circuits) against a ground-truth circuit.
 
-Two AUCs, both reported (acdc-tasks.md §8):
+Two AUCs, both reported (docs/scoring.md):
 - `auc`: scikit-learn's ROC AUC of |score| against membership; tied scores count 1/2, which is
   the Mann-Whitney statistic (the usual ranking AUC).
 - `pessimistic_auc`: ACDC's staircase. Circuits are "every edge with |score| >= t" for every

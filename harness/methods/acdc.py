@@ -1,4 +1,4 @@
-"""ACDC (Conmy et al. 2023, Alg. 1; acdc-tasks.md §1.3) over a threshold sweep.
+"""ACDC (Conmy et al. 2023, Alg. 1; docs/graph-and-patching.md#acdc-algorithm) over a threshold sweep.
 
 For each threshold tau, starting from the full graph: visit receivers in reverse topological
 order; for each incoming edge, tentatively patch it (exact edge patching through the engine's

@@ -3,7 +3,7 @@ contraction that turns them into one score per edge without edge loops.
 
 For an edge s -> r, d(objective)/d(patch[s->r]) = <dL/d input_r, source_s - current_s>
 (summed over batch, positions, d_model); for a DIRECT edge it is <dL/d q, q_source - q>.
-So one backward gives every edge's score (Syed et al. 2023; peers-and-methods.md §0.2).
+So one backward gives every edge's score (Syed et al. 2023; docs/methods.md#all-edge-attribution-in-one-backward).
 """
 from __future__ import annotations
 

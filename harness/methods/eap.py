@@ -8,7 +8,7 @@ denoising (transformer_lens 4.3's `attribution_patch`): gradient at the corrupte
 (clean - corrupted).
 The objective is the answer logit difference (the output itself for numerical tasks) unless
 `objective="metric"` (the task metric, whose gradient vanishes at the clean run when it compares
-with clean outputs: the pitfall peers-and-methods.md §5.1 describes).
+with clean outputs: the pitfall docs/methods.md#zero-gradient-at-the-clean-point describes).
 """
 from __future__ import annotations
 

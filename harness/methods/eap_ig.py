@@ -1,4 +1,4 @@
-"""EAP-IG, "inputs" variant (Hanna et al. 2024; peers-and-methods.md §1.2).
+"""EAP-IG, "inputs" variant (Hanna et al. 2024; docs/methods.md#eap-ig).
 
 The input nodes' embeddings are interpolated from the corrupted prompt's (alpha = 0) towards the
 clean prompt's, alpha = k/m for k = 0..m-1 (left Riemann sum; the clean end is excluded, as in
@@ -8,7 +8,7 @@ runs, not from the interpolated ones). With zero ablation the path starts at zer
 and the difference is the zero cache minus clean.
 
 Why: plain EAP linearises at the clean point, where the task metric (compared with clean
-outputs) has zero gradient (peers-and-methods.md §5.1); averaging along the path does not.
+outputs) has zero gradient (docs/methods.md#zero-gradient-at-the-clean-point); averaging along the path does not.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Activation patching baselines: the exact effect of patching one node or one edge.
 
-Both run the engine's patched forward (acdc-tasks.md §1.2) from the source run (the corrupted
+Both run the engine's patched forward (docs/graph-and-patching.md#patching-semantics) from the source run (the corrupted
 prompts, or ACDC's zero ablation; `harness.core.references`) and score by
 
     score = mean_examples objective(patched) - mean_examples objective(clean)

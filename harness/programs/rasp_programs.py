@@ -53,7 +53,7 @@ PROGRAMS: dict[str, ProgramSpec] = {
 }
 
 
-# ---- tracr analogues of ACDC's four pretrained-model tasks (tracr-and-analogues.md §4) ------
+# ---- tracr analogues of ACDC's four pretrained-model tasks (docs/tracr.md#rasp-analogues) ------
 # All four compile causally: every categorical Aggregate then selects at most one key at every
 # position (the causal mask removes later matches), which tracr needs for exact one-hot moves.
 # Builders read token *kinds* from spelling (names capitalised, years digits, parameters

@@ -1,4 +1,4 @@
-"""Ground truth of a tracr model read off its compiled weights (tracr-and-analogues.md §1.8).
+"""Ground truth of a tracr model read off its compiled weights (docs/tracr.md#structural-ground-truth).
 
 Rule ("structural", InterpBench's): tracr gives every RASP variable its own residual
 subspace, named by `residual_labels`. A component *reads* the dims with nonzero rows of its
@@ -10,7 +10,7 @@ bias and BOS-attention terms, as InterpBench drops them). A used head's DIRECT e
 q/k/v_input -> q/k/v is added for each letter that has an incoming edge. Exact, because the
 subspaces are disjoint; no discovery run is involved.
 
-Variant "structural-ablation" adds refinement (a) of §1.8: a q (k) edge is dropped when the
+Variant "structural-ablation" adds refinement (a) of docs/tracr.md#structural-ground-truth: a q (k) edge is dropped when the
 head's QK block is the same for every value the sender can put there (equal rows (columns) of
 W_Q W_K^T over each of the sender's one-hot variables), e.g. a TRUE predicate or a lambda that
 ignores the query. Such an edge changes nothing under resample ablation. It is written only for
@@ -33,7 +33,7 @@ from harness.programs.tracr_models import TracrModel, load_tracr
 VARIANTS = ("structural", "structural-ablation")
 SOURCE = ("derived from the compiled tracr program's weights and residual labels by "
           "harness.structural_gt (circuit-bench ground-truth); no discovery run")
-RULE = ("Structural rule (InterpBench; tracr-and-analogues.md §1.8): a component reads the residual dims "
+RULE = ("Structural rule (InterpBench; docs/tracr.md#structural-ground-truth): a component reads the residual dims "
         "with nonzero rows of W_Q/W_K/W_V/W_in and writes those with nonzero columns of W_O/W_out "
         "(tokens -> hook_embed, indices -> hook_pos_embed, output reads W_U's rows); an edge exists iff a "
         "write set meets a read set, ignoring the 'one' and 'tokens:BOS' dims; each used head gets its "

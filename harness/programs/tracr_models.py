@@ -1,6 +1,6 @@
 """Compile a bundled RASP program with tracr and convert it to transformer_lens-format weights.
 
-Conversion (acdc-tasks.md §7.3, tracr-and-analogues.md §2): haiku's per-layer query/key/value
+Conversion (docs/tracr.md#conversion-to-transformerlens, docs/tracr.md#conversion-to-transformerlens): haiku's per-layer query/key/value
 [d_model, heads*d_head] become W_Q/W_K/W_V [heads, d_model, d_head] (head-major), `linear`
 becomes W_O [heads, d_head, d_model]; MLPs map one to one; no LayerNorm; ReLU; attention
 bidirectional unless compiled causal. The unembedding is a projection onto the output

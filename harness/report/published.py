@@ -1,6 +1,6 @@
 """Published AUCs to show beside ours: Conmy et al. 2023 (ACDC paper, arXiv 2304.14997),
 Appendix E, Table 2 (random/resample ablation) and Table 3 (zero ablation), as quoted in
-acdc-tasks.md §8.4. "Loss" is the task metric (IOI logit difference, Docstring its metric,
+docs/scoring.md#published-tables "Loss" is the task metric (IOI logit difference, Docstring its metric,
 Greater-Than probability difference, tracr L2); (E) edge-level, (N) node-level ROC.
 """
 from __future__ import annotations

@@ -21,7 +21,7 @@ from harness.report.published import published_frame
 from harness.run.store import ResultStore
 
 AUC_NOTE = ("AUC: scikit-learn ROC AUC of |score| (ties count 1/2). Pess.: ACDC's pessimistic staircase AUC over "
-            "Pareto points with tied edges entering together (acdc-tasks.md §8.3). Brackets: 95% bootstrap interval "
+            "Pareto points with tied edges entering together (docs/scoring.md#pessimistic-auc-and-pareto-filter). Brackets: 95% bootstrap interval "
             "over resampled examples; \u2020 marks an estimate outside its interval, which happens when per-example "
             "scores cancel exactly over the whole dataset (a fragile ranking). Node scores: the largest |score| of a "
             "node's edges.")
@@ -219,9 +219,11 @@ def _blocks(out: Path) -> list:
         png = out / "timing.png"
         if plot_timing(t, png):
             B.append(("img", png))
-        notes = out / "timing_targets.md"
-        if notes.exists():
-            B.append(("p", notes.read_text()))
+        from harness.report.timing_text import targets_text_for
+
+        notes = targets_text_for(out)
+        if notes:
+            B.append(("p", notes))
     return B
 
 

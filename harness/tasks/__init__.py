@@ -1,25 +1,26 @@
-"""Task registry: every task the harness knows, by name."""
+"""Task registry: every task the harness knows, by name.
+
+Each module of this package defines its tasks and registers them with `register_task`; the
+modules are found and imported here, so adding a task is one file (plus its ground-truth
+data) and no list to edit. Tasks outside the package register the same way (a plugin module,
+see `harness.methods.registry.load_plugin`).
+"""
 from __future__ import annotations
 
-from harness.tasks.base import Task, TaskData
-from harness.tasks.tracr_analogues import TracrDocstring, TracrGreaterThan, TracrInduction, TracrIOI
-from harness.tasks.tracr_tasks import TracrReverse, TracrXProportion
-from harness.tasks.docstring import Docstring
-from harness.tasks.greaterthan import GreaterThan
-from harness.tasks.induction import Induction
-from harness.tasks.ioi import IOI
+import importlib
+import pkgutil
 
-TASKS: dict[str, type] = {
-    TracrXProportion.name: TracrXProportion,
-    TracrReverse.name: TracrReverse,
-    TracrInduction.name: TracrInduction,
-    TracrIOI.name: TracrIOI,
-    TracrGreaterThan.name: TracrGreaterThan,
-    TracrDocstring.name: TracrDocstring,
-}
+from harness.tasks.base import Task
 
-# ACDC's four pretrained-model tasks (harness/tasks/pretrained.py)
-TASKS.update({c.name: c for c in (IOI, GreaterThan, Docstring, Induction)})
+TASKS: dict[str, type] = {}
+
+
+def register_task(cls):
+    """Class decorator: make `cls` (a `Task` subclass with a unique `name`) known by name."""
+    if not (isinstance(cls, type) and issubclass(cls, Task)) or not cls.name:
+        raise TypeError(f"register_task expects a Task subclass with a name, got {cls!r}")
+    TASKS[cls.name] = cls
+    return cls
 
 
 def get_task(name: str) -> Task:
@@ -29,9 +30,7 @@ def get_task(name: str) -> Task:
         raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}") from None
 
 
-def register_task(cls):
-    TASKS[cls.name] = cls
-    return cls
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    importlib.import_module(f"{__name__}.{_info.name}")
 
-
-__all__ = ["Task", "TaskData", "TASKS", "get_task", "register_task"]
+__all__ = ["Task", "TASKS", "get_task", "register_task"]

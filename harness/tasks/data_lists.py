@@ -8,7 +8,7 @@ github.com/ArthurConmy/Automatic-Circuit-Discovery (Conmy et al. 2023, MIT licen
   acdc/docstring/prompts.py (Heimersheim & Janiak 2023), commit 24c20dc.
 
 Order matters: the generators index these lists with seeded random draws, so an entry moved or
-changed changes every prompt. Counts are asserted below (acdc-tasks.md: 99, 120, 111, 687).
+changed changes every prompt. Counts are asserted below (docs/tasks.md#word-lists: 99, 120, 111, 687).
 """
 from __future__ import annotations
 

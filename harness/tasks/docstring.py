@@ -1,4 +1,4 @@
-"""Docstring on attn-only-4l, with ACDC's data (acdc-tasks.md §4; acdc/docstring/prompts.py
+"""Docstring on attn-only-4l, with ACDC's data (docs/tasks.md#docstring; acdc/docstring/prompts.py
 `docstring_induction_prompt_generator` and acdc/docstring/utils.py in [ACDC-repo], after
 Heimersheim & Janiak 2023).
 
@@ -26,7 +26,8 @@ import torch
 from harness.tasks.data_lists import DOCSTRING_NOUNS, DOCSTRING_VARIABLE_NAMES
 from harness.core import objectives
 from harness.core.data import Metric, TaskData
-from harness.tasks.pretrained import PretrainedTask, encode, stack_equal
+from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
+from harness.tasks import register_task
 
 N_PROMPTS = 100
 
@@ -57,6 +58,7 @@ def docstring_prompt(seed: int) -> dict:
     }
 
 
+@register_task
 class Docstring(PretrainedTask):
     name = "docstring"
     model = "attn-only-4l"
@@ -95,17 +97,11 @@ class Docstring(PretrainedTask):
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
         clean, corr = t["clean"][rows], t["corrupted"][rows]
-        B, P = clean.shape
-        pos_mask = torch.zeros(B, P, dtype=torch.bool)
-        pos_mask[:, -1] = True
-        correct = torch.zeros(B, P, dtype=torch.long)
-        wrong = torch.zeros(B, P, t["wrong"].shape[1], dtype=torch.long)
-        cf = torch.zeros(B, P, dtype=torch.long)
-        correct[:, -1], wrong[:, -1], cf[:, -1] = t["correct"][rows], t["wrong"][rows], t["cf"][rows]
+        pos_mask, correct, wrong, cf = last_position_answers(clean, t["correct"][rows], t["wrong"][rows], t["cf"][rows])
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
             correct=correct, wrong=wrong, counterfactual=cf,
             rows={"answer": t["correct"][rows], "wrong_args": t["wrong"][rows]}, ablation=ablation,
-            info={"split": split, "n": B, "natural_metric": "correct - max wrong logit = -docstring_metric"
+            info={"split": split, "n": clean.shape[0], "natural_metric": "correct - max wrong logit = -docstring_metric"
                   if metric == "docstring_metric" else "KL"},
         )

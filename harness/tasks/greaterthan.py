@@ -1,4 +1,4 @@
-"""Greater-Than on GPT-2 small, with ACDC's data (acdc-tasks.md §3; acdc/greaterthan/utils.py
+"""Greater-Than on GPT-2 small, with ACDC's data (docs/tasks.md#greater-than; acdc/greaterthan/utils.py
 in [ACDC-repo], after Hanna et al. 2023).
 
 Years: for each century 11..17 the years c02..c98 whose " YYYY" is exactly the tokens
@@ -21,7 +21,8 @@ import torch
 from harness.tasks.data_lists import GREATERTHAN_NOUNS
 from harness.core import objectives
 from harness.core.data import Metric, TaskData
-from harness.tasks.pretrained import PretrainedTask, encode, stack_equal
+from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
+from harness.tasks import register_task
 
 N_PROMPTS = 200
 TEMPLATE = "The {noun} lasted from the year {year} to "
@@ -53,6 +54,7 @@ def greaterthan_prompts(tokenizer, n: int = N_PROMPTS) -> list:
     return [(GREATERTHAN_NOUNS[int(a)], years[int(b)]) for a, b in zip(nouns, picks)]
 
 
+@register_task
 class GreaterThan(PretrainedTask):
     name = "greaterthan"
     model = "gpt2"
@@ -88,19 +90,14 @@ class GreaterThan(PretrainedTask):
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
         clean, corr, yy, ytab = t["clean"][rows], t["corrupted"][rows], t["yy"][rows], t["year_tokens"]
-        B, P = clean.shape
-        pos_mask = torch.zeros(B, P, dtype=torch.bool)
-        pos_mask[:, -1] = True
-        correct = torch.zeros(B, P, dtype=torch.long)
-        wrong = torch.zeros(B, P, 1, dtype=torch.long)
-        cf = torch.zeros(B, P, dtype=torch.long)
-        correct[:, -1], wrong[:, -1, 0], cf[:, -1] = ytab[(yy + 1).clamp(max=99)], ytab[yy], ytab[2]
+        pos_mask, correct, wrong, cf = last_position_answers(clean, ytab[(yy + 1).clamp(max=99)], ytab[yy],
+                                                             ytab[2].expand(clean.shape[0]))
         fn = self.metrics[metric]
         if metric == "prob_diff":
             fn = dataclasses.replace(fn, const={"year_tokens": ytab})
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
             counterfactual=cf, rows={"yy": yy}, ablation=ablation,
-            info={"split": split, "n": B,
+            info={"split": split, "n": clean.shape[0],
                   "natural_metric": "P(>YY) - P(<=YY) = -prob_diff" if metric == "prob_diff" else "KL"},
         )

@@ -1,4 +1,4 @@
-"""Induction on redwood_attn_2l, with ACDC's data (acdc-tasks.md §5; acdc/induction/utils.py in
+"""Induction on redwood_attn_2l, with ACDC's data (docs/tasks.md#induction; acdc/induction/utils.py in
 [ACDC-repo]).
 
 Token data: `validation_data.pt` (pre-tokenised OpenWebText validation sequences, GPT-2 ids)
@@ -26,11 +26,13 @@ from harness.core import loading
 from harness.core import objectives
 from harness.core.data import Metric, TaskData
 from harness.tasks.pretrained import PretrainedTask
+from harness.tasks import register_task
 
 SEQ_LEN = 300
 SHUFFLE_SEED = 42
 
 
+@register_task
 class Induction(PretrainedTask):
     name = "induction"
     model = "redwood_attn_2l"

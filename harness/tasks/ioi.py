@@ -1,4 +1,4 @@
-"""IOI on GPT-2 small, with ACDC's data (acdc-tasks.md §2; acdc/ioi/ioi_dataset.py and
+"""IOI on GPT-2 small, with ACDC's data (docs/tasks.md#ioi; acdc/ioi/ioi_dataset.py and
 acdc/ioi/utils.py in [ACDC-repo]).
 
 Clean: 200 prompts of the first ABBA template "Then, [A] and [B] went to the [PLACE]. [B] gave
@@ -23,7 +23,8 @@ import torch
 from harness.tasks.data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
 from harness.core import objectives
 from harness.core.data import Metric, TaskData
-from harness.tasks.pretrained import PretrainedTask, encode, stack_equal
+from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
+from harness.tasks import register_task
 
 TEMPLATE = "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
 N_PROMPTS = 200
@@ -81,6 +82,7 @@ def abc_prompts(clean: list) -> list:
     return flip(flip(flip(clean, "IO", 1), "S", 2), "S1", 3)
 
 
+@register_task
 class IOI(PretrainedTask):
     name = "ioi"
     model = "gpt2"
@@ -116,16 +118,10 @@ class IOI(PretrainedTask):
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
         clean, corr = t["clean"][rows, :15], t["corrupted"][rows, :15]
-        B, P = clean.shape
-        pos_mask = torch.zeros(B, P, dtype=torch.bool)
-        pos_mask[:, -1] = True
-        correct = torch.zeros(B, P, dtype=torch.long)
-        wrong = torch.zeros(B, P, 1, dtype=torch.long)
-        cf = torch.zeros(B, P, dtype=torch.long)
-        correct[:, -1], wrong[:, -1, 0], cf[:, -1] = t["io"][rows], t["s"][rows], t["abc_io"][rows]
+        pos_mask, correct, wrong, cf = last_position_answers(clean, t["io"][rows], t["s"][rows], t["abc_io"][rows])
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
             correct=correct, wrong=wrong, counterfactual=cf, rows={"io": t["io"][rows], "s": t["s"][rows]},
             ablation=ablation,
-            info={"split": split, "n": B, "natural_metric": "IO - S logit difference = -logit_diff" if metric == "logit_diff" else "KL"},
+            info={"split": split, "n": clean.shape[0], "natural_metric": "IO - S logit difference = -logit_diff" if metric == "logit_diff" else "KL"},
         )

@@ -2,7 +2,7 @@
 
 Their metrics are in `harness.core.objectives` (`logit_diff`, `prob_diff`, `docstring_metric`,
 `nll`, `kl`, `kl_pooled`), following acdc/acdc_utils.py and the task utils of ACDC's repository
-(acdc-tasks.md §1.3, §2.3, §3.3, §4.3, §5.3), with ACDC's sign: lower is better for the model.
+(docs/graph-and-patching.md#acdc-algorithm, docs/tasks.md#ioi-metrics, docs/tasks.md#greater-than-metrics, docs/tasks.md#docstring-metrics, docs/tasks.md#induction-metrics), with ACDC's sign: lower is better for the model.
 The per-example tensors they read (answers, masks) are fields of the task data, so subsetting
 the data subsets the metric too.
 """
@@ -68,6 +68,20 @@ class PretrainedTask(Task, metaclass=_AvailabilityMeta):
         if metric not in self.metrics:
             raise ValueError(f"{self.name}: unknown metric {metric!r}; metrics: {', '.join(self.metrics)}")
         return metric
+
+
+def last_position_answers(clean: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor, counterfactual: torch.Tensor):
+    """Answers read at the last position, laid out as `TaskData` fields: (pos_mask [B, P],
+    correct [B, P], wrong [B, P, n_wrong], counterfactual [B, P]), zero elsewhere. correct and
+    counterfactual are [B]; wrong is [B] or [B, n_wrong]."""
+    B, P = clean.shape
+    wrong = wrong.reshape(B, -1)
+    pos_mask = torch.zeros(B, P, dtype=torch.bool)
+    pos_mask[:, -1] = True
+    out_correct, out_cf = torch.zeros(B, P, dtype=torch.long), torch.zeros(B, P, dtype=torch.long)
+    out_wrong = torch.zeros(B, P, wrong.shape[1], dtype=torch.long)
+    out_correct[:, -1], out_wrong[:, -1], out_cf[:, -1] = correct, wrong, counterfactual
+    return pos_mask, out_correct, out_wrong, out_cf
 
 
 def encode(tokenizer, text: str) -> list:

@@ -1,12 +1,12 @@
 """tracr analogues of ACDC's four pretrained-model tasks (IOI, Greater-Than, Docstring,
-Induction): small compiled models whose circuit is exact (tracr-and-analogues.md §4).
+Induction): small compiled models whose circuit is exact (docs/tracr.md#rasp-analogues).
 
 Each task compiles its RASP program (harness.rasp_programs) at run time, causally, at the
 sizes given to the constructor (defaults: `ANALOGUE_SIZES`), and builds clean and corrupted
 prompts in the spirit of the ACDC task it mirrors. The corruption is chosen so that every
 variable the program uses differs between a clean prompt and its corrupted partner at the
 positions that matter; otherwise a ground-truth edge could not be seen under resample ablation
-(§4.5). Positions (indices) are the exception: they are identical in both runs.
+(docs/tracr.md#analogue-limits). Positions (indices) are the exception: they are identical in both runs.
 
 Metric: `l2`, as for ACDC's tracr tasks: the mean squared difference between the patched and
 clean model's outputs (one-hots over the output values) at the scored positions. The scored
@@ -25,6 +25,7 @@ from harness.programs.rasp_programs import ANALOGUE_SIZES, GREATERTHAN_TEMPLATE,
 from harness.programs.tracr_models import load_tracr
 from harness.core.data import TaskData, check_split
 from harness.tasks.tracr_tasks import L2, TracrTask
+from harness.tasks import register_task
 
 SPLIT_OFFSET = {"validation": 0, "test": 1}  # seeds the prompt generator per split
 
@@ -97,6 +98,7 @@ class TracrAnalogue(TracrTask):
         )
 
 
+@register_task
 class TracrInduction(TracrAnalogue):
     """[BOS, t_1..t_n, t_1..t_n] with distinct t's; at every position of the repeated half the
     program predicts the token that followed the current token's first occurrence.
@@ -127,6 +129,7 @@ class TracrInduction(TracrAnalogue):
         return t + t, u + u, nxt(t), [[v] for v in cf], cf
 
 
+@register_task
 class TracrIOI(TracrAnalogue):
     """"then A and B went to the PLACE S gave a OBJECT to" (ABBA or BABA: {A, B} = {IO, S});
     the answer at the final "to" is IO. Names are capitalised tokens.
@@ -155,6 +158,7 @@ class TracrIOI(TracrAnalogue):
         return fill(io, s, s), fill(x, z, y), [io], [[s]], [x]
 
 
+@register_task
 class TracrGreaterThan(TracrAnalogue):
     """"the NOUN lasted from YY to": the answer is the class of the smallest year greater than
     YY ("YY+1"); years are two-digit tokens "02".."(n_years+1)".
@@ -174,6 +178,7 @@ class TracrGreaterThan(TracrAnalogue):
         return fill(yy), fill("01"), [f"{int(yy) + 1:02d}"], [[yy]], ["02"]
 
 
+@register_task
 class TracrDocstring(TracrAnalogue):
     """"def( a_1 .. a_n ): :param m_1 .. :param m_k :param", where m_1..m_k are consecutive
     signature parameters a_s..a_{s+k-1} (s random); the answer is a_{s+k}, the parameter after

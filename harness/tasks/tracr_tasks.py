@@ -1,6 +1,6 @@
 """ACDC's two tracr tasks, on models compiled at run time from the bundled RASP programs.
 
-Metric (acdc-tasks.md §6): `objectives.l2`, the mean squared difference between the patched and
+Metric (docs/tasks.md#tracr-tasks): `objectives.l2`, the mean squared difference between the patched and
 the clean model's outputs at the scored positions (all output dimensions). KL is refused: tracr
 outputs are one-hots or a single number, not distributions.
 """
@@ -14,6 +14,7 @@ from harness.core import objectives
 from harness.core.data import Metric, TaskData, check_split, derangement
 from harness.programs.tracr_models import load_tracr
 from harness.tasks.base import Task
+from harness.tasks import register_task
 
 L2 = Metric("l2", objectives.l2, {"pos_mask": "pos_mask"})
 
@@ -46,6 +47,7 @@ class TracrTask(Task):
         )
 
 
+@register_task
 class TracrReverse(TracrTask):
     """Reverse a sequence of three tokens from {1, 2, 3} (ACDC's tracr-reverse).
 
@@ -76,11 +78,12 @@ class TracrReverse(TracrTask):
         return self._pack(seqs, corr, correct, wrong, cf, True, ablation, {"split": split, "n": B})
 
 
+@register_task
 class TracrXProportion(TracrTask):
     """At each position, the fraction of "x" among the tokens so far (ACDC's tracr-proportion).
 
     Encoding, deliberately not ACDC's: ACDC feeds ids 0-3 for "wxyz" with no BOS, which the
-    compiled model reads as {BOS, pad, w, x} (acdc-tasks.md §6.2), so its inputs are off the
+    compiled model reads as {BOS, pad, w, x} (docs/tasks.md#tracr-xproportion), so its inputs are off the
     program's distribution. We encode properly: BOS, then 4 tokens over {w, x, y, z}, through
     the compiler's own input encoder; positions 1-4 are scored. Sizes follow ACDC: 100
     distinct strings drawn (seeded) from all 4^4, the first 50 for validation and the next 50

@@ -1,0 +1,66 @@
+"""One thing to time on: a model's real configuration with random weights, a counting engine
+and random data.
+
+Random weights suffice because how long a method takes depends on shapes (layers, heads, widths,
+vocabulary, batch, positions, number of edges) and on the number of passes it makes, never on the
+weights' values. (One exception, stated where it shows: how many forwards ACDC makes depends on
+which edges it prunes, so with random weights its count is not that of a trained model.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.bench.clock import Clock
+from harness.bench.counting import CountingEngine
+from harness.bench.data import random_task_data
+from harness.core.architectures import ARCHITECTURES
+from harness.core.data import TaskData
+from harness.methods.patching import chunk_for
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@dataclass
+class Setup:
+    model: str
+    device: torch.device
+    dtype: torch.dtype
+    batch: int
+    seq_len: int
+    engine: CountingEngine
+    data: TaskData
+    clock: Clock
+
+    @property
+    def graph(self):
+        return self.engine.graph
+
+    @property
+    def chunk(self) -> int:
+        """Units per batched forward at the patching methods' default max_rows."""
+        return chunk_for(self.batch)
+
+
+_WEIGHTS: dict = {}
+
+
+def make_setup(model: str, batch: int, seq_len: int, device="cpu", dtype="float32", seed: int = 0) -> Setup:
+    """Random weights of `model`'s real configuration, a counting engine and random data.
+    seq_len is clipped to the model's context (tracr models: 6)."""
+    if model not in ARCHITECTURES:
+        raise KeyError(f"unknown model {model!r}; known: {', '.join(ARCHITECTURES)}")
+    from harness.core.weights import random_weights
+
+    cfg = ARCHITECTURES[model]
+    dev = torch.device(device)
+    dt = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    key = (model, seed, str(dev), str(dt))
+    if key not in _WEIGHTS:
+        _WEIGHTS.clear()  # keep one model in memory (GPT-2's random init is ~500 MB)
+        _WEIGHTS[key] = random_weights(cfg, seed=seed).to(dev, dt)
+    clock = Clock(dev)
+    eng = CountingEngine(_WEIGHTS[key], clock=clock)
+    P = min(seq_len, cfg.n_ctx)
+    return Setup(model, dev, dt, batch, P, eng, random_task_data(cfg, batch, P, seed, dev), clock)
