@@ -113,7 +113,10 @@ class MethodSpec:
             if not self.supports_per_example(variant):
                 raise ValueError(f"{self.name}/{variant} gives no per-example scores")
             opts["per_example"] = True
-        return self.fn(engine, data, **opts)
+        result = self.fn(engine, data, **opts)
+        if (self.output == "family") != isinstance(result, CircuitFamily):
+            raise TypeError(f"method {self.name!r} declares output {self.output!r} but returned {type(result).__name__}")
+        return result
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -20,7 +20,7 @@ from harness.core.engine import Engine
 from harness.core.loading import MissingWeightsError
 from harness.eval.bootstrap import bootstrap_intervals, score_all
 from harness.eval.faithfulness import faithfulness
-from harness.methods import CircuitFamily, all_methods
+from harness.methods import all_methods
 from harness.methods.registry import as_scores
 from harness.run.store import ResultStore
 from harness.tasks import TASKS, get_task
@@ -86,7 +86,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
     scores = as_scores(result)
-    if isinstance(result, CircuitFamily):
+    if spec.output == "family":
         record["thresholds"] = [float(x) for x in result.thresholds]
         record["circuit_sizes"] = scores.sum(1).tolist()
     else:
