@@ -242,8 +242,8 @@ def main(argv=None) -> int:
     for spec in args.plugin:
         try:
             load_plugin(spec)
-        except (ImportError, FileNotFoundError, SyntaxError) as e:
-            _fail(f"cannot load plugin {spec!r}: {e}")
+        except Exception as e:  # the plugin's own error, in one line
+            _fail(f"cannot load plugin {spec!r}: {type(e).__name__}: {e}")
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -21,10 +21,10 @@ from harness.report.published import published_frame
 from harness.run.store import ResultStore
 
 AUC_NOTE = ("AUC: scikit-learn ROC AUC of |score| (ties count 1/2). Pess.: ACDC's pessimistic staircase AUC over "
-            "Pareto points with tied edges entering together (docs/scoring.md#pessimistic-auc-and-pareto-filter). Brackets: 95% bootstrap interval "
-            "over resampled examples; \u2020 marks an estimate outside its interval, which happens when per-example "
-            "scores cancel exactly over the whole dataset (a fragile ranking). Node scores: the largest |score| of a "
-            "node's edges.")
+            "Pareto points with tied edges entering together (docs/scoring.md#pessimistic-auc-and-pareto-filter). "
+            "Brackets: 95% bootstrap interval over resampled examples; \u2020 marks an estimate outside its interval, "
+            "which happens when per-example scores cancel exactly over the whole dataset (a fragile ranking). Node "
+            "scores: the largest |score| of a node's edges.")
 
 
 def _fmt(x, lo=None, hi=None) -> str:
