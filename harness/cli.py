@@ -30,7 +30,8 @@ def cmd_run(args) -> int:
         known = {v for m in methods for v in all_methods()[m].variants}
         _check_names("variant", args.variants, sorted(known))
     cfg = RunConfig(tasks=tasks, methods=methods, variants=args.variants or [], out=args.out, seed=args.seed,
-                    device=args.device, split=args.split, ablation=args.ablation, fresh=args.fresh,
+                    device=args.device, split=args.split, ablations=tuple(args.ablation),
+                    position_scramble=not args.no_position_scramble, dtype=args.dtype, fresh=args.fresh,
                     weights_dir=args.weights_dir, progress=not args.no_progress,
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
                     faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
@@ -41,7 +42,7 @@ def cmd_run(args) -> int:
         _fail(str(e))
     path = report.render(args.out)
     df = store.frame()
-    n_ok = int((df.drop_duplicates(["task", "method", "variant"])["status"] == "ok").sum()) if len(df) else 0
+    n_ok = int((df.drop_duplicates(["task", "method", "variant", "ablation"])["status"] == "ok").sum()) if len(df) else 0
     print(f"wrote {store.root / 'results.csv'} and {path} ({n_ok} runs ok)")
     if len(df) and n_ok == 0:
         return 2
@@ -172,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     r.add_argument("--split", default="validation", choices=["validation", "test"])
-    r.add_argument("--ablation", default="resample", choices=["resample", "zero"])
+    r.add_argument("--ablation", nargs="+", default=["resample", "zero"], choices=["resample", "zero"],
+                   help="references to run, each result under one (default: both; a variant runs under those it accepts)")
+    r.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="model dtype (default: each task's own, float64 for tracr and float32 for pretrained models)")
+    r.add_argument("--no-position-scramble", action="store_true",
+                   help="tracr resample runs without ACDC's permutation of the corrupted run's positional embeddings")
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")
     r.add_argument("--fresh", action="store_true", help="discard finished results in --out and start over")
     r.add_argument("--bootstrap", type=int, default=20, help="resamples of the examples for 95%% AUC intervals (0: off)")

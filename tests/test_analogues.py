@@ -29,8 +29,8 @@ def direct(L, x):
     return (inp(L, x), f"blocks.{L}.attn.hook_{x}[:, :, 0]")
 
 
-POSITIONS = ("positions are identical in the clean and corrupted runs (the harness does not permute "
-             "hook_pos_embed as ACDC's tracr resample runs do)")
+POSITIONS = ("positions are identical in the clean and an unscrambled corrupted run (the default resample "
+             "source permutes hook_pos_embed as ACDC's tracr runs do; `caches['permuted']` below)")
 CONSTANT_QK = "the predicate ignores the query, so the QK block is constant over it (refinement (a) drops it)"
 KIND = ("the corruption keeps the token kind at every position (a year in the year slot, parameters in "
         "the parameter slots) and the receiver reads only the kind")
@@ -164,7 +164,7 @@ def test_every_method_scores_every_edge(setup):
     small = d.subset(torch.arange(4))
     for name, spec in all_methods().items():
         for variant in spec.default_variants:
-            r = spec.run(eng, small, variant)
+            r = spec.run(eng, small.with_ablation(spec.references_for(variant)[0]), variant)
             if isinstance(r, CircuitFamily):
                 assert r.circuits.dtype == torch.bool and r.circuits.shape[-1] == eng.graph.n_edges
             else:

@@ -34,13 +34,16 @@ def test_every_variant_scores_every_edge(setups, task):
         spec = all_methods()[m]
         # ACDC: a short sweep keeps this fast; the full sweep is tested in test_acdc.py
         opts = {"thresholds": [1e-4, 1e-2]} if m == "acdc" else {}
-        out = spec.run(e, data, v, **opts)
-        if spec.output == "family":
-            assert isinstance(out, CircuitFamily), (m, v)
-            assert out.circuits.dtype == torch.bool and out.circuits.shape == (2, E), (m, v)
-            result = out.circuits
-        else:
-            assert isinstance(out, torch.Tensor) and out.shape == (E,), (m, v)
-            assert torch.isfinite(out).all(), (m, v)
-            result = out
-        score_edges_and_nodes(e.graph, result, gt)  # scoreable
+        for ref in spec.references_for(v):  # every reference the variant accepts
+            out = spec.run(e, data.with_ablation(ref), v, **opts)
+            check_output(spec, m, v, out, E)
+            score_edges_and_nodes(e.graph, out.circuits if spec.output == "family" else out, gt)  # scoreable
+
+
+def check_output(spec, m, v, out, E):
+    if spec.output == "family":
+        assert isinstance(out, CircuitFamily), (m, v)
+        assert out.circuits.dtype == torch.bool and out.circuits.shape == (2, E), (m, v)
+    else:
+        assert isinstance(out, torch.Tensor) and out.shape == (E,), (m, v)
+        assert torch.isfinite(out).all(), (m, v)

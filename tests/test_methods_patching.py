@@ -6,6 +6,7 @@ import torch
 from harness.core.engine import Engine
 from harness.methods import get_method
 from harness.core import objectives
+from harness.core.references import source_cache
 
 TASKS = ("tracr-xproportion", "tracr-reverse")
 
@@ -44,7 +45,7 @@ def test_logit_diff_objective(setups):
     data = t.data()
     s = get_method("act-patch-edge").run(e, data, "logit-diff")
     i = e.graph.edge_ids["blocks.3.attn.hook_result[:, :, 0] -> blocks.3.hook_resid_post[:]"]
-    cache = e.cache(data.corrupted)
+    cache = source_cache(e, data)  # the run the method patches from (positions scrambled, as ACDC)
     mask = torch.zeros(e.graph.n_edges)
     mask[i] = 1
     clean = e.logits(data.clean)

@@ -265,7 +265,7 @@ def run_every_method(engine, data):
     for mname, spec in all_methods().items():
         for variant in spec.default_variants:
             kw = {"seed": 0} if mname == "random" else {}
-            out = spec.run(engine, data, variant, **kw)
+            out = spec.run(engine, data.with_ablation(spec.references_for(variant)[0]), variant, **kw)
             if isinstance(out, CircuitFamily):
                 assert out.circuits.dtype == torch.bool and out.circuits.shape[1] == E, (mname, variant)
             else:

@@ -55,7 +55,7 @@ def test_references_are_enforced(throwaway, reverse):
     e, data = reverse
     spec = throwaway("resample-only", lambda engine, data: torch.zeros(engine.graph.n_edges), references=("resample",))
     assert spec.run(e, data, "v").shape == (e.graph.n_edges,)
-    with pytest.raises(ValueError, match="does not patch from a 'zero' source"):
+    with pytest.raises(ValueError, match="does not measure against a 'zero' reference"):
         spec.run(e, data.with_ablation("zero"), "v")
 
 

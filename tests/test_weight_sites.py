@@ -1,6 +1,6 @@
 """grad-wrong weight sites: the per-sender shares add up to autograd's dL/dW, weight-edge-taylor
-is gradient x activation on ADDITION edges (frozen LN scale, or no LN), and weight-node follows
-its edge rule."""
+is gradient x activation with a zero reference on ADDITION edges (frozen LN scale, or no LN), and
+weight-node follows its edge rule. The weight sites accept the zero reference only."""
 import pytest
 import torch
 
@@ -44,7 +44,7 @@ def test_shares_sum_to_weight_gradient(freeze, model):
 def test_taylor_equals_activation_with_frozen_ln():
     """<share_s, W> = <out_s, dL/dx_r> with the frozen-scale gradient (centering is a symmetric
     projection): the activation site, on every ADDITION edge."""
-    e, data = tiny_task("resample", seed=5)
+    e, data = tiny_task("zero", seed=5)
     m = get_method("grad-wrong")
     n = e.graph.n_add
     for target in ("logit-diff-mse", "least-likely"):
@@ -57,28 +57,33 @@ def test_taylor_equals_activation_with_frozen_ln():
         assert (plain[:n] - act[:n]).abs().max() > 1e-6
 
 
-def test_taylor_direct_edges_are_activation_minus_bias_term():
-    """DIRECT edge: <dL/dW_Q, W_Q> = sum (q - b_Q) . dL/dq = activation site - <b_Q, sum dL/dq>."""
-    e, data = tiny_task("resample", seed=6)
+def test_taylor_direct_edges_are_activation_plus_source_term():
+    """DIRECT edge: <dL/dW_Q, W_Q> = sum (q - b_Q) . dL/dq, and the zero-reference activation site
+    is sum (q - q_source) . dL/dq, so they differ by sum (q_source - b_Q) . dL/dq."""
+    e, data = tiny_task("zero", seed=6)
     m = get_method("grad-wrong")
     taylor = m.run(e, data, "logit-diff-mse/weight-edge-taylor")
     act = m.run(e, data, "logit-diff-mse/activation", freeze_ln_scale=True)
     tr = traced_run(e, data.clean, freeze_ln_scale=True)
     g_qkv = torch.autograd.grad(_loss_fn(e, data)(tr.logits), tr.qkv)
+    source_qkv = references(e, data).source.qkv
     cfg = e.cfg
+    terms = []
     for L in range(cfg.n_layers):
         for li, X in enumerate("QKV"):
             for h in range(cfg.n_heads):
                 d = e.graph.direct_index(L, "qkv"[li], h)
-                bias = (e.w[f"blocks.{L}.attn.b_{X}"][h] * g_qkv[L][li, :, :, h].sum((0, 1))).sum()
-                torch.testing.assert_close(taylor[d], act[d] - bias, rtol=1e-8, atol=1e-12)
+                term = ((source_qkv[L][li, :, :, h] - e.w[f"blocks.{L}.attn.b_{X}"][h]) * g_qkv[L][li, :, :, h]).sum()
+                torch.testing.assert_close(taylor[d], act[d] + term, rtol=1e-8, atol=1e-12)
+                terms.append(float(term.abs()))
+    assert max(terms) > 1e-6  # the source's q/k/v is not the bias alone: the identity is not vacuous
 
 
 @pytest.mark.parametrize("task", ["tracr-xproportion", "tracr-reverse"])
 def test_taylor_equals_activation_on_tracr(tracr_tasks, task):
     """No LayerNorm: the default sites agree exactly on ADDITION edges (float32)."""
     t = tracr_tasks[task]
-    e, data = Engine(t.load_model()), t.data()
+    e, data = Engine(t.load_model()), t.data().with_ablation("zero")
     m = get_method("grad-wrong")
     n = e.graph.n_add
     taylor = m.run(e, data, "least-likely/weight-edge-taylor")
@@ -88,7 +93,7 @@ def test_taylor_equals_activation_on_tracr(tracr_tasks, task):
 
 
 def test_weight_node_edge_rule():
-    e, data = tiny_task("resample", seed=7)
+    e, data = tiny_task("zero", seed=7)
     g = e.graph
     s = get_method("grad-wrong").run(e, data, "logit-diff-mse/weight-node")
     dW = weight_grads(e, data.clean, _loss_fn(e, data))
@@ -107,3 +112,9 @@ def test_weight_node_edge_rule():
     assert abs(float(s[out[int(g.mlp_sender[1])]]) - n(dW["blocks.1.mlp.W_out"])) < 1e-12
     emb = (n(dW["embed.W_E"]) ** 2 + n(dW["pos_embed.W_pos"]) ** 2) ** 0.5
     assert abs(float(s[out[0]]) - emb) < 1e-12
+
+
+def test_weight_sites_refuse_a_resample_reference():
+    e, data = tiny_task("resample", seed=8)
+    with pytest.raises(ValueError, match="does not measure against a 'resample' reference"):
+        get_method("grad-wrong").run(e, data, "uniform/weight-node")

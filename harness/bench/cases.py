@@ -74,9 +74,12 @@ FLOOR = [
 def method_case(spec: MethodSpec, t: Timing) -> Case:
     """The row a method's `Timing` declares, run through the registry."""
 
+    accepted = spec.references_for(t.variant)
+
     def run(s: Setup):
         opts = t.options(s.graph) if callable(t.options) else dict(t.options)
-        return spec.run(s.engine, s.data, t.variant, **opts)
+        data = s.data if s.data.ablation in accepted else s.data.with_ablation(accepted[0])
+        return spec.run(s.engine, data, t.variant, **opts)
 
     units = (lambda s: t.patched_forwards(s.graph, s.batch)) if t.patched_forwards else None
     mem = (lambda s: t.memory_bytes(s.engine, s.batch, s.seq_len)) if t.memory_bytes else None

@@ -58,6 +58,10 @@ class TaskData:
     output_range: for numerical outputs, the range the output lives in.
     ablation: the source patched from: "resample" (the corrupted prompts) or "zero" (ACDC's
         zero ablation).
+    position_scramble: long [pos], a permutation of the positional embeddings in the resample
+        source run (ACDC's tracr protocol, `harness.core.references.acdc_position_scramble`), or
+        None for an unscrambled corrupted run. Shared by every example; unused under zero
+        ablation.
     """
 
     clean: torch.Tensor
@@ -71,6 +75,7 @@ class TaskData:
     rows: dict = field(default_factory=dict)
     output_range: tuple = (0.0, 1.0)
     ablation: str = "resample"
+    position_scramble: Optional[torch.Tensor] = None
     info: dict = field(default_factory=dict)
 
     PER_EXAMPLE = ("clean", "corrupted", "pos_mask", "correct", "wrong", "counterfactual")
@@ -87,6 +92,9 @@ class TaskData:
         for name, t in self.rows.items():
             if t.shape[0] != self.n:
                 raise ValueError(f"rows[{name!r}] has {t.shape[0]} rows, the data has {self.n}")
+        if self.position_scramble is not None and not torch.equal(
+                self.position_scramble.sort().values, torch.arange(self.clean.shape[1])):
+            raise ValueError(f"position_scramble must be a permutation of the {self.clean.shape[1]} positions")
         for kw, src in self.metric.reads.items():
             if src not in self.PER_EXAMPLE and src not in self.rows:
                 raise ValueError(f"metric {self.metric.name!r} reads {src!r}, which is not a field of this data")

@@ -1,7 +1,10 @@
 """The source run that patched edges read from, and the reference outputs methods compare with.
 
 One place builds them, so every method, faithfulness and ACDC patch from the same run:
-- resample ablation (`data.ablation == "resample"`): the corrupted prompts' own run;
+- resample ablation (`data.ablation == "resample"`): the corrupted prompts' own run; where the
+  data carries a `position_scramble` (tracr tasks, by default), its positional embeddings are
+  permuted as ACDC's tracr runs do (`acdc_position_scramble`), so positional edges differ
+  between the clean and the source run and patching can see them;
 - zero ablation (ACDC's `--zero-ablation`): the clean prompts with every residual writer zeroed.
 `source_logits` are the outputs with every edge patched from that source (under resample, the
 corrupted prompts' logits; under zero ablation, the fully zero-patched clean run).
@@ -16,11 +19,37 @@ from harness.core.data import TaskData
 from harness.core.engine import Engine, SenderCache
 
 
+ACDC_SCRAMBLE_SEED = 49  # acdc/TLACDCExperiment.py setup_corrupted_cache: shuffle_tensor(z[0], seed=49)
+
+
+def acdc_position_scramble(n_pos: int) -> torch.Tensor:
+    """The permutation [n_pos] ACDC applies to `hook_pos_embed` in the corrupted run of its tracr
+    tasks: `torch.manual_seed(49); torch.randperm(n_pos)` over every position, BOS included,
+    the same for every row (Conmy et al. 2023, repository commit bc99ace8, acdc/acdc_utils.py
+    `shuffle_tensor`). A generator seeded 49 draws the same permutation without touching torch's
+    global seed."""
+    return torch.randperm(n_pos, generator=torch.Generator().manual_seed(ACDC_SCRAMBLE_SEED))
+
+
+def source_input_embeds(engine: Engine, data: TaskData) -> torch.Tensor:
+    """The input nodes' outputs [n_inputs, batch, pos, d_model] of the resample source run: the
+    corrupted prompts' embeddings, positions permuted by `data.position_scramble` if set."""
+    emb = engine.input_embeddings(data.corrupted)
+    if data.position_scramble is None:
+        return emb
+    if not engine.cfg.split_embed:
+        raise ValueError("a position scramble needs the position embedding as its own input node (tracr models)")
+    emb = emb.clone()
+    emb[1] = emb[1][:, data.position_scramble.to(emb.device)]
+    return emb
+
+
 def source_cache(engine: Engine, data: TaskData) -> SenderCache:
     """Sender outputs [n_senders, batch, pos, d_model] and q/k/v of the run patched from."""
     if data.ablation == "zero":
         return engine.cache(data.clean, zero=True)
-    return engine.cache(data.corrupted)
+    with torch.no_grad():
+        return engine.run(data.corrupted, record=True, input_embeds=source_input_embeds(engine, data)).cache()
 
 
 def patch_all(engine: Engine) -> torch.Tensor:
@@ -44,5 +73,5 @@ def references(engine: Engine, data: TaskData) -> References:
     if data.ablation == "zero":
         source_logits = engine.logits(data.clean, patch_all(engine), source)
     else:
-        source_logits = engine.logits(data.corrupted)
+        source_logits = engine.run(data.corrupted, input_embeds=source_input_embeds(engine, data)).logits
     return References(clean_logits, source_logits, source)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from harness.core import objectives
-from harness.core.references import patch_all, source_cache
+from harness.core.references import patch_all, source_cache, source_input_embeds
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register
 
@@ -48,7 +48,7 @@ def eap(engine, data, form="noising", objective="logit-diff", per_example=False,
         if data.ablation == "zero":  # the run at the other end: every edge patched to zero
             tr = traced_run(engine, data.clean, patch_all(engine), source_cache(engine, data))
         else:
-            tr = traced_run(engine, data.corrupted)
+            tr = traced_run(engine, data.corrupted, input_embeds=source_input_embeds(engine, data))
     else:
         raise KeyError(f"unknown EAP form {form!r}")
     mark("traced_forward")

@@ -1,6 +1,7 @@
 """EAP-IG, "inputs" variant (Hanna et al. 2024; docs/methods.md#eap-ig).
 
-The input nodes' embeddings are interpolated from the corrupted prompt's (alpha = 0) towards the
+The input nodes' embeddings are interpolated from the resample source run's (the corrupted
+prompt's, positions scrambled where the data says so; alpha = 0) towards the
 clean prompt's, alpha = k/m for k = 0..m-1 (left Riemann sum; the clean end is excluded, as in
 EAP-IG's code); the gradients at every receiver are averaged over the m runs and contracted
 with the EAP noising difference (corrupted - clean sender outputs, from the clean and corrupted
@@ -15,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from harness.core import objectives
-from harness.core.references import references
+from harness.core.references import references, source_input_embeds
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register
 
@@ -23,7 +24,7 @@ from harness.methods.registry import Timing, register
 def path_embeddings(engine, data, steps: int):
     """The m interpolated input embeddings [n_inputs, batch, pos, d_model], alpha = k/m."""
     clean = engine.input_embeddings(data.clean)
-    start = torch.zeros_like(clean) if data.ablation == "zero" else engine.input_embeddings(data.corrupted)
+    start = torch.zeros_like(clean) if data.ablation == "zero" else source_input_embeds(engine, data)
     return [start + (k / steps) * (clean - start) for k in range(steps)]
 
 

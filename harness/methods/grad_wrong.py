@@ -1,14 +1,17 @@
 """The method under study: backpropagate a loss between the model's prediction and a
 "maximally wrong" target (see `targets.py`) and score each edge by the gradient it carries.
 
-Gradient sites:
-- `activation`: gradient x activation with a zero reference, per edge
-  <dL/d input_r, output_s> (for a DIRECT edge <dL/dq, q>);
-- `activation-corrupted`: the same with the corrupted run as reference,
-  <dL/d input_r, output_s - corrupted_s>;
-- `weight-node`, `weight-edge`, `weight-edge-taylor`: through weight gradients dL/dW
-  (norms per node, the exact per-sender split of dL/dW, and its inner product with W); see
-  `weight_sites.py` for the rules and the identity linking weight-edge-taylor to `activation`.
+Gradient sites, each named for the reference it measures against (the run's `ablation`):
+- `activation`: gradient x (activation - source activation), per edge
+  <dL/d input_r, output_s - source_s> (for a DIRECT edge <dL/dq, q - q_source>), where the source
+  is the run the reference patches from (`harness.core.references`). Under the zero reference
+  the source's sender outputs are zero, so this is first-order zero-ablation attribution
+  (<dL/d input_r, output_s>); under resample it is taken against the corrupted run. It is
+  therefore always compared with baselines that patch from the same source.
+- `weight-node`, `weight-edge`, `weight-edge-taylor`: through weight gradients dL/dW at the
+  clean point (norms per node, the exact per-sender split of dL/dW, and its inner product with
+  W). dL/dW has no source: weight-edge-taylor equals the activation site with a zero reference
+  on ADDITION edges (`weight_sites.py`), so the weight sites accept the zero reference only.
 LayerNorm scale: activation sites and weight-node use the plain gradient; weight-edge sites
 freeze the scale (the premise of their linear split). `freeze_ln_scale` overrides either.
 Variants are named `<target>/<site>`.
@@ -22,13 +25,13 @@ from harness.methods.targets import TARGETS, target_loss
 from harness.methods.weight_sites import weight_edge_bytes, weight_edge_scores, weight_grads, weight_node_scores
 
 SITES = {
-    "activation": "gradient x activation (zero reference)",
-    "activation-corrupted": "gradient x (activation - corrupted activation)",
+    "activation": "gradient x (activation - source activation): the run's reference",
     "weight-node": "||dL/dW|| of the receiver's input weight (output edges: the sender's output weight)",
     "weight-edge": "||share of dL/dW from the sender|| (exact split, frozen LN scale)",
     "weight-edge-taylor": "<share of dL/dW from the sender, W> (frozen LN scale)",
 }
 FROZEN_BY_DEFAULT = ("weight-edge", "weight-edge-taylor")
+ZERO_ONLY = ("weight-node", "weight-edge", "weight-edge-taylor")  # dL/dW: no source, a zero reference
 TIMED_TARGET = "logit-diff-mse"  # the benchmarks time every site with the seed's target
 
 VARIANTS = {
@@ -44,6 +47,7 @@ VARIANTS = {
     VARIANTS,
     default_variants=[f"{t}/activation" for t in TARGETS]
     + ["logit-diff-mse/weight-node", "logit-diff-mse/weight-edge", "logit-diff-mse/weight-edge-taylor"],
+    references={v: ("zero",) for v in VARIANTS if v.split("/")[1] in ZERO_ONLY},
     gradient=True,
     per_example=[v for v in VARIANTS if not v.split("/")[1].startswith("weight")],  # dL/dW sums over examples
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
@@ -67,8 +71,5 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
         return weight_edge_scores(engine, tr, loss_of(tr.logits), taylor=site == "weight-edge-taylor")
     grads = receiver_grads(tr, loss_of(tr.logits))
     here = tr.cache()
-    if site == "activation":
-        s_vec, q_vec = here.senders, here.qkv
-    else:
-        s_vec, q_vec = here.senders - refs.source.senders, here.qkv - refs.source.qkv
-    return contract(engine, grads, s_vec, q_vec, per_example=per_example).detach()
+    return contract(engine, grads, here.senders - refs.source.senders, here.qkv - refs.source.qkv,
+                    per_example=per_example).detach()

@@ -6,7 +6,10 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
 
 - variants: name -> (options, one-line description); `default_variants` run when none is named;
 - output: "ranking" or "family";
-- references: the ablations (`TaskData.ablation`) whose source it can patch from;
+- references: the references (`TaskData.ablation`: the source patched from, or the point a
+  gradient is taken against) it measures against: a tuple for every variant, or a dict variant ->
+  tuple (a variant that is not listed accepts every reference). The runner runs a variant only
+  under the references it accepts, and results are only compared within one reference;
 - gradient: it scores edges from gradients (the benchmarks compare these with patching);
 - seeded: it takes `seed=`; per_example: it takes `per_example=True` and then returns
   [batch, n_edges] terms that sum over examples to its scores (True, False, or the variants that
@@ -83,7 +86,7 @@ class MethodSpec:
     variants: dict  # variant name -> (options dict, one-line description)
     output: str = "ranking"
     default_variants: tuple = ()
-    references: tuple = ABLATIONS
+    references: object = ABLATIONS  # tuple, or dict variant -> tuple
     gradient: bool = False
     seeded: bool = False
     per_example: object = False  # bool, or the variants that support it
@@ -95,6 +98,11 @@ class MethodSpec:
             raise KeyError(f"method {self.name!r} has no variant {variant!r}; variants: {', '.join(self.variants)}")
         return dict(self.variants[variant][0])
 
+    def references_for(self, variant: str) -> tuple:
+        if isinstance(self.references, dict):
+            return tuple(self.references.get(variant, ABLATIONS))
+        return tuple(self.references)
+
     def supports_per_example(self, variant: str) -> bool:
         if isinstance(self.per_example, bool):
             return self.per_example
@@ -102,9 +110,10 @@ class MethodSpec:
 
     def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False, **overrides):
         """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported."""
-        if data.ablation not in self.references:
-            raise ValueError(f"method {self.name!r} does not patch from a {data.ablation!r} source "
-                             f"(it accepts: {', '.join(self.references)})")
+        accepted = self.references_for(variant)
+        if data.ablation not in accepted:
+            raise ValueError(f"{self.name}/{variant} does not measure against a {data.ablation!r} reference "
+                             f"(it accepts: {', '.join(accepted)})")
         opts = self.options(variant)
         opts.update(overrides)
         if self.seeded and seed is not None:
@@ -134,7 +143,7 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
 
     def deco(fn):
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
-                                   tuple(references), gradient, seeded,
+                                   dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
                                    default_max_edges, timings)
         return fn

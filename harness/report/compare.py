@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-KEY = ["task", "method", "variant", "ground_truth", "level"]
+KEY = ["task", "method", "variant", "ablation", "ground_truth", "level"]  # ablation: the reference
 TIME_KEY = ["model", "method", "variant", "device", "batch", "seq_len"]
 
 

@@ -1,10 +1,15 @@
-"""The main job: every (task, method, variant) run, scored and recorded as soon as it finishes.
+"""The main job: every (task, method, variant, reference) run, scored and recorded as soon as it finishes.
+
+The reference (`ablation`: the source patched from) is an axis of every result: by default each
+variant runs under every reference it accepts (resample and zero ablation), so each gradient site
+stands beside baselines that patch from the same source.
 
 A finished record is never recomputed unless `fresh`; a method that fails is recorded with its
 error and the run goes on; Ctrl-C keeps every finished record.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import traceback
@@ -35,7 +40,9 @@ class RunConfig:
     seed: int = 0
     device: str = "cpu"
     split: str = "validation"
-    ablation: str = "resample"
+    ablations: tuple = ("resample", "zero")  # references to run; each variant under those it accepts
+    position_scramble: bool = True  # ACDC's tracr protocol under resample (tasks that define one)
+    dtype: str | None = None  # "float32" / "float64"; None: each task's default_dtype (tracr: float64)
     fresh: bool = False
     weights_dir: str | None = None
     progress: bool = True
@@ -66,8 +73,25 @@ def jobs_for(cfg: RunConfig, log=print) -> list:
                     log(f"not running {m} on {t} by default ({n} edges: too costly); ask for it with --methods {m}")
                     continue
             variants = [v for v in cfg.variants if v in spec.variants] if cfg.variants else list(spec.default_variants)
-            jobs += [(t, m, v) for v in variants]
+            jobs += [(t, m, v, a) for v in variants for a in cfg.ablations if a in spec.references_for(v)]
     return jobs
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _dtype(cfg: RunConfig, task) -> torch.dtype:
+    if cfg.dtype is None:
+        return task.default_dtype
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[cfg.dtype]
+
+
+def _settings(cfg: RunConfig) -> dict:
+    """Run settings that change a result beyond its key (task, method, variant, reference, seed,
+    split); a stored record is reused only when they match."""
+    return {"position_scramble": cfg.position_scramble, "dtype": cfg.dtype}
 
 
 def _sync(device: str):
@@ -78,7 +102,10 @@ def _sync(device: str):
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     spec = all_methods()[method]
     record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
-              "ablation": data.ablation, "split": cfg.split, "output": spec.output, "n_examples": data.n}
+              "ablation": data.ablation, "split": cfg.split, "settings": _settings(cfg),
+              "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
+              "dtype": str(engine.w.dtype).replace("torch.", ""),
+              "output": spec.output, "n_examples": data.n}
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
@@ -138,7 +165,8 @@ def run_metadata(cfg: RunConfig) -> dict:
     except Exception:
         commit = "unknown"
     return {
-        "seed": cfg.seed, "device": cfg.device, "split": cfg.split, "ablation": cfg.ablation,
+        "seed": cfg.seed, "device": cfg.device, "split": cfg.split, "references": list(cfg.ablations),
+        "position_scramble": cfg.position_scramble,
         "bootstrap_resamples": cfg.bootstrap, "git_commit": commit, "python": platform.python_version(),
         "versions": {p: ver(p) for p in ("circuit-bench", "torch", "transformer-lens", "tracr-pypi", "jax", "scikit-learn", "pandas")},
         "tasks": {},
@@ -156,8 +184,8 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
     todo = []
     for j in jobs:
         rec = store.get(*j)
-        if rec and rec.get("status") == "ok" and rec.get("seed") == cfg.seed and rec.get("ablation") == cfg.ablation \
-                and rec.get("split") == cfg.split:
+        if rec and rec.get("status") == "ok" and rec.get("seed") == cfg.seed and rec.get("split") == cfg.split \
+                and rec.get("settings") == _settings(cfg):
             continue
         todo.append(j)
     if len(todo) < len(jobs):
@@ -165,15 +193,17 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
     loaded = {}
     bar = tqdm(todo, disable=not cfg.progress, unit="run", dynamic_ncols=True)
     try:
-        for t, m, v in bar:
-            bar.set_description(f"{t} | {m} | {v}")
+        for t, m, v, ablation in bar:
+            bar.set_description(f"{t} | {m} | {v} | {ablation}")
             if t not in loaded:
                 task = get_task(t)
                 try:
-                    weights = task.load_model(cfg.device, torch.float32, cfg.weights_dir)
+                    weights = task.load_model(cfg.device, _dtype(cfg, task), cfg.weights_dir)
                     engine = Engine(weights)
                     _set_threads(cfg, weights.cfg)
-                    data = task.data(cfg.split, cfg.seed, cfg.ablation)
+                    data = task.data(cfg.split, cfg.seed)
+                    if not cfg.position_scramble:
+                        data = dataclasses.replace(data, position_scramble=None)
                     loaded[t] = (task, engine, data, None)
                     meta["tasks"][t] = (f"model {weights.cfg.name} ({weights.provenance.get('source', '?')}); "
                                         f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; "
@@ -184,19 +214,19 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
                     loaded[t] = (task, None, None, str(e))
                     log(f"skipping task {t}: {e}")
             task, engine, data, skip = loaded[t]
+            head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device, "ablation": ablation,
+                    "split": cfg.split, "settings": _settings(cfg)}
             if skip:
-                store.write({"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
-                             "ablation": cfg.ablation, "split": cfg.split, "status": "skipped", "error": skip, "rows": []})
+                store.write({**head, "status": "skipped", "error": skip, "rows": []})
                 continue
             try:
-                rec = run_one(task, engine, data, m, v, cfg)
+                rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg)
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # a failing method is recorded; the others go on
-                rec = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
-                       "ablation": cfg.ablation, "split": cfg.split, "status": "error",
-                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(), "rows": []}
-                log(f"{t} {m}/{v} failed: {rec['error']}")
+                rec = {**head, "status": "error", "error": f"{type(e).__name__}: {e}",
+                       "traceback": traceback.format_exc(), "rows": []}
+                log(f"{t} {m}/{v} ({ablation}) failed: {rec['error']}")
             store.write(rec)
     finally:
         store.write_csv()

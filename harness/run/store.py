@@ -1,4 +1,4 @@
-"""Results on disk: one JSON record per (task, method, variant), written atomically when done.
+"""Results on disk: one JSON record per (task, method, variant, reference), written atomically when done.
 
 A run directory holds `records/*.json` (the source of truth: resumable, nothing lost when a run
 is interrupted), `results.csv` (a tidy table regenerated from the records) and the report.
@@ -14,7 +14,8 @@ import pandas as pd
 
 COLUMNS = [
     "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "auc_lo", "auc_hi",
-    "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation", "split", "status", "error",
+    "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation",
+    "position_scramble", "dtype", "split", "status", "error",
 ]
 
 
@@ -31,19 +32,19 @@ class ResultStore:
         self.root = Path(out_dir)
         self.records_dir = self.root / "records"
 
-    def path(self, task: str, method: str, variant: str) -> Path:
-        return self.records_dir / f"{_slug(task)}__{_slug(method)}__{_slug(variant)}.json"
+    def path(self, task: str, method: str, variant: str, ablation: str) -> Path:
+        return self.records_dir / f"{_slug(task)}__{_slug(method)}__{_slug(variant)}__{_slug(ablation)}.json"
 
     def write(self, record: dict) -> Path:
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        p = self.path(record["task"], record["method"], record["variant"])
+        p = self.path(record["task"], record["method"], record["variant"], record["ablation"])
         tmp = p.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=1, default=float))
         os.replace(tmp, p)  # atomic: a record is either absent or complete
         return p
 
-    def get(self, task: str, method: str, variant: str):
-        p = self.path(task, method, variant)
+    def get(self, task: str, method: str, variant: str, ablation: str):
+        p = self.path(task, method, variant, ablation)
         if not p.exists():
             return None
         try:
@@ -70,7 +71,8 @@ class ResultStore:
     def frame(self) -> pd.DataFrame:
         rows = []
         for rec in self.records():
-            base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation", "split", "status", "error")}
+            base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation",
+                                            "position_scramble", "dtype", "split", "status", "error")}
             faith = rec.get("faithfulness") or {}
             base.update({"cpr": faith.get("cpr"), "cmd": faith.get("cmd")})
             if rec.get("rows"):

@@ -27,6 +27,9 @@ class Task:
     mirrors: Optional[str] = None  # for analogues: the ACDC task this one mirrors
     supports_kl: bool = True
     ground_truth_dir: Optional[Path] = None  # None: the package's ground_truth/ folder
+    # The dtype a run uses unless told otherwise: float64 where models are small enough that
+    # float32 round-off would otherwise decide rankings (tracr), float32 for pretrained models.
+    default_dtype: torch.dtype = torch.float32
 
     def load_model(self, device="cpu", dtype=torch.float32, weights_dir=None):
         raise NotImplementedError

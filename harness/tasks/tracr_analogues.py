@@ -6,7 +6,8 @@ sizes given to the constructor (defaults: `ANALOGUE_SIZES`), and builds clean an
 prompts in the spirit of the ACDC task it mirrors. The corruption is chosen so that every
 variable the program uses differs between a clean prompt and its corrupted partner at the
 positions that matter; otherwise a ground-truth edge could not be seen under resample ablation
-(docs/tracr.md#analogue-limits). Positions (indices) are the exception: they are identical in both runs.
+(docs/tracr.md#analogue-limits). Positions (indices) differ only through ACDC's position scramble
+of the resample source run (see `tracr_tasks`).
 
 Metric: `l2`, as for ACDC's tracr tasks: the mean squared difference between the patched and
 clean model's outputs (one-hots over the output values) at the scored positions. The scored
@@ -24,6 +25,7 @@ import torch
 from harness.programs.rasp_programs import ANALOGUE_SIZES, GREATERTHAN_TEMPLATE, IOI_TEMPLATE, analogue_spec, analogue_words
 from harness.programs.tracr_models import load_tracr
 from harness.core.data import TaskData, check_split
+from harness.core.references import acdc_position_scramble
 from harness.tasks.tracr_tasks import L2, TracrTask
 from harness.tasks import register_task
 
@@ -94,6 +96,7 @@ class TracrAnalogue(TracrTask):
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=L2,
             categorical=True, correct=correct, wrong=wrong, counterfactual=cf, ablation=ablation,
+            position_scramble=acdc_position_scramble(P),
             info={"split": split, "n": B, "sizes": dict(self.sizes), "mirrors": self.mirrors},
         )
 

@@ -1,5 +1,11 @@
 """ACDC's two tracr tasks, on models compiled at run time from the bundled RASP programs.
 
+Resample ablation follows ACDC's tracr protocol: the corrupted run's positional embeddings are
+permuted with ACDC's seed (`references.acdc_position_scramble`), since positions are otherwise
+identical in both runs and every positional edge would be invisible to patching
+(docs/graph-and-patching.md#resample-ablation-for-tracr). `circuit-bench run --no-position-scramble`
+keeps the unscrambled corrupted run.
+
 Metric (docs/tasks.md#tracr-tasks): `objectives.l2`, the mean squared difference between the patched and
 the clean model's outputs at the scored positions (all output dimensions). KL is refused: tracr
 outputs are one-hots or a single number, not distributions.
@@ -12,6 +18,7 @@ import torch
 
 from harness.core import objectives
 from harness.core.data import Metric, TaskData, check_split, derangement
+from harness.core.references import acdc_position_scramble
 from harness.programs.tracr_models import load_tracr
 from harness.tasks.base import Task
 from harness.tasks import register_task
@@ -21,6 +28,7 @@ L2 = Metric("l2", objectives.l2, {"pos_mask": "pos_mask"})
 
 class TracrTask(Task):
     supports_kl = False
+    default_dtype = torch.float64  # tiny models: float64 costs little, and float32 round-off ranked edges
     program: str = ""
 
     def __init__(self):
@@ -43,7 +51,7 @@ class TracrTask(Task):
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=L2,
             categorical=categorical, correct=correct, wrong=wrong, counterfactual=counterfactual,
-            ablation=ablation, info=info or {},
+            ablation=ablation, position_scramble=acdc_position_scramble(clean.shape[1]), info=info or {},
         )
 
 
