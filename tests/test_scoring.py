@@ -5,7 +5,8 @@ import torch
 
 from harness.core.architectures import ARCHITECTURES
 from harness.core.graph import Graph
-from harness.eval.scoring import pareto_front, pessimistic_auc, score_edges_and_nodes, score_family, score_ranking
+from harness.eval.scoring import (judge_family, judge_ranking, pareto_front, pessimistic_auc, score_edges_and_nodes,
+                                  score_family, score_ranking)
 
 
 def test_acdc_pessimistic_auc_asserts():
@@ -79,3 +80,23 @@ def test_round_off_does_not_rank():
     noisy = score_ranking(torch.tensor([5.0, 2e-9, 0.0, 0.0]), pos)
     clean = score_ranking(torch.tensor([5.0, 0.0, 0.0, 0.0]), pos)
     assert noisy.auc == clean.auc == 0.75
+
+
+def test_auc_is_na_with_too_few_negatives():
+    """tracr-greaterthan's structural circuit holds 10 of its 11 nodes: one negative would decide."""
+    pos = np.array([True] * 10 + [False])
+    r = judge_ranking(np.arange(11.0), pos)
+    assert np.isnan(r.auc) and np.isnan(r.pessimistic_auc) and "1 negative" in r.note
+    ok = judge_ranking(np.arange(15.0), np.array([True] * 10 + [False] * 5))
+    assert not np.isnan(ok.auc) and ok.note == ""
+    fam = judge_family(np.ones((2, 11), dtype=bool), pos)
+    assert np.isnan(fam.auc) and "needs at least 5" in fam.note
+
+
+def test_a_ranking_that_ranks_nothing_is_na():
+    """All scores equal (a zero gradient everywhere): no ranking, so no AUC, rather than 0.5."""
+    pos = np.array([True, False] * 5)
+    r = judge_ranking(np.zeros(10), pos)
+    assert np.isnan(r.auc) and "degenerate" in r.note
+    # the sign does not rank: |score| does
+    assert "degenerate" in judge_ranking(np.array([2.0, -2.0] * 5), pos).note

@@ -15,6 +15,12 @@ Scores within NOISE_RTOL of zero (relative to the largest |score|) count as exac
 round-off (e.g. 1e-9 where the math says 0) must not decide a ranking.
 Node-level: node scores are the largest |score| of the edges a node touches (see
 `Graph.node_scores`), so node ROC follows from the edge ranking by ACDC's "present node" rule.
+
+Not every AUC means something: `judge_ranking` / `judge_family` (what `score_edges_and_nodes`,
+and so every run, uses) report those that do not as n/a (NaN) with the reason in `note`: an AUC needs at least MIN_NEGATIVES negatives (tracr-greaterthan's structural
+circuit holds 10 of its 11 nodes, so one negative would decide its node AUC), and a ranking in
+which every item scores the same ranks nothing (a degenerate objective: e.g. a metric whose
+gradient is zero at the clean point).
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 
 NOISE_RTOL = 1e-6
+MIN_NEGATIVES = 5
 
 
 @dataclass
@@ -37,9 +44,23 @@ class RocResult:
     tpr: np.ndarray
     n_items: int
     n_positive: int
+    note: str = ""  # why the AUCs are n/a (NaN), if they are
 
     def as_dict(self) -> dict:
-        return {"auc": self.auc, "pessimistic_auc": self.pessimistic_auc, "n_items": self.n_items, "n_positive": self.n_positive}
+        return {"auc": self.auc, "pessimistic_auc": self.pessimistic_auc, "n_items": self.n_items,
+                "n_positive": self.n_positive, "note": self.note}
+
+
+def not_available(n_items: int, n_positive: int, why: str) -> RocResult:
+    """An AUC that would not mean anything: NaN, with the reason."""
+    return RocResult(float("nan"), float("nan"), np.array([0.0, 1.0]), np.array([0.0, 1.0]), n_items, n_positive, why)
+
+
+def _too_few_negatives(n_items: int, n_positive: int):
+    n_neg = n_items - n_positive
+    if n_neg < MIN_NEGATIVES:
+        return not_available(n_items, n_positive, f"n/a: {n_neg} negative(s), an AUC needs at least {MIN_NEGATIVES}")
+    return None
 
 
 def pareto_front(points: np.ndarray) -> np.ndarray:
@@ -65,6 +86,30 @@ def pessimistic_auc(points: np.ndarray) -> float:
     return float(np.sum((1 - x[1:]) * np.diff(y)))
 
 
+def _denoised(s: np.ndarray) -> np.ndarray:
+    """Scores within NOISE_RTOL of zero (relative to the largest |score|) set to exactly zero."""
+    return np.where(np.abs(s) <= NOISE_RTOL * np.abs(s).max(), 0.0, s)
+
+
+def judge_ranking(scores, positive) -> RocResult:
+    """`score_ranking`, or n/a with the reason where the AUC would not mean anything (too few
+    negatives; every item scoring the same)."""
+    pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
+    short = _too_few_negatives(len(pos), int(pos.sum()))
+    if short is not None:
+        return short
+    a = np.abs(_denoised(np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)))
+    if len(a) and np.all(a == a[0]):
+        return not_available(len(pos), int(pos.sum()), "n/a: degenerate, every item scores the same")
+    return score_ranking(scores, positive)
+
+
+def judge_family(circuits, positive) -> RocResult:
+    """`score_family`, or n/a where there are too few negatives."""
+    pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
+    return _too_few_negatives(len(pos), int(pos.sum())) or score_family(circuits, positive)
+
+
 def _points_from_ranking(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
     """(FPR, TPR) of every threshold circuit `|score| >= t`, ties entering together."""
     a = np.abs(scores)
@@ -83,7 +128,7 @@ def score_ranking(scores, positive) -> RocResult:
     n_pos = int(pos.sum())
     if n_pos == 0 or n_pos == len(pos):
         raise ValueError("ground truth must contain some but not all items")
-    s = np.where(np.abs(s) <= NOISE_RTOL * np.abs(s).max(), 0.0, s)
+    s = _denoised(s)
     pts = _points_from_ranking(s, pos)
     pts = np.vstack([[0.0, 0.0], pts, [1.0, 1.0]])
     return RocResult(
@@ -117,5 +162,5 @@ def score_edges_and_nodes(graph, result, gt_edge_mask: torch.Tensor) -> dict:
     gt_nodes = graph.nodes_touched(gt_edge_mask)
     if isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 2:
         nodes = torch.stack([graph.nodes_touched(c) for c in result])
-        return {"edge": score_family(result, gt_edge_mask), "node": score_family(nodes, gt_nodes)}
-    return {"edge": score_ranking(result, gt_edge_mask), "node": score_ranking(graph.node_scores(result), gt_nodes)}
+        return {"edge": judge_family(result, gt_edge_mask), "node": judge_family(nodes, gt_nodes)}
+    return {"edge": judge_ranking(result, gt_edge_mask), "node": judge_ranking(graph.node_scores(result), gt_nodes)}

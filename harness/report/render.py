@@ -34,6 +34,12 @@ REFERENCE_NOTE = ("Every result is measured against one reference (the source pa
                   "same source; its weight sites have no source and appear under the zero reference only.")
 
 
+def _reason(row) -> str:
+    """' (why)' for an n/a cell: the scorer's note without its 'n/a: ' prefix."""
+    note = row.get("note")
+    return f" ({str(note).removeprefix('n/a: ')})" if isinstance(note, str) and note else ""
+
+
 def _fmt(x, lo=None, hi=None) -> str:
     if x is None or (isinstance(x, float) and np.isnan(x)):
         return ""
@@ -151,7 +157,8 @@ def _blocks(out: Path) -> list:
     ok = df[df["status"] == "ok"] if len(df) else df
     if len(ok):
         B += _faithfulness_blocks(df)
-        ok = ok.dropna(subset=["auc"])
+        # rows with an AUC, and rows whose AUC is n/a for a stated reason (shown as such)
+        ok = ok[ok["auc"].notna() | ok["note"].fillna("").astype(str).str.len().gt(0)]
     if len(ok):
         B.append(("p", REFERENCE_NOTE))
         for ref, by_ref in ok.groupby("ablation", sort=True):
@@ -165,7 +172,8 @@ def _blocks(out: Path) -> list:
                         hit = grp[(grp["task"] == t) & (grp["ground_truth"] == g)]
                         if len(hit):
                             h = hit.iloc[0]
-                            row[f"{t} ({g})"] = _fmt(h["auc"], h["auc_lo"], h["auc_hi"]) + f" / {h['pessimistic_auc']:.3f}"
+                            row[f"{t} ({g})"] = (_fmt(h["auc"], h["auc_lo"], h["auc_hi"]) + f" / {h['pessimistic_auc']:.3f}"
+                                                 if pd.notna(h["auc"]) else "n/a" + _reason(h))
                     rows.append(row)
                 B += [("h2", f"AUC by method and task: {ref} reference, {level} level (AUC [95% CI] / pess.)"),
                       ("table", pd.DataFrame(rows))]
@@ -204,7 +212,8 @@ def _blocks(out: Path) -> list:
             gw = by_ref[(by_ref["method"] == "grad-wrong") & (by_ref["level"] == "edge")].copy()
             gw["target"] = gw["variant"].str.split("/").str[0]
             gw["site"] = gw["variant"].str.split("/").str[1]
-            means = [f"{site}: " + ", ".join(f"{k} {v:.3f}" for k, v in g.groupby("target")["auc"].mean()
+            means = [f"{site}: " + ", ".join(f"{k} {v:.3f}" if pd.notna(v) else f"{k} n/a (degenerate)"
+                                               for k, v in g.groupby("target")["auc"].mean()
                                                .sort_values(ascending=False).items())
                      for site, g in gw.groupby("site", sort=True)]
             B += [("h2", f"Which maximally wrong answer ranks the circuit best? ({ref} reference)"),

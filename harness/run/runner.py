@@ -125,7 +125,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     rows = []
     for (gt_name, level), r in scored.items():
         keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
-        rows.append({"ground_truth": gt_name, "level": level, "auc": r.auc, "pessimistic_auc": r.pessimistic_auc,
+        rows.append({"ground_truth": gt_name, "level": level, "auc": r.auc, "pessimistic_auc": r.pessimistic_auc, "note": r.note,
                      "n_edges": r.n_items, "n_positive": r.n_positive, **intervals.get((gt_name, level), {}),
                      "roc": {"fpr": r.fpr[keep].tolist(), "tpr": r.tpr[keep].tolist()}})
     record["rows"] = rows

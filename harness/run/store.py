@@ -13,13 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 COLUMNS = [
-    "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "auc_lo", "auc_hi",
+    "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "note", "auc_lo", "auc_hi",
     "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation",
     "position_scramble", "dtype", "split", "status", "error",
 ]
 
 
-ROW_KEYS = ("ground_truth", "level", "auc", "pessimistic_auc", "auc_lo", "auc_hi", "pessimistic_auc_lo",
+ROW_KEYS = ("ground_truth", "level", "auc", "pessimistic_auc", "note", "auc_lo", "auc_hi", "pessimistic_auc_lo",
             "pessimistic_auc_hi", "n_edges", "n_positive")
 
 
