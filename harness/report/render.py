@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.eval.statistics import compare_targets
 from harness.report.published import SOURCE as PUBLISHED_SOURCE
 from harness.report.published import published_frame
 from harness.run.store import ResultStore
@@ -209,17 +210,16 @@ def _blocks(out: Path) -> list:
             png = out / f"targets_{ref}.png"
             if not plot_targets(by_ref, png):
                 continue
-            gw = by_ref[(by_ref["method"] == "grad-wrong") & (by_ref["level"] == "edge")].copy()
-            gw["target"] = gw["variant"].str.split("/").str[0]
-            gw["site"] = gw["variant"].str.split("/").str[1]
-            means = [f"{site}: " + ", ".join(f"{k} {v:.3f}" if pd.notna(v) else f"{k} n/a (degenerate)"
-                                               for k, v in g.groupby("target")["auc"].mean()
-                                               .sort_values(ascending=False).items())
-                     for site, g in gw.groupby("site", sort=True)]
+            gw = by_ref[(by_ref["method"] == "grad-wrong") & (by_ref["level"] == "edge")]
+            degenerate = sorted({v.split("/")[0] for v, a in zip(gw["variant"], gw["auc"]) if pd.isna(a)})
             B += [("h2", f"Which maximally wrong answer ranks the circuit best? ({ref} reference)"),
-                  ("p", "Mean edge AUC per target over tasks and ground truths, within one gradient site: "
-                        + "; ".join(means) + ". Targets are compared only within one site and one reference."),
-                  ("img", png)]
+                  ("p", "Targets are compared only within one gradient site and one reference, paired over "
+                        "tasks and ground truths (Friedman test; Wilcoxon against the seed's logit-diff-mse "
+                        "target with Holm's correction where Friedman finds a difference).")]
+            B += [("p", c.sentence()) for c in compare_targets(by_ref)]
+            if degenerate:
+                B.append(("p", "Not ranked (degenerate, every edge scores the same): " + ", ".join(degenerate) + "."))
+            B.append(("img", png))
     for task in sorted({r["task"] for r in records}):
         trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"]
         B.append(("h2", f"Task {task}"))
