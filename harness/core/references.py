@@ -52,6 +52,17 @@ def source_cache(engine: Engine, data: TaskData) -> SenderCache:
         return engine.run(data.corrupted, record=True, input_embeds=source_input_embeds(engine, data)).cache()
 
 
+@torch.no_grad()
+def source_run(engine: Engine, data: TaskData) -> tuple[SenderCache, torch.Tensor]:
+    """The source's cache and its logits [batch, pos, d_vocab_out]: every edge patched from it.
+    Under resample both come from one recorded forward of the corrupted prompts."""
+    if data.ablation == "zero":
+        source = engine.cache(data.clean, zero=True)
+        return source, engine.logits(data.clean, patch_all(engine), source)
+    trace = engine.run(data.corrupted, record=True, input_embeds=source_input_embeds(engine, data))
+    return trace.cache(), trace.logits
+
+
 def patch_all(engine: Engine) -> torch.Tensor:
     """[n_edges] ones: every edge patched."""
     return torch.ones(engine.graph.n_edges, device=engine.w.device, dtype=engine.w.dtype)
@@ -68,10 +79,5 @@ class References:
 
 @torch.no_grad()
 def references(engine: Engine, data: TaskData) -> References:
-    clean_logits = engine.logits(data.clean)
-    source = source_cache(engine, data)
-    if data.ablation == "zero":
-        source_logits = engine.logits(data.clean, patch_all(engine), source)
-    else:
-        source_logits = engine.run(data.corrupted, input_embeds=source_input_embeds(engine, data)).logits
-    return References(clean_logits, source_logits, source)
+    source, source_logits = source_run(engine, data)
+    return References(engine.logits(data.clean), source_logits, source)

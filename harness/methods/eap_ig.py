@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from harness.core import objectives
-from harness.core.references import references, source_input_embeds
+from harness.core.references import source_cache, source_input_embeds
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register
 
@@ -44,13 +44,15 @@ def path_embeddings(engine, data, steps: int):
 def eap_ig(engine, data, steps=5, objective="logit-diff", per_example=False):
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    refs = references(engine, data)
-    clean = engine.cache(data.clean)
-    d_send, d_qkv = refs.source.senders - clean.senders, refs.source.qkv - clean.qkv
+    with torch.no_grad():
+        clean_run = engine.run(data.clean, record=True)  # clean logits and cache in one forward
+    clean, clean_logits = clean_run.cache(), clean_run.logits
+    source = source_cache(engine, data)
+    d_send, d_qkv = source.senders - clean.senders, source.qkv - clean.qkv
     total = None
     for emb in path_embeddings(engine, data, steps):
         tr = traced_run(engine, data.clean, input_embeds=emb)
-        grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, refs.clean_logits, data).mean())
+        grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, data).mean())
         s = contract(engine, grads, d_send, d_qkv, per_example=per_example).detach()
         total = s if total is None else total + s
     return total / steps
