@@ -5,8 +5,9 @@ import torch
 
 from harness.core.architectures import ARCHITECTURES
 from harness.core.graph import Graph
-from harness.eval.scoring import (judge_family, judge_ranking, pareto_front, pessimistic_auc, score_edges_and_nodes,
-                                  score_family, score_ranking)
+from harness.eval.scoring import (cancelled_items, judge_family, judge_ranking, pareto_front, pessimistic_auc,
+                                  score_edges_and_nodes, score_family, score_ranking, tied)
+from harness.core.numerics import tie_floor
 
 
 def test_acdc_pessimistic_auc_asserts():
@@ -76,10 +77,46 @@ def test_node_level_follows_edge_ranking():
 
 
 def test_round_off_does_not_rank():
-    pos = torch.tensor([1, 0, 0, 1], dtype=torch.bool)
-    noisy = score_ranking(torch.tensor([5.0, 2e-9, 0.0, 0.0]), pos)
-    clean = score_ranking(torch.tensor([5.0, 0.0, 0.0, 0.0]), pos)
-    assert noisy.auc == clean.auc == 0.75
+    """The tie floor is absolute, in units of the objective: noise near zero and near-equal scores tie."""
+    pos = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
+    floor = tie_floor(5.0)
+    noisy = score_ranking(torch.tensor([5.0, 2e-9, 0.0, 0.0, 0.3, 0.3 + 1e-6]), pos, floor)
+    clean = score_ranking(torch.tensor([5.0, 0.0, 0.0, 0.0, 0.3, 0.3]), pos, floor)
+    assert noisy.auc == clean.auc and noisy.pessimistic_auc == clean.pessimistic_auc
+    # without the floor the round-off decides (2e-9 lifts a negative, 1e-6 splits a tie)
+    raw = score_ranking(torch.tensor([5.0, 2e-9, 0.0, 0.0, 0.3, 0.3 + 1e-6]), pos)
+    assert (raw.auc, raw.pessimistic_auc) != (clean.auc, clean.pessimistic_auc)
+
+
+def test_a_ranking_of_noise_alone_is_degenerate():
+    """act-patch-edge/logit-diff on xproportion: 1.5e-8 on four edges, 0 elsewhere, objective ~0.2.
+    A floor relative to the largest score would let that noise rank; the absolute one does not."""
+    pos = np.array([True, False] * 5)
+    scores = np.zeros(10)
+    scores[[1, 2, 5, 8]] = 1.5e-8
+    r = judge_ranking(scores, pos, tie_floor(0.2))
+    assert np.isnan(r.auc) and "degenerate" in r.note
+    assert not np.isnan(judge_ranking(scores, pos).auc)  # floor 0: exact ties only
+
+
+def test_tied_groups_chain_and_take_the_largest():
+    a = tied(np.array([3.0, -3.0 - 1e-5, 1e-6, 0.0, 1.0]), 1e-4)
+    assert a.tolist() == [3.0 + 1e-5, 3.0 + 1e-5, 0.0, 0.0, 1.0]
+    assert tied(np.array([1.0, -2.0]), 0.0).tolist() == [1.0, 2.0]
+
+
+def test_exact_cancellation_over_the_batch_is_found_and_reported():
+    """Per-example effects that sum to zero (a derangement through a linear map) are degenerate."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    terms = torch.zeros(6, 4, dtype=torch.float64)
+    terms[:, 0] = a[[1, 2, 3, 4, 5, 0], 0] - a[:, 0]  # cancels
+    terms[:, 1] = a[:, 1].abs() + 0.1  # does not
+    c = cancelled_items(terms, tie_floor(1.0))
+    assert c.tolist() == [True, False, False, False]  # all-zero items are not "cancelled"
+    pos = np.array([True] * 2 + [False] * 6)
+    r = judge_ranking(np.arange(8.0), pos, 0.0, cancelled=1)
+    assert np.isnan(r.auc) and "cancels over the batch" in r.note
 
 
 def test_auc_is_na_with_too_few_negatives():

@@ -14,22 +14,25 @@ from harness.eval.scoring import score_edges_and_nodes
 from harness.methods.registry import as_scores
 
 
-def score_all(task, graph, result) -> dict:
-    """(ground truth, level) -> RocResult for scores [n_edges] or a bool family [k, n_edges]."""
+def score_all(task, graph, result, floor: float = 0.0, cancelled=None) -> dict:
+    """(ground truth, level) -> RocResult for scores [n_edges] or a bool family [k, n_edges]
+    (`floor`, `cancelled`: see `score_edges_and_nodes`)."""
     out = {}
     for gt_name, gt in task.ground_truths().items():
-        for level, r in score_edges_and_nodes(graph, result, gt.edge_mask(graph)).items():
+        for level, r in score_edges_and_nodes(graph, result, gt.edge_mask(graph), floor, cancelled).items():
             out[(gt_name, level)] = r
     return out
 
 
-def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, max_reruns=None) -> dict:
-    """(ground truth, level) -> 95% percentile intervals of the AUC and pessimistic AUC."""
+def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, max_reruns=None, floor: float = 0.0,
+                        per_example=None) -> dict:
+    """(ground truth, level) -> 95% percentile intervals of the AUC and pessimistic AUC.
+    `per_example`: the variant's [batch, n_edges] scores when already computed."""
     g = torch.Generator().manual_seed(10_000 + seed)
-    per_ex = None
-    if spec.supports_per_example(variant):
+    per_ex = per_example
+    if per_ex is None and spec.supports_per_example(variant):
         per_ex = spec.run(engine, data, variant, seed=seed, per_example=True).detach().double().cpu()
-    elif max_reruns is not None:
+    if per_ex is None and max_reruns is not None:
         n_boot = min(n_boot, max_reruns)
     samples: dict = {}
     for _ in range(n_boot):
@@ -39,7 +42,7 @@ def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: in
         else:
             res = as_scores(spec.run(engine, data.subset(idx), variant, seed=seed))
         try:
-            scored = score_all(task, engine.graph, res)
+            scored = score_all(task, engine.graph, res, floor)
         except ValueError:
             continue
         for key, r in scored.items():

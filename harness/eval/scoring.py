@@ -11,8 +11,11 @@ Two AUCs, both reported (docs/scoring.md):
 
 A family of circuits (ACDC's threshold sweep) has no ranking: its points are the circuits
 themselves; `auc` is then the trapezoid under the Pareto points (sklearn.metrics.auc).
-Scores within NOISE_RTOL of zero (relative to the largest |score|) count as exactly zero: float32
-round-off (e.g. 1e-9 where the math says 0) must not decide a ranking.
+Round-off never decides a ranking (docs/scoring.md#ties-round-off-and-degenerate-objectives): a
+ranking's scores are changes of its method's objective, and two |scores| closer than the tie floor
+`harness.core.numerics.tie_floor(scale)` = TIE_ULPS x float32's machine epsilon x `scale` (the objective's magnitude, see
+`MethodSpec.objective_scale`) are one tie, as are scores that close to zero. The floor is float32's
+whatever dtype the run used, so a ranking does not depend on the precision it was computed in.
 Node-level: node scores are the largest |score| of the edges a node touches (see
 `Graph.node_scores`), so node ROC follows from the edge ranking by ACDC's "present node" rule.
 
@@ -31,8 +34,9 @@ import torch
 from sklearn.metrics import auc as trapezoid_auc
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from harness.core.numerics import tie_floor
 
-NOISE_RTOL = 1e-6
+
 MIN_NEGATIVES = 5
 
 
@@ -86,22 +90,53 @@ def pessimistic_auc(points: np.ndarray) -> float:
     return float(np.sum((1 - x[1:]) * np.diff(y)))
 
 
-def _denoised(s: np.ndarray) -> np.ndarray:
-    """Scores within NOISE_RTOL of zero (relative to the largest |score|) set to exactly zero."""
-    return np.where(np.abs(s) <= NOISE_RTOL * np.abs(s).max(), 0.0, s)
+def tied(scores: np.ndarray, floor: float) -> np.ndarray:
+    """|scores| with round-off ties made exact: sorted |scores| split into groups wherever two
+    neighbours differ by more than `floor`; each group takes its largest value, and the group that
+    reaches within `floor` of zero becomes 0."""
+    a = np.abs(np.asarray(scores, dtype=float))
+    if floor <= 0 or a.size == 0:
+        return a
+    order = np.argsort(a, kind="stable")
+    v = a[order]
+    group = np.cumsum(np.diff(v, prepend=0.0) > floor)  # 0: the group chained to zero
+    first = np.flatnonzero(np.diff(group, prepend=-1))
+    top = np.maximum.reduceat(v, first)[np.searchsorted(first, np.arange(v.size), side="right") - 1]
+    top[group == 0] = 0.0
+    out = np.empty_like(a)
+    out[order] = top
+    return out
 
 
-def judge_ranking(scores, positive) -> RocResult:
-    """`score_ranking`, or n/a with the reason where the AUC would not mean anything (too few
-    negatives; every item scoring the same)."""
+def _as_array(scores) -> np.ndarray:
+    return np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)
+
+
+def judge_ranking(scores, positive, floor: float = 0.0, cancelled: int = 0) -> RocResult:
+    """`score_ranking`, or n/a with the reason where the AUC would not mean anything: too few
+    negatives; every item scoring the same once ties within `floor` are made exact; `cancelled`
+    items whose per-example effects cancel exactly over the batch (`cancelled_items`)."""
     pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
     short = _too_few_negatives(len(pos), int(pos.sum()))
     if short is not None:
         return short
-    a = np.abs(_denoised(np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)))
+    if cancelled:
+        return not_available(len(pos), int(pos.sum()), f"n/a: degenerate, the objective cancels over the batch on "
+                             f"{cancelled} edge(s) (use a per-example absolute variant)")
+    a = tied(_as_array(scores), floor)
     if len(a) and np.all(a == a[0]):
         return not_available(len(pos), int(pos.sum()), "n/a: degenerate, every item scores the same")
-    return score_ranking(scores, positive)
+    return score_ranking(scores, positive, floor)
+
+
+def cancelled_items(per_example, floor: float) -> np.ndarray:
+    """bool [n]: items whose per-example terms [batch, n] are real (sum of |terms| above `floor`) but
+    whose sum is at round-off level of those terms, i.e. effects that cancel exactly over the batch
+    (tracr-xproportion: the corrupted rows are a derangement of the clean ones and the model is
+    linear downstream, so a batch-summed first-order effect is exactly zero)."""
+    t = _as_array(per_example)
+    mag = np.abs(t).sum(0)
+    return (mag > floor) & (np.abs(t.sum(0)) <= tie_floor(1.0) * mag)
 
 
 def judge_family(circuits, positive) -> RocResult:
@@ -117,8 +152,8 @@ def _points_from_ranking(scores: np.ndarray, positive: np.ndarray) -> np.ndarray
     return np.stack([fpr, tpr], 1)
 
 
-def score_ranking(scores, positive) -> RocResult:
-    """`scores` [n] (any sign; |score| ranks), `positive` bool [n]."""
+def score_ranking(scores, positive, floor: float = 0.0) -> RocResult:
+    """`scores` [n] (any sign; |score| ranks; |scores| within `floor` tie), `positive` bool [n]."""
     s = np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)
     pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
     if s.shape != pos.shape:
@@ -128,7 +163,7 @@ def score_ranking(scores, positive) -> RocResult:
     n_pos = int(pos.sum())
     if n_pos == 0 or n_pos == len(pos):
         raise ValueError("ground truth must contain some but not all items")
-    s = _denoised(s)
+    s = tied(s, floor)
     pts = _points_from_ranking(s, pos)
     pts = np.vstack([[0.0, 0.0], pts, [1.0, 1.0]])
     return RocResult(
@@ -156,11 +191,14 @@ def score_family(circuits, positive) -> RocResult:
     )
 
 
-def score_edges_and_nodes(graph, result, gt_edge_mask: torch.Tensor) -> dict:
+def score_edges_and_nodes(graph, result, gt_edge_mask: torch.Tensor, floor: float = 0.0, cancelled=None) -> dict:
     """{"edge": RocResult, "node": RocResult} for a ranking ([n_edges] tensor) or a family
-    (bool [k, n_edges] tensor)."""
+    (bool [k, n_edges] tensor). `floor`: the tie floor; `cancelled`: bool [n_edges] of edges whose
+    effect cancels over the batch (a ranking with any is degenerate)."""
     gt_nodes = graph.nodes_touched(gt_edge_mask)
     if isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 2:
         nodes = torch.stack([graph.nodes_touched(c) for c in result])
         return {"edge": judge_family(result, gt_edge_mask), "node": judge_family(nodes, gt_nodes)}
-    return {"edge": judge_ranking(result, gt_edge_mask), "node": judge_ranking(graph.node_scores(result), gt_nodes)}
+    k = int(torch.as_tensor(cancelled).sum()) if cancelled is not None else 0
+    return {"edge": judge_ranking(result, gt_edge_mask, floor, k),
+            "node": judge_ranking(graph.node_scores(result), gt_nodes, floor, k)}

@@ -17,7 +17,7 @@ import torch
 from harness.core import objectives
 from harness.core.references import patch_all, source_cache, source_input_embeds
 from harness.methods.attribution import contract, receiver_grads, traced_run
-from harness.methods.registry import Timing, register
+from harness.methods.registry import Timing, register, task_objective
 
 
 @register(
@@ -26,9 +26,12 @@ from harness.methods.registry import Timing, register
     {
         "noising": ({"form": "noising"}, "gradient at clean x (corrupted - clean)"),
         "denoising": ({"form": "denoising"}, "gradient at corrupted x (clean - corrupted), as transformer_lens 4.3"),
+        "noising-abs": ({"form": "noising", "aggregate": "abs"},
+                        "noising, sum over examples of |per-example score| (cannot cancel over the batch)"),
     },
     gradient=True,
     per_example=True,
+    objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("noising"), Timing("denoising")],
 )
 def eap(engine, data, form="noising", objective="logit-diff", per_example=False, on_phase=None):

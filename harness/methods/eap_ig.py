@@ -18,7 +18,7 @@ import torch
 from harness.core import objectives
 from harness.core.references import source_cache, source_input_embeds
 from harness.methods.attribution import contract, receiver_grads, traced_run
-from harness.methods.registry import Timing, register
+from harness.methods.registry import Timing, register, task_objective
 
 
 def path_embeddings(engine, data, steps: int):
@@ -35,10 +35,12 @@ def path_embeddings(engine, data, steps: int):
         "inputs-5": ({"steps": 5}, "5 steps (MIB's default), answer logit difference"),
         "inputs-20": ({"steps": 20}, "20 steps, answer logit difference"),
         "inputs-5-metric": ({"steps": 5, "objective": "metric"}, "5 steps, the task metric vs clean outputs"),
+        "inputs-5-abs": ({"steps": 5, "aggregate": "abs"}, "5 steps, sum over examples of |per-example score| (cannot cancel)"),
     },
-    default_variants=["inputs-5", "inputs-5-metric"],
+    default_variants=["inputs-5", "inputs-5-metric", "inputs-5-abs"],
     gradient=True,
     per_example=True,
+    objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("inputs-5", label=f"inputs-{bench.ig_steps}", options={"steps": bench.ig_steps})],
 )
 def eap_ig(engine, data, steps=5, objective="logit-diff", per_example=False):

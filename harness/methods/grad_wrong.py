@@ -8,6 +8,8 @@ Gradient sites, each named for the reference it measures against (the run's `abl
   the source's sender outputs are zero, so this is first-order zero-ablation attribution
   (<dL/d input_r, output_s>); under resample it is taken against the corrupted run. It is
   therefore always compared with baselines that patch from the same source.
+- `activation-abs`: the activation site summed over examples as |per-example score|, which
+  cannot cancel over the batch (docs/scoring.md#ties-round-off-and-degenerate-objectives).
 - `weight-node`, `weight-edge`, `weight-edge-taylor`: through weight gradients dL/dW at the
   clean point (norms per node, the exact per-sender split of dL/dW, and its inner product with
   W). dL/dW has no source: weight-edge-taylor equals the activation site with a zero reference
@@ -26,6 +28,7 @@ from harness.methods.weight_sites import weight_edge_bytes, weight_edge_scores, 
 
 SITES = {
     "activation": "gradient x (activation - source activation): the run's reference",
+    "activation-abs": "the activation site summed over examples as |per-example score| (cannot cancel over the batch)",
     "weight-node": "||dL/dW|| of the receiver's input weight (output edges: the sender's output weight)",
     "weight-edge": "||share of dL/dW from the sender|| (exact split, frozen LN scale)",
     "weight-edge-taylor": "<share of dL/dW from the sender, W> (frozen LN scale)",
@@ -35,7 +38,8 @@ ZERO_ONLY = ("weight-node", "weight-edge", "weight-edge-taylor")  # dL/dW: no so
 TIMED_TARGET = "logit-diff-mse"  # the benchmarks time every site with the seed's target
 
 VARIANTS = {
-    f"{t}/{s}": ({"target": t, "site": s}, f"{tdesc}; site: {SITES[s]}")
+    f"{t}/{s}": ({"target": t, "site": "activation", "aggregate": "abs"} if s == "activation-abs" else {"target": t, "site": s},
+                 f"{tdesc}; site: {SITES[s]}")
     for t, tdesc in TARGETS.items()
     for s in SITES
 }
@@ -46,10 +50,11 @@ VARIANTS = {
     "gradient of a loss towards a maximally wrong answer, scored per edge",
     VARIANTS,
     default_variants=[f"{t}/activation" for t in TARGETS]
-    + ["logit-diff-mse/weight-node", "logit-diff-mse/weight-edge", "logit-diff-mse/weight-edge-taylor"],
+    + ["logit-diff-mse/activation-abs", "logit-diff-mse/weight-node", "logit-diff-mse/weight-edge", "logit-diff-mse/weight-edge-taylor"],
     references={v: ("zero",) for v in VARIANTS if v.split("/")[1] in ZERO_ONLY},
     gradient=True,
     per_example=[v for v in VARIANTS if not v.split("/")[1].startswith("weight")],  # dL/dW sums over examples
+    objective=lambda opts, logits, clean_logits, source_logits, data: target_loss(opts["target"], logits, data, clean_logits, source_logits),
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
                            for site in SITES],
 )

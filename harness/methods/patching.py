@@ -25,7 +25,7 @@ import math
 import torch
 
 from harness.core.evaluator import PatchedObjective
-from harness.methods.registry import Timing, register
+from harness.methods.registry import Timing, register, task_objective
 
 MAX_ROWS = 256  # rows (patches x examples) per patched forward, by default
 
@@ -61,6 +61,7 @@ def edge_sample(n_edges: int, k: int) -> torch.Tensor:
     default_variants=["batched"],
     default_max_edges=5000,
     per_example=True,
+    objective=task_objective("metric"),
     timings=lambda bench: [
         Timing("batched", patched_forwards=lambda graph, batch: math.ceil(graph.n_edges / chunk_for(batch)),
                memory_bytes=patching_bytes),
@@ -108,6 +109,7 @@ def node_patches(graph) -> torch.Tensor:
         "logit-diff": ({"objective": "logit-diff"}, "answer logit difference"),
     },
     per_example=True,
+    objective=task_objective("metric"),
     timings=lambda bench: [Timing("metric", memory_bytes=patching_bytes,
                                   patched_forwards=lambda graph, batch: math.ceil((len(graph.senders) + graph.n_direct) / chunk_for(batch)))],
 )

@@ -16,7 +16,14 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
   do), which makes bootstrap intervals one run instead of one run per resample;
 - default_max_edges: skipped by default on larger graphs (cost grows with edges x examples);
 - timings: how `circuit-bench bench` times it (`Timing`, one per timed row), given the bench
-  settings.
+  settings;
+- objective(options, logits, clean_logits, source_logits, data) -> [batch] or scalar: the
+  objective its scores are changes of, whose magnitude sets the tie floor (`objective_scale`;
+  None: scores with no units, e.g. random, tie only when equal).
+
+A variant option `aggregate="abs"` (methods with per-example scores) is handled here: the score
+is the sum over examples of |per-example score|, a form whose effects cannot cancel over the
+batch (`harness.eval.scoring.cancelled_items`).
 
 Adding a method: one module in this folder (found without a hand-kept list), or one anywhere
 else loaded with `circuit-bench --plugin MODULE` or the `circuit_bench.plugins` entry point,
@@ -92,6 +99,7 @@ class MethodSpec:
     per_example: object = False  # bool, or the variants that support it
     default_max_edges: Optional[int] = None
     timings: Optional[Callable] = None  # bench settings -> [Timing]
+    objective: Optional[Callable] = None  # (options, logits, clean_logits, source_logits, data) -> values
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
@@ -108,6 +116,19 @@ class MethodSpec:
             return self.per_example
         return variant in self.per_example
 
+    def objective_scale(self, engine, data, variant: str) -> float:
+        """The magnitude of the variant's objective: the larger of mean |objective| over the clean
+        and over the source run (`harness.core.references`); 0 for a method without one."""
+        if self.objective is None:
+            return 0.0
+        from harness.core.references import references
+
+        refs = references(engine, data)
+        opts = self.options(variant)
+        with torch.no_grad():
+            return max(float(torch.as_tensor(self.objective(opts, L, refs.clean_logits, refs.source_logits, data)).abs().double().mean())
+                       for L in (refs.clean_logits, refs.source_logits))
+
     def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False, **overrides):
         """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported."""
         accepted = self.references_for(variant)
@@ -118,11 +139,14 @@ class MethodSpec:
         opts.update(overrides)
         if self.seeded and seed is not None:
             opts["seed"] = seed
-        if per_example:
+        absolute = opts.pop("aggregate", "sum") == "abs"
+        if per_example or absolute:
             if not self.supports_per_example(variant):
                 raise ValueError(f"{self.name}/{variant} gives no per-example scores")
             opts["per_example"] = True
         result = self.fn(engine, data, **opts)
+        if absolute:
+            result = result.abs() if per_example else result.abs().sum(0)
         if (self.output == "family") != isinstance(result, CircuitFamily):
             raise TypeError(f"method {self.name!r} declares output {self.output!r} but returned {type(result).__name__}")
         return result
@@ -131,9 +155,17 @@ class MethodSpec:
 METHODS: dict[str, MethodSpec] = {}
 
 
+def task_objective(default: str) -> Callable:
+    """`objective=` for methods scoring changes of `harness.core.objectives.evaluate(options
+    ["objective"])` (default `default`)."""
+    from harness.core.objectives import evaluate
+
+    return lambda opts, logits, clean_logits, source_logits, data: evaluate(opts.get("objective", default), logits, clean_logits, data)
+
+
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
              references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
-             default_max_edges=None, timings=None):
+             default_max_edges=None, timings=None, objective=None):
     """Decorator: declare a method (see the module docstring for each field)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
@@ -145,7 +177,7 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
                                    dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
-                                   default_max_edges, timings)
+                                   default_max_edges, timings, objective)
         return fn
 
     return deco

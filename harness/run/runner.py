@@ -25,6 +25,8 @@ from harness.core.engine import Engine
 from harness.core.loading import MissingWeightsError
 from harness.eval.bootstrap import bootstrap_intervals, score_all
 from harness.eval.faithfulness import faithfulness
+from harness.core.numerics import tie_floor
+from harness.eval.scoring import cancelled_items
 from harness.methods import all_methods
 from harness.methods.registry import as_scores
 from harness.run.store import ResultStore
@@ -113,6 +115,15 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
     scores = as_scores(result)
+    floor, cancelled, per_ex = 0.0, None, None
+    if spec.output == "ranking":
+        scale = spec.objective_scale(engine, data, variant)
+        floor = tie_floor(scale)
+        record["objective_scale"], record["tie_floor"] = scale, floor
+        if spec.supports_per_example(variant):
+            per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True).detach().double().cpu()
+            cancelled = torch.as_tensor(cancelled_items(per_ex, floor))
+            record["cancelled_edges"] = [engine.graph.edge_names[i] for i in torch.nonzero(cancelled).flatten().tolist()]
     if spec.output == "family":
         record["thresholds"] = [float(x) for x in result.thresholds]
         record["circuit_sizes"] = scores.sum(1).tolist()
@@ -120,8 +131,11 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
             record["faithfulness"] = faithfulness(engine, data, scores)
-    scored = score_all(task, engine.graph, scores)
-    intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, cfg.bootstrap_reruns) if cfg.bootstrap and scored else {}
+    scored = score_all(task, engine.graph, scores, floor, cancelled)
+    intervals = {}
+    if cfg.bootstrap and any(np.isfinite(r.auc) for r in scored.values()):
+        intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, cfg.bootstrap_reruns,
+                                        floor, per_ex)
     rows = []
     for (gt_name, level), r in scored.items():
         keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
