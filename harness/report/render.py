@@ -199,8 +199,11 @@ def _blocks(out: Path) -> list:
                 rows.append(row)
             B += [("h2", "Published AUCs beside ours"),
                   ("p", f"Paper: {PUBLISHED_SOURCE}, task metric ('Loss') rows. Ours: pessimistic AUC against the same "
-                        "ACDC ground truth, best variant of each method (of N where N > 1). Our tracr-xproportion "
-                        "data is encoded correctly (BOS + tokens), unlike ACDC's, so its numbers need not match. "
+                        "ACDC ground truth, best variant of each method (of N where N > 1). tracr-xproportion's "
+                        "data is encoded correctly (BOS + tokens), unlike ACDC's, so its numbers need not match; "
+                        "tracr-xproportion-acdc runs on ACDC's inputs: its zero row reproduces Table 3, its resample "
+                        "row does not (0.600 / 0.727 unscrambled, 0.900 / 1.000 scrambled; "
+                        "docs/scoring.md#table-2-random-ablation lists what was tried). "
                         "tracr-reverse under resample: Table 2's 0.200 / 0.312 is what ACDC gets from an unscrambled "
                         "corrupted run (--no-position-scramble); with ACDC's position scramble (the default, and "
                         "ACDC's code) it gets 0.600 / 0.750, for every derangement of the six prompts "
@@ -218,7 +221,8 @@ def _blocks(out: Path) -> list:
                         "target with Holm's correction where Friedman finds a difference).")]
             B += [("p", c.sentence()) for c in compare_targets(by_ref)]
             if degenerate:
-                B.append(("p", "Not ranked (degenerate, every edge scores the same): " + ", ".join(degenerate) + "."))
+                B.append(("p", "Not ranked on some task (degenerate: every edge scores the same, or the objective "
+                               "cancels over the batch; see each task's table): " + ", ".join(degenerate) + "."))
             B.append(("img", png))
     for task in sorted({r["task"] for r in records}):
         trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"]

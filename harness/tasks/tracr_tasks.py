@@ -42,10 +42,11 @@ class TracrTask(Task):
     def load_model(self, device="cpu", dtype=torch.float32, weights_dir=None):
         return self.tracr().weights.to(device, dtype)
 
-    def _pack(self, seqs, corrupted_seqs, correct=None, wrong=None, counterfactual=None, categorical=True, ablation="resample", info=None):
+    def _pack(self, seqs, corrupted_seqs, correct=None, wrong=None, counterfactual=None, categorical=True, ablation="resample",
+              info=None, ids=None):
+        """`ids`: (clean, corrupted) token ids as given, instead of encoding `seqs` (ACDC's encoding)."""
         m = self.tracr()
-        clean = m.encode(seqs)
-        corr = m.encode(corrupted_seqs)
+        clean, corr = ids if ids is not None else (m.encode(seqs), m.encode(corrupted_seqs))
         pos_mask = torch.zeros_like(clean, dtype=torch.bool)
         pos_mask[:, 1:] = True  # position 0 is BOS: its output is meaningless
         return TaskData(
@@ -105,13 +106,47 @@ class TracrXProportion(TracrTask):
     description = "tracr: running fraction of 'x' tokens (ACDC tracr-proportion)"
     n_per_split = 50
 
-    def data(self, split="validation", seed=0, ablation="resample"):
+    def strings(self, split: str, seed: int, g: torch.Generator) -> list:
+        """The split's 50 of 100 distinct strings drawn with `g` (seeded with `seed`) from all 4^4."""
         check_split(split)
         allseq = [list(s) for s in itertools.product("wxyz", repeat=4)]
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(allseq), generator=g)[: 2 * self.n_per_split].tolist()
+        order = torch.randperm(len(allseq), generator=g.manual_seed(seed))[: 2 * self.n_per_split].tolist()
         rows = order[: self.n_per_split] if split == "validation" else order[self.n_per_split :]
-        seqs = [allseq[i] for i in rows]
+        return [allseq[i] for i in rows]
+
+    def data(self, split="validation", seed=0, ablation="resample"):
+        seqs = self.strings(split, seed, torch.Generator())
         perm = derangement(len(seqs), torch.Generator().manual_seed(seed + 1 + (split == "test")))
         corr = [seqs[i] for i in perm.tolist()]
         return self._pack(seqs, corr, categorical=False, ablation=ablation, info={"split": split, "n": len(seqs)})
+
+
+@register_task
+class TracrXProportionACDC(TracrXProportion):
+    """tracr-xproportion with ACDC's own inputs, to reproduce the paper's tracr-proportion numbers.
+
+    ACDC (`acdc/tracr_task/utils.py::get_all_tracr_things`) feeds the ids ord(c) - ord("w") of
+    4 letters over "wxyz" with no BOS, so the model reads {BOS, pad, w, x} for {w, x, y, z}
+    (docs/tasks.md#tracr-xproportion): off the program's distribution, which is why
+    `tracr-xproportion` encodes properly. Otherwise as ACDC: 100 distinct strings drawn from all
+    4^4 (here with `seed`, in ACDC from the global torch seed), the first 50 for validation and the
+    next 50 for test, the corrupted rows a random permutation of the split's rows (fixed points
+    allowed, as in ACDC's code); positions 1-3 are scored. Ground truth: tracr-xproportion's.
+    """
+
+    name = "tracr-xproportion-acdc"
+    description = "tracr-xproportion on ACDC's inputs (ids 0-3, no BOS), to reproduce its Tables 2-3"
+    mirrors = "tracr-xproportion (ACDC's encoding)"
+
+    def ground_truths(self) -> dict:
+        from harness.core.ground_truth import ground_truths_for
+
+        return ground_truths_for(TracrXProportion.name, self.ground_truth_dir)
+
+    def data(self, split="validation", seed=0, ablation="resample"):
+        g = torch.Generator()
+        seqs = self.strings(split, seed, g)
+        perm = torch.randperm(len(seqs), generator=g)
+        clean = torch.tensor([[ord(c) - ord("w") for c in s] for s in seqs], dtype=torch.long)
+        return self._pack(seqs, None, categorical=False, ablation=ablation, ids=(clean, clean[perm]),
+                          info={"split": split, "n": len(seqs), "encoding": "ACDC's (ids 0-3, no BOS)"})
