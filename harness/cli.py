@@ -35,7 +35,16 @@ def cmd_run(args) -> int:
                     weights_dir=args.weights_dir, progress=not args.no_progress,
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
                     faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
-                    threads=args.threads)
+                    threads=args.threads, metric=args.metric)
+    if args.metric:
+        from harness.run.runner import check_metric
+        from harness.tasks import get_task
+
+        for t in tasks:
+            try:
+                check_metric(get_task(t), args.metric)
+            except ValueError as e:
+                raise SystemExit(f"error: {e} (run those tasks without --metric)")
     try:
         store = run(cfg)
     except ValueError as e:
@@ -177,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="references to run, each result under one (default: both; a variant runs under those it accepts)")
     r.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="model dtype (default: each task's own, float64 for tracr and float32 for pretrained models)")
+    r.add_argument("--metric", default=None,
+                   help="task metric to run with, e.g. kl (ACDC's Table 2 KL rows); default: each task's ACDC loss metric")
     r.add_argument("--no-position-scramble", action="store_true",
                    help="tracr resample runs without ACDC's permutation of the corrupted run's positional embeddings")
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")

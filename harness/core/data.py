@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 SPLITS = ("validation", "test")
@@ -30,12 +31,20 @@ class Metric:
     reads: keyword -> the name of a per-example field of the data (`pos_mask`, `correct`,
         `wrong`, `counterfactual` or a key of `TaskData.rows`), passed as that keyword.
     const: keyword -> a value shared by every example (e.g. Greater-Than's 100 year tokens).
+    acdc_thresholds: ACDC's threshold sweep for this metric (experiments/launch_spreadsheet.py,
+        docs/scoring.md#acdc-threshold-sweeps); empty: the method's default.
     """
 
     name: str
     fn: Callable
     reads: dict = field(default_factory=dict)
     const: dict = field(default_factory=dict)
+    acdc_thresholds: tuple = ()
+
+
+def log_thresholds(lo: float, hi: float, n: int) -> tuple:
+    """10 ** linspace(lo, hi, n), ACDC's way of writing a threshold sweep."""
+    return tuple(float(t) for t in 10 ** np.linspace(lo, hi, n))
 
 
 @dataclass
@@ -58,6 +67,10 @@ class TaskData:
     output_range: for numerical outputs, the range the output lives in.
     ablation: the source patched from: "resample" (the corrupted prompts) or "zero" (ACDC's
         zero ablation).
+    loss: the task's ACDC loss metric (IOI logit difference, Greater-Than probability difference,
+        Docstring's max-over-wrong logit difference), which the attribution objective "logit-diff"
+        uses, negated (higher is better), in place of the answer logit difference; None: the answer
+        logit difference (`harness.core.objectives.answer_logit_diff`).
     position_scramble: long [pos], a permutation of the positional embeddings in the resample
         source run (ACDC's tracr protocol, `harness.core.references.acdc_position_scramble`), or
         None for an unscrambled corrupted run. Shared by every example; unused under zero
@@ -76,6 +89,7 @@ class TaskData:
     output_range: tuple = (0.0, 1.0)
     ablation: str = "resample"
     position_scramble: Optional[torch.Tensor] = None
+    loss: Optional[Metric] = None
     info: dict = field(default_factory=dict)
 
     PER_EXAMPLE = ("clean", "corrupted", "pos_mask", "correct", "wrong", "counterfactual")
@@ -110,12 +124,13 @@ class TaskData:
     def field(self, name: str) -> torch.Tensor:
         return self.rows[name] if name in self.rows else getattr(self, name)
 
-    def metric_values(self, logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
-        """[batch]: the task metric of each example (see `Metric`)."""
+    def metric_values(self, logits: torch.Tensor, clean_logits: torch.Tensor, metric: Optional[Metric] = None) -> torch.Tensor:
+        """[batch]: the task metric (or `metric`) of each example (see `Metric`)."""
+        metric = metric or self.metric
         dev = logits.device
-        kw = {k: self.field(src).to(dev) for k, src in self.metric.reads.items()}
-        kw.update({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in self.metric.const.items()})
-        return self.metric.fn(logits, clean_logits, **kw)
+        kw = {k: self.field(src).to(dev) for k, src in metric.reads.items()}
+        kw.update({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in metric.const.items()})
+        return metric.fn(logits, clean_logits, **kw)
 
     def subset(self, idx: torch.Tensor) -> "TaskData":
         """The same split restricted to examples `idx` (bootstrap resamples): every per-example

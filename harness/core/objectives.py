@@ -11,7 +11,8 @@ The answer logit difference (`answer_logit_diff`, Syed et al. 2023's attribution
 the natural sign: higher is better.
 
 `evaluate(name, ...)` is the one dispatcher: "metric" is the task's own metric (`TaskData.metric`),
-"logit-diff" the answer logit difference. Methods, faithfulness, ACDC and the benchmarks all call
+"logit-diff" the task's ACDC loss metric with the natural sign (`TaskData.loss`; the answer logit
+difference where a task has none), "answer-logit-diff" the answer logit difference. Methods, faithfulness, ACDC and the benchmarks all call
 it, so an objective means the same thing everywhere.
 """
 from __future__ import annotations
@@ -20,7 +21,9 @@ import torch
 
 OBJECTIVES = {
     "metric": "the task's metric against the clean outputs (ACDC's sign: lower is better)",
-    "logit-diff": "correct minus mean wrong answer logit at the scored positions (the output itself for numerical tasks)",
+    "logit-diff": "the task's ACDC loss metric, higher is better (IOI IO - S logit, Greater-Than P(>YY) - P(<=YY), "
+                  "Docstring correct - max wrong logit); where a task has none, answer-logit-diff",
+    "answer-logit-diff": "correct minus mean wrong answer logit at the scored positions (the output itself for numerical tasks)",
 }
 
 
@@ -109,6 +112,8 @@ def evaluate(name: str, logits: torch.Tensor, clean_logits: torch.Tensor, data) 
     """[batch]: objective `name` ("metric" or "logit-diff", see OBJECTIVES) of `data`'s examples."""
     if name == "metric":
         return data.metric_values(logits, clean_logits)
-    if name == "logit-diff":
+    if name == "logit-diff" and data.loss is not None:
+        return -data.metric_values(logits, clean_logits, data.loss)
+    if name in ("logit-diff", "answer-logit-diff"):
         return answer_logit_diff(logits, data.pos_mask, data.correct, data.wrong, data.categorical)
     raise KeyError(f"unknown objective {name!r}; objectives: {', '.join(OBJECTIVES)}")

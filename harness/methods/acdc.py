@@ -31,7 +31,7 @@ import torch
 from harness.core.evaluator import PatchedObjective
 from harness.methods.registry import CircuitFamily, Timing, register
 
-DEFAULT_THRESHOLDS = tuple(float(t) for t in 10 ** np.linspace(-5, -1, 21))
+DEFAULT_THRESHOLDS = tuple(float(t) for t in 10 ** np.linspace(-5, -1, 21))  # for a metric that names none
 
 
 def visit_order(graph):
@@ -95,7 +95,7 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
     "acdc",
     "ACDC: greedy exact edge pruning in reverse topological order, one circuit per threshold",
     {
-        "sweep": ({}, "thresholds 10^linspace(-5,-1,21) (ACDC's tracr sweep), task metric"),
+        "sweep": ({}, "ACDC's threshold sweep for the task's metric (Metric.acdc_thresholds; tracr 10^linspace(-5,-1,21))"),
         "abs": ({"abs_value": True}, "the same with |metric change| < tau (ACDC's --abs-value-threshold)"),
     },
     output="family",
@@ -105,7 +105,10 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
     timings=lambda bench: [Timing("sweep", label=f"tau={bench.acdc_threshold:g}", options={"thresholds": [bench.acdc_threshold]},
                                   patched_forwards=lambda graph, batch: graph.n_edges + 1, upper_bound=True)],
 )
-def acdc(engine, data, thresholds=DEFAULT_THRESHOLDS, abs_value=False, max_rows=256):
+def acdc(engine, data, thresholds=None, abs_value=False, max_rows=256):
+    """`thresholds` None: ACDC's sweep for the data's metric (IOI KL 10^linspace(-6,0,31), ...)."""
+    if thresholds is None:
+        thresholds = data.metric.acdc_thresholds or DEFAULT_THRESHOLDS
     thresholds = [float(t) for t in thresholds]
     per = max(1, max_rows // data.n)
     parts = [acdc_sweep(engine, data, thresholds[i : i + per], abs_value, max_rows=max_rows)[0]

@@ -6,7 +6,8 @@ noising (default; EAP-IG's convention): gradient at the clean run x (corrupted -
 first-order change of the objective when the edge is patched.
 denoising (transformer_lens 4.3's `attribution_patch`): gradient at the corrupted run x
 (clean - corrupted).
-The objective is the answer logit difference (the output itself for numerical tasks) unless
+The objective is the task's ACDC loss metric with the natural sign (`objectives.evaluate`
+"logit-diff"; the answer logit difference, or the output itself, where a task has none) unless
 `objective="metric"` (the task metric, whose gradient vanishes at the clean run when it compares
 with clean outputs: the pitfall docs/methods.md#zero-gradient-at-the-clean-point describes).
 """
@@ -26,12 +27,15 @@ from harness.methods.registry import Timing, register, task_objective
     {
         "noising": ({"form": "noising"}, "gradient at clean x (corrupted - clean)"),
         "denoising": ({"form": "denoising"}, "gradient at corrupted x (clean - corrupted), as transformer_lens 4.3"),
+        "noising-answer-logit-diff": ({"form": "noising", "objective": "answer-logit-diff"},
+                                      "noising, correct - mean wrong logit (not the task's ACDC loss metric)"),
         "noising-abs": ({"form": "noising", "aggregate": "abs"},
                         "noising, sum over examples of |per-example score| (cannot cancel over the batch)"),
     },
     gradient=True,
     per_example=True,
     objective=task_objective("logit-diff"),
+    default_variants=["noising", "denoising", "noising-abs"],
     timings=lambda bench: [Timing("noising"), Timing("denoising")],
 )
 def eap(engine, data, form="noising", objective="logit-diff", per_example=False, on_phase=None):

@@ -45,6 +45,7 @@ class RunConfig:
     ablations: tuple = ("resample", "zero")  # references to run; each variant under those it accepts
     position_scramble: bool = True  # ACDC's tracr protocol under resample (tasks that define one)
     dtype: str | None = None  # "float32" / "float64"; None: each task's default_dtype (tracr: float64)
+    metric: str | None = None  # a task metric by name (e.g. "kl"); None: each task's ACDC loss metric
     fresh: bool = False
     weights_dir: str | None = None
     progress: bool = True
@@ -93,7 +94,21 @@ def _dtype(cfg: RunConfig, task) -> torch.dtype:
 def _settings(cfg: RunConfig) -> dict:
     """Run settings that change a result beyond its key (task, method, variant, reference, seed,
     split); a stored record is reused only when they match."""
-    return {"position_scramble": cfg.position_scramble, "dtype": cfg.dtype}
+    return {"position_scramble": cfg.position_scramble, "dtype": cfg.dtype, "metric": cfg.metric}
+
+
+def check_metric(task, metric: str | None) -> None:
+    """A one-line error naming the task's metrics when `metric` is not one of them."""
+    names = list(task.metrics)
+    if metric is not None and metric not in names:
+        raise ValueError(f"task {task.name} has no metric {metric!r}; its metrics: {', '.join(names)}")
+
+
+def task_data(task, cfg: RunConfig):
+    """The split's data, with `cfg.metric` where it is not the task's default (the first)."""
+    check_metric(task, cfg.metric)
+    other = cfg.metric is not None and cfg.metric != next(iter(task.metrics))
+    return task.data(cfg.split, cfg.seed, **({"metric": cfg.metric} if other else {}))
 
 
 def _sync(device: str):
@@ -107,7 +122,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
               "ablation": data.ablation, "split": cfg.split, "settings": _settings(cfg),
               "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
               "dtype": str(engine.w.dtype).replace("torch.", ""),
-              "output": spec.output, "n_examples": data.n}
+              "output": spec.output, "n_examples": data.n, "metric": data.metric_name}
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
@@ -215,7 +230,7 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
                     weights = task.load_model(cfg.device, _dtype(cfg, task), cfg.weights_dir)
                     engine = Engine(weights)
                     _set_threads(cfg, weights.cfg)
-                    data = task.data(cfg.split, cfg.seed)
+                    data = task_data(task, cfg)
                     if not cfg.position_scramble:
                         data = dataclasses.replace(data, position_scramble=None)
                     loaded[t] = (task, engine, data, None)

@@ -15,7 +15,7 @@ import pandas as pd
 COLUMNS = [
     "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "note", "auc_lo", "auc_hi",
     "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation",
-    "position_scramble", "dtype", "split", "status", "error",
+    "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error",
 ]
 
 
@@ -72,7 +72,7 @@ class ResultStore:
         rows = []
         for rec in self.records():
             base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation",
-                                            "position_scramble", "dtype", "split", "status", "error")}
+                                            "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error")}
             faith = rec.get("faithfulness") or {}
             base.update({"cpr": faith.get("cpr"), "cmd": faith.get("cmd")})
             if rec.get("rows"):

@@ -26,6 +26,7 @@ class Task:
     offline: bool = True
     mirrors: Optional[str] = None  # for analogues: the ACDC task this one mirrors
     supports_kl: bool = True
+    metrics: dict = {}  # name -> harness.core.data.Metric; the first is the default (ACDC's "Loss" metric)
     ground_truth_dir: Optional[Path] = None  # None: the package's ground_truth/ folder
     # The dtype a run uses unless told otherwise: float64 where models are small enough that
     # float32 round-off would otherwise decide rankings (tracr), float32 for pretrained models.

@@ -25,9 +25,11 @@ import torch
 
 from harness.tasks.data_lists import DOCSTRING_NOUNS, DOCSTRING_VARIABLE_NAMES
 from harness.core import objectives
-from harness.core.data import Metric, TaskData
+from harness.core.data import Metric, TaskData, log_thresholds
 from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
 from harness.tasks import register_task
+
+SWEEP = log_thresholds(-4, 0, 21)  # ACDC's sweep for both metrics (experiments/launch_spreadsheet.py)
 
 N_PROMPTS = 100
 
@@ -68,8 +70,8 @@ class Docstring(PretrainedTask):
     n_per_split = 50
     metrics = {
         "docstring_metric": Metric("docstring_metric", objectives.docstring_metric,
-                                   {"correct": "answer", "wrong": "wrong_args"}),
-        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}),
+                                   {"correct": "answer", "wrong": "wrong_args"}, acdc_thresholds=SWEEP),
+        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}, acdc_thresholds=SWEEP),
     }
 
     def tokens(self) -> dict:
@@ -102,6 +104,7 @@ class Docstring(PretrainedTask):
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
             correct=correct, wrong=wrong, counterfactual=cf,
             rows={"answer": t["correct"][rows], "wrong_args": t["wrong"][rows]}, ablation=ablation,
+            loss=self.metrics["docstring_metric"],
             info={"split": split, "n": clean.shape[0], "natural_metric": "correct - max wrong logit = -docstring_metric"
                   if metric == "docstring_metric" else "KL"},
         )

@@ -20,7 +20,7 @@ import torch
 
 from harness.tasks.data_lists import GREATERTHAN_NOUNS
 from harness.core import objectives
-from harness.core.data import Metric, TaskData
+from harness.core.data import Metric, TaskData, log_thresholds
 from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
 from harness.tasks import register_task
 
@@ -63,8 +63,9 @@ class GreaterThan(PretrainedTask):
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 100
     metrics = {
-        "prob_diff": Metric("prob_diff", objectives.prob_diff, {"yy": "yy"}),  # + year_tokens, set in data()
-        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}),
+        "prob_diff": Metric("prob_diff", objectives.prob_diff, {"yy": "yy"},  # + year_tokens, set in data()
+                            acdc_thresholds=log_thresholds(-3, -1, 21)),
+        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}, acdc_thresholds=log_thresholds(-6, -4, 11)),
     }
 
     def tokens(self) -> dict:
@@ -92,12 +93,11 @@ class GreaterThan(PretrainedTask):
         clean, corr, yy, ytab = t["clean"][rows], t["corrupted"][rows], t["yy"][rows], t["year_tokens"]
         pos_mask, correct, wrong, cf = last_position_answers(clean, ytab[(yy + 1).clamp(max=99)], ytab[yy],
                                                              ytab[2].expand(clean.shape[0]))
-        fn = self.metrics[metric]
-        if metric == "prob_diff":
-            fn = dataclasses.replace(fn, const={"year_tokens": ytab})
+        loss = dataclasses.replace(self.metrics["prob_diff"], const={"year_tokens": ytab})
+        fn = loss if metric == "prob_diff" else self.metrics[metric]
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=fn, categorical=True, correct=correct, wrong=wrong,
-            counterfactual=cf, rows={"yy": yy}, ablation=ablation,
+            counterfactual=cf, rows={"yy": yy}, ablation=ablation, loss=loss,
             info={"split": split, "n": clean.shape[0],
                   "natural_metric": "P(>YY) - P(<=YY) = -prob_diff" if metric == "prob_diff" else "KL"},
         )

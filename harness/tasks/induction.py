@@ -24,9 +24,11 @@ import torch
 
 from harness.core import loading
 from harness.core import objectives
-from harness.core.data import Metric, TaskData
+from harness.core.data import Metric, TaskData, log_thresholds
 from harness.tasks.pretrained import PretrainedTask
 from harness.tasks import register_task
+
+SWEEP = log_thresholds(-4, 0, 21)  # ACDC's sweep for both metrics (experiments/launch_spreadsheet.py)
 
 SEQ_LEN = 300
 SHUFFLE_SEED = 42
@@ -40,8 +42,8 @@ class Induction(PretrainedTask):
     requires = ("redwood_attn_2l", "induction-data")
     n_per_split = 50
     metrics = {
-        "nll": Metric("nll", objectives.nll, {"labels": "correct", "mask": "pos_mask"}),
-        "kl": Metric("kl", objectives.kl_pooled, {"mask": "pos_mask"}),
+        "nll": Metric("nll", objectives.nll, {"labels": "correct", "mask": "pos_mask"}, acdc_thresholds=SWEEP),
+        "kl": Metric("kl", objectives.kl_pooled, {"mask": "pos_mask"}, acdc_thresholds=SWEEP),
     }
     seq_len = SEQ_LEN
 

@@ -22,7 +22,7 @@ import torch
 
 from harness.tasks.data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
 from harness.core import objectives
-from harness.core.data import Metric, TaskData
+from harness.core.data import Metric, TaskData, log_thresholds
 from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
 from harness.tasks import register_task
 
@@ -82,6 +82,10 @@ def abc_prompts(clean: list) -> list:
     return flip(flip(flip(clean, "IO", 1), "S", 2), "S1", 3)
 
 
+SWEEP_LOGIT_DIFF = log_thresholds(-4, 0, 21)  # ACDC's experiments/launch_spreadsheet.py
+SWEEP_KL = log_thresholds(-6, 0, 31)
+
+
 @register_task
 class IOI(PretrainedTask):
     name = "ioi"
@@ -91,8 +95,8 @@ class IOI(PretrainedTask):
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 100
     metrics = {
-        "logit_diff": Metric("logit_diff", objectives.logit_diff, {"correct": "io", "wrong": "s"}),
-        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}),
+        "logit_diff": Metric("logit_diff", objectives.logit_diff, {"correct": "io", "wrong": "s"}, acdc_thresholds=SWEEP_LOGIT_DIFF),
+        "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}, acdc_thresholds=SWEEP_KL),
     }
 
     def tokens(self) -> dict:
@@ -118,10 +122,11 @@ class IOI(PretrainedTask):
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
         clean, corr = t["clean"][rows, :15], t["corrupted"][rows, :15]
-        pos_mask, correct, wrong, cf = last_position_answers(clean, t["io"][rows], t["s"][rows], t["abc_io"][rows])
+        # the counterfactual answer is S, the wrong answer of ACDC's loss metric (not the ABC prompt's new name)
+        pos_mask, correct, wrong, cf = last_position_answers(clean, t["io"][rows], t["s"][rows], t["s"][rows])
         return TaskData(
             clean=clean, corrupted=corr, pos_mask=pos_mask, metric=self.metrics[metric], categorical=True,
             correct=correct, wrong=wrong, counterfactual=cf, rows={"io": t["io"][rows], "s": t["s"][rows]},
-            ablation=ablation,
+            ablation=ablation, loss=self.metrics["logit_diff"],
             info={"split": split, "n": clean.shape[0], "natural_metric": "IO - S logit difference = -logit_diff" if metric == "logit_diff" else "KL"},
         )

@@ -17,17 +17,19 @@ import itertools
 import torch
 
 from harness.core import objectives
-from harness.core.data import Metric, TaskData, check_split, derangement
+from harness.core.data import Metric, TaskData, log_thresholds, check_split, derangement
 from harness.core.references import acdc_position_scramble
 from harness.programs.tracr_models import load_tracr
 from harness.tasks.base import Task
 from harness.tasks import register_task
 
-L2 = Metric("l2", objectives.l2, {"pos_mask": "pos_mask"})
+# ACDC's tracr sweep (experiments/launch_spreadsheet.py): "typical metric value range 0.0-0.1"
+L2 = Metric("l2", objectives.l2, {"pos_mask": "pos_mask"}, acdc_thresholds=log_thresholds(-5, -1, 21))
 
 
 class TracrTask(Task):
     supports_kl = False
+    metrics = {"l2": L2}  # the only one: KL is refused (module docstring)
     default_dtype = torch.float64  # tiny models: float64 costs little, and float32 round-off ranked edges
     program: str = ""
 
