@@ -192,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracr resample runs without ACDC's permutation of the corrupted run's positional embeddings")
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")
     r.add_argument("--fresh", action="store_true", help="discard finished results in --out and start over")
-    r.add_argument("--bootstrap", type=int, default=20, help="resamples of the examples for 95%% AUC intervals (0: off)")
-    r.add_argument("--bootstrap-reruns", type=int, default=5,
-                   help="at most this many resamples for methods that must re-run per resample, e.g. ACDC (default 5)")
+    r.add_argument("--bootstrap", type=int, default=1000,
+                   help="resamples of the examples for 95%% AUC intervals (at least 1000; 0: off)")
+    r.add_argument("--bootstrap-reruns", type=int, default=0,
+                   help="re-runs allowed for methods that must re-run per resample, e.g. ACDC; an interval needs "
+                        "--bootstrap of them, so fewer gives none (default 0)")
     r.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small models, else torch's choice)")
     r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
     r.add_argument("--no-progress", action="store_true")

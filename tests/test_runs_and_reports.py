@@ -3,6 +3,8 @@ regression check fails when (and only when) something got worse."""
 import json
 from html.parser import HTMLParser
 
+import numpy as np
+
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +16,7 @@ from harness.methods import get_method
 from harness.run.runner import RunConfig, bootstrap_intervals, run
 from harness.core.data import Metric, TaskData
 from harness.core.weights import ModelConfig, random_weights
+from harness.tasks import get_task
 
 FAST = dict(tasks=["tracr-xproportion"], methods=["eap", "random", "grad-wrong"],
             variants=["noising", "uniform", "logit-diff-mse/activation", "uniform/activation"], progress=False)
@@ -24,8 +27,8 @@ def key_cols(df):
 
 
 def test_same_seed_same_scores(tmp_path):
-    a = run(RunConfig(out=str(tmp_path / "a"), bootstrap=3, **FAST))
-    b = run(RunConfig(out=str(tmp_path / "b"), bootstrap=3, **FAST))
+    a = run(RunConfig(out=str(tmp_path / "a"), bootstrap=1000, **FAST))
+    b = run(RunConfig(out=str(tmp_path / "b"), bootstrap=1000, **FAST))
     pd.testing.assert_frame_equal(key_cols(a.frame()), key_cols(b.frame()))
     ra = {(r["method"], r["variant"], r["ablation"]): r["scores"] for r in a.records()}
     rb = {(r["method"], r["variant"], r["ablation"]): r["scores"] for r in b.records()}
@@ -33,7 +36,7 @@ def test_same_seed_same_scores(tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch):
-    full = run(RunConfig(out=str(tmp_path / "full"), bootstrap=3, **FAST))
+    full = run(RunConfig(out=str(tmp_path / "full"), bootstrap=1000, **FAST))
     spec = get_method("grad-wrong")
     real = spec.fn
     calls = {"n": 0}
@@ -46,11 +49,11 @@ def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch):
 
     monkeypatch.setattr(spec, "fn", dies_on_second_call)
     with pytest.raises(KeyboardInterrupt):
-        run(RunConfig(out=str(tmp_path / "part"), bootstrap=3, **FAST))
+        run(RunConfig(out=str(tmp_path / "part"), bootstrap=1000, **FAST))
     monkeypatch.setattr(spec, "fn", real)
     kept = len(list((tmp_path / "part" / "records").glob("*.json")))
     assert 0 < kept < len(full.records())  # finished work was written, the rest was not
-    resumed = run(RunConfig(out=str(tmp_path / "part"), bootstrap=3, **FAST))
+    resumed = run(RunConfig(out=str(tmp_path / "part"), bootstrap=1000, **FAST))
     pd.testing.assert_frame_equal(key_cols(resumed.frame()), key_cols(full.frame()))
 
 
@@ -68,7 +71,7 @@ def test_resume_skips_finished_and_fresh_redoes(tmp_path, monkeypatch):
 def test_report_html_is_self_contained(tmp_path):
     assert main(["run", "--tasks", "tracr-xproportion", "tracr-reverse", "--methods", "eap", "grad-wrong",
                  "--variants", "noising", "logit-diff-mse/activation", "uniform/activation",
-                 "--out", str(tmp_path), "--bootstrap", "3", "--no-progress"]) == 0
+                 "--out", str(tmp_path), "--bootstrap", "1000", "--no-progress"]) == 0
     text = (tmp_path / "report.html").read_text()
 
     class P(HTMLParser):
@@ -139,18 +142,31 @@ class _Task:
 
 
 def test_bootstrap_contains_estimate_and_shrinks():
-    widths = []
+    """Per-example effects with fixed means plus noise: the interval holds the estimate and narrows
+    as examples grow. (A random model on random tokens would not do: there every edge's mean effect
+    is 0, so the ranking is noise at every n and no interval should shrink.)"""
     from harness.eval.scoring import score_edges_and_nodes
+    from harness.methods.registry import MethodSpec
 
-    for n in (8, 128):
-        eng, data = _synthetic(n)
-        spec = get_method("eap")
-        task = _Task(eng.graph)
-        point = score_edges_and_nodes(eng.graph, spec.run(eng, data, "noising"), task.gt.m)["edge"].auc
-        iv = bootstrap_intervals(spec, eng, data, "noising", task, n_boot=40, seed=0)[("planted", "edge")]
+    eng, _ = _synthetic(8)
+    task = _Task(eng.graph)
+    E = eng.graph.n_edges
+    mean = torch.linspace(0.0, 1.0, E, dtype=torch.float64)[torch.randperm(E, generator=torch.Generator().manual_seed(1))]
+
+    def planted(engine, data, per_example=False):
+        noise = torch.randn(data.n, E, generator=torch.Generator().manual_seed(data.n), dtype=torch.float64)
+        terms = (mean + noise) / data.n
+        return terms if per_example else terms.sum(0)
+
+    spec = MethodSpec("planted", planted, "", {"v": ({}, "")}, per_example=True)
+    widths = []
+    for n in (8, 2048):
+        _, data = _synthetic(n)
+        point = score_edges_and_nodes(eng.graph, spec.run(eng, data, "v"), task.gt.m)["edge"].auc
+        iv = bootstrap_intervals(spec, eng, data, "v", task, n_boot=1000, seed=0)[("planted", "edge")]
         assert iv["auc_lo"] <= point <= iv["auc_hi"]
         widths.append(iv["auc_hi"] - iv["auc_lo"])
-    assert widths[1] < widths[0]
+    assert widths[1] < widths[0] / 2
 
 
 def test_compare_passes_on_itself_and_fails_on_a_doctored_baseline(tmp_path, capsys):
@@ -202,3 +218,48 @@ def test_compare_flags_a_slower_timing_ratio(tmp_path):
     c = compare_timing(slower, base, factor=1.5)
     assert not c.ok and c.regressions[0]["now"] == 2.0
     assert compare_timing(slower, base, factor=2.0).ok
+
+
+def test_vectorised_bootstrap_aucs_equal_score_ranking():
+    from harness.eval.bootstrap import ranking_aucs
+    from harness.eval.scoring import score_ranking
+
+    g = np.random.default_rng(0)
+    pos = np.array([True] * 4 + [False] * 9)
+    rows = np.round(g.normal(size=(50, 13)), 1)  # rounding makes ties
+    rows[3] = 0.0  # a row that ranks nothing
+    auc, pess = ranking_aucs(rows, pos, floor=0.05)
+    for r in range(50):
+        if r == 3:
+            assert np.isnan(auc[r]) and np.isnan(pess[r])
+            continue
+        want = score_ranking(rows[r], pos, 0.05)
+        assert auc[r] == pytest.approx(want.auc, abs=1e-12) and pess[r] == pytest.approx(want.pessimistic_auc, abs=1e-12)
+
+
+def test_no_interval_from_too_few_resamples_or_reruns():
+    eng, data = _synthetic(16)
+    task = _Task(eng.graph)
+    assert bootstrap_intervals(get_method("eap"), eng, data, "noising", task, n_boot=999, seed=0) == {}
+    # ACDC re-runs per resample: 5 re-runs make no 95% interval
+    assert bootstrap_intervals(get_method("acdc"), eng, data, "sweep", task, n_boot=1000, seed=0, max_reruns=5) == {}
+    iv = bootstrap_intervals(get_method("eap"), eng, data, "noising", task, n_boot=1000, seed=0)
+    assert iv[("planted", "edge")]["n_bootstrap"] == 1000
+
+
+def test_random_baseline_is_the_mean_over_20_seeds(tmp_path):
+    from harness.run.runner import CHANCE_SEEDS
+
+    st = run(RunConfig(tasks=["tracr-reverse"], methods=["random"], out=str(tmp_path), bootstrap=1000, progress=False,
+                       ablations=("zero",), faithfulness=False))
+    rows = [r for r in st.records()[0]["rows"] if r["level"] == "edge"]
+    spec = get_method("random")
+    task = get_task("tracr-reverse")
+    e = Engine(task.load_model(dtype=torch.float64))
+    from harness.eval.bootstrap import score_all
+
+    for row in rows:
+        draws = [score_all(task, e.graph, spec.run(e, task.data(), "uniform", seed=s))[(row["ground_truth"], "edge")].auc
+                 for s in range(CHANCE_SEEDS)]
+        assert row["auc"] == pytest.approx(np.mean(draws)) and row["n_seeds"] == CHANCE_SEEDS
+        assert row["auc_lo"] < row["auc"] < row["auc_hi"] and "mean of 20 seeds" in row["note"]

@@ -2,16 +2,24 @@
 
 Methods whose scores are sums over examples (they declare `per_example`; every gradient method
 and exact patching, since the model treats examples independently) run once with
-`per_example=True` and are resampled by summing resampled rows; the others re-run on each
-resampled dataset (at most `max_reruns` times, they are costly).
+`per_example=True`; each of MIN_RESAMPLES or more resamples is then a weighted sum of those rows
+(counts [R, n] @ terms [n, n_edges]), scored by a vectorised ranking AUC equal to
+`harness.eval.scoring.score_ranking`. Methods that would have to re-run on every resample (ACDC)
+get an interval only when allowed that many re-runs (`max_reruns`); fewer gives none, since a
+percentile of a handful of re-runs is not a 95% interval.
+
+An interval is conditional on the clean/corrupted pairing: examples are resampled as pairs, and
+the pairing (a derangement drawn once) is held fixed.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from harness.eval.scoring import score_edges_and_nodes
+from harness.eval.scoring import MIN_NEGATIVES, score_edges_and_nodes, tied
 from harness.methods.registry import as_scores
+
+MIN_RESAMPLES = 1000
 
 
 def score_all(task, graph, result, floor: float = 0.0, cancelled=None) -> dict:
@@ -24,33 +32,76 @@ def score_all(task, graph, result, floor: float = 0.0, cancelled=None) -> dict:
     return out
 
 
+def ranking_aucs(scores: np.ndarray, positive: np.ndarray, floor: float = 0.0):
+    """(auc [R], pessimistic_auc [R]) of each row of `scores` [R, n] against `positive` bool [n]:
+    with ties made exact (`tied`), a positive scores the negatives strictly below it, plus half
+    those tied with it for the AUC (Mann-Whitney) and none for ACDC's pessimistic staircase (a
+    full ranking's staircase is monotone, so the Pareto filter drops nothing). NaN for a row in
+    which every item scores the same, or with fewer than MIN_NEGATIVES negatives."""
+    pos = np.asarray(positive, dtype=bool)
+    P, N = int(pos.sum()), int((~pos).sum())
+    R = scores.shape[0]
+    auc, pess = np.full(R, np.nan), np.full(R, np.nan)
+    if P == 0 or N < MIN_NEGATIVES:
+        return auc, pess
+    for r in range(R):
+        a = tied(scores[r], floor)
+        if np.all(a == a[0]):
+            continue
+        neg = np.sort(a[~pos])
+        below = np.searchsorted(neg, a[pos], side="left")
+        upto = np.searchsorted(neg, a[pos], side="right")
+        pess[r] = below.sum() / (P * N)
+        auc[r] = (below + upto).sum() / (2 * P * N)
+    return auc, pess
+
+
+def _node_rows(graph, rows: torch.Tensor) -> torch.Tensor:
+    """`Graph.node_scores` of each row of [R, n_edges]."""
+    a = rows.abs()
+    out = torch.full((a.shape[0], len(graph.roc_nodes)), float("-inf"), dtype=torch.float64)
+    for ends in graph.edge_node_index:
+        sel = ends >= 0
+        out = out.scatter_reduce(1, ends[sel].expand(a.shape[0], -1), a[:, sel], reduce="amax")
+    return out
+
+
+def _interval(a: np.ndarray, p: np.ndarray) -> dict:
+    ok = np.isfinite(a)
+    if not ok.any():
+        return {}
+    return {"auc_lo": float(np.percentile(a[ok], 2.5)), "auc_hi": float(np.percentile(a[ok], 97.5)),
+            "pessimistic_auc_lo": float(np.percentile(p[ok], 2.5)), "pessimistic_auc_hi": float(np.percentile(p[ok], 97.5)),
+            "n_bootstrap": int(ok.sum())}
+
+
 def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: int, max_reruns=None, floor: float = 0.0,
                         per_example=None) -> dict:
-    """(ground truth, level) -> 95% percentile intervals of the AUC and pessimistic AUC.
-    `per_example`: the variant's [batch, n_edges] scores when already computed."""
+    """(ground truth, level) -> 95% percentile intervals of the AUC and pessimistic AUC, or {}
+    when fewer than MIN_RESAMPLES resamples are possible. `per_example`: the variant's
+    [batch, n_edges] scores when already computed."""
+    if n_boot < MIN_RESAMPLES:
+        return {}
     g = torch.Generator().manual_seed(10_000 + seed)
     per_ex = per_example
     if per_ex is None and spec.supports_per_example(variant):
         per_ex = spec.run(engine, data, variant, seed=seed, per_example=True).detach().double().cpu()
-    if per_ex is None and max_reruns is not None:
-        n_boot = min(n_boot, max_reruns)
-    samples: dict = {}
-    for _ in range(n_boot):
-        idx = torch.randint(0, data.n, (data.n,), generator=g)
-        if per_ex is not None:
-            res = per_ex[idx].sum(0)
-        else:
-            res = as_scores(spec.run(engine, data.subset(idx), variant, seed=seed))
-        try:
-            scored = score_all(task, engine.graph, res, floor)
-        except ValueError:
-            continue
-        for key, r in scored.items():
-            samples.setdefault(key, []).append((r.auc, r.pessimistic_auc))
+    idx = torch.randint(0, data.n, (n_boot, data.n), generator=g)
     out = {}
-    for key, vals in samples.items():
-        a = np.array(vals)
-        out[key] = {"auc_lo": float(np.percentile(a[:, 0], 2.5)), "auc_hi": float(np.percentile(a[:, 0], 97.5)),
-                    "pessimistic_auc_lo": float(np.percentile(a[:, 1], 2.5)),
-                    "pessimistic_auc_hi": float(np.percentile(a[:, 1], 97.5)), "n_bootstrap": len(vals)}
-    return out
+    if per_ex is not None:
+        counts = torch.zeros(n_boot, data.n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, data.n, dtype=torch.float64))
+        rows = counts @ per_ex  # [R, n_edges]
+        nodes = _node_rows(engine.graph, rows)
+        for gt_name, gt in task.ground_truths().items():
+            mask = gt.edge_mask(engine.graph)
+            for level, (sc, positive) in {"edge": (rows, mask), "node": (nodes, engine.graph.nodes_touched(mask))}.items():
+                out[(gt_name, level)] = _interval(*ranking_aucs(sc.numpy(), positive.numpy(), floor))
+        return {k: v for k, v in out.items() if v}
+    if max_reruns is None or max_reruns < MIN_RESAMPLES:
+        return {}
+    samples: dict = {}
+    for i in range(n_boot):
+        res = as_scores(spec.run(engine, data.subset(idx[i]), variant, seed=seed))
+        for key, r in score_all(task, engine.graph, res, floor).items():
+            samples.setdefault(key, []).append((r.auc, r.pessimistic_auc))
+    return {k: v for k, v in ((key, _interval(*np.array(vals).T)) for key, vals in samples.items()) if v}

@@ -11,6 +11,8 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
   tuple (a variant that is not listed accepts every reference). The runner runs a variant only
   under the references it accepts, and results are only compared within one reference;
 - gradient: it scores edges from gradients (the benchmarks compare these with patching);
+- chance: a chance baseline (seeded): the runner reports its mean AUC over 20 seeds and their
+  spread, never one draw;
 - seeded: it takes `seed=`; per_example: it takes `per_example=True` and then returns
   [batch, n_edges] terms that sum over examples to its scores (True, False, or the variants that
   do), which makes bootstrap intervals one run instead of one run per resample;
@@ -100,6 +102,7 @@ class MethodSpec:
     default_max_edges: Optional[int] = None
     timings: Optional[Callable] = None  # bench settings -> [Timing]
     objective: Optional[Callable] = None  # (options, logits, clean_logits, source_logits, data) -> values
+    chance: bool = False
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
@@ -165,7 +168,7 @@ def task_objective(default: str) -> Callable:
 
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
              references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
-             default_max_edges=None, timings=None, objective=None):
+             default_max_edges=None, timings=None, objective=None, chance=False):
     """Decorator: declare a method (see the module docstring for each field)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
@@ -177,7 +180,7 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
                                    dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
-                                   default_max_edges, timings, objective)
+                                   default_max_edges, timings, objective, chance)
         return fn
 
     return deco

@@ -23,9 +23,13 @@ from harness.run.store import ResultStore
 
 AUC_NOTE = ("AUC: scikit-learn ROC AUC of |score| (ties count 1/2). Pess.: ACDC's pessimistic staircase AUC over "
             "Pareto points with tied edges entering together (docs/scoring.md#pessimistic-auc-and-pareto-filter). "
-            "Brackets: 95% bootstrap interval over resampled examples; \u2020 marks an estimate outside its interval, "
-            "which happens when per-example scores cancel exactly over the whole dataset (a fragile ranking). Node "
-            "scores: the largest |score| of a node's edges.")
+            "Brackets: 95% percentile interval over at least 1,000 bootstrap resamples of the examples; it is "
+            "conditional on the clean/corrupted pairing (pairs are resampled, the pairing drawn once is held fixed), "
+            "so it does not cover a different draw of corrupted prompts. Methods that must re-run per resample "
+            "(ACDC) have no interval unless allowed 1,000 re-runs (--bootstrap-reruns). random: the mean over 20 "
+            "seeds, its brackets the spread over seeds. \u2020 marks an estimate outside its interval. Scores closer "
+            "than 1024 float32 ulps of the objective tie (docs/scoring.md#ties-round-off-and-degenerate-objectives). "
+            "Node scores: the largest |score| of a node's edges.")
 
 
 REFERENCE_NOTE = ("Every result is measured against one reference (the source patched from: resample = the "

@@ -49,8 +49,8 @@ class RunConfig:
     fresh: bool = False
     weights_dir: str | None = None
     progress: bool = True
-    bootstrap: int = 20  # resamples of the examples for AUC intervals (0: none)
-    bootstrap_reruns: int = 5  # at most this many for methods that must re-run on each resample (ACDC)
+    bootstrap: int = 1000  # resamples of the examples for AUC intervals (< 1000: none, see eval.bootstrap)
+    bootstrap_reruns: int = 0  # re-runs allowed for methods that must re-run per resample (ACDC; < 1000: no interval)
     methods_explicit: bool = True  # False: defaults, so costly methods skip large graphs
     faithfulness: bool = True  # CPR/CMD of the top-k circuits of every ranking
     threads: int | None = None  # CPU threads; None: 1 for small models, torch's default otherwise
@@ -111,6 +111,29 @@ def task_data(task, cfg: RunConfig):
     return task.data(cfg.split, cfg.seed, **({"metric": cfg.metric} if other else {}))
 
 
+CHANCE_SEEDS = 20
+
+
+def chance_spread(spec, engine, data, variant, task, seed: int) -> dict:
+    """A chance baseline over CHANCE_SEEDS seeds (seed, seed+1, ...): (ground truth, level) -> the
+    2.5/97.5 percentiles of its AUCs over seeds as the interval, and their means, so one draw is
+    never read as "chance"."""
+    draws: dict = {}
+    for s in range(seed, seed + CHANCE_SEEDS):
+        for key, r in score_all(task, engine.graph, as_scores(spec.run(engine, data, variant, seed=s))).items():
+            draws.setdefault(key, []).append((r.auc, r.pessimistic_auc))
+    out = {}
+    for key, vals in draws.items():
+        a = np.array(vals)
+        if np.isnan(a).all():
+            continue
+        out[key] = {"auc_lo": float(np.nanpercentile(a[:, 0], 2.5)), "auc_hi": float(np.nanpercentile(a[:, 0], 97.5)),
+                    "pessimistic_auc_lo": float(np.nanpercentile(a[:, 1], 2.5)),
+                    "pessimistic_auc_hi": float(np.nanpercentile(a[:, 1], 97.5)), "n_seeds": CHANCE_SEEDS,
+                    "mean_auc": float(np.nanmean(a[:, 0])), "mean_pessimistic_auc": float(np.nanmean(a[:, 1]))}
+    return out
+
+
 def _sync(device: str):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -148,14 +171,22 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
             record["faithfulness"] = faithfulness(engine, data, scores)
     scored = score_all(task, engine.graph, scores, floor, cancelled)
     intervals = {}
-    if cfg.bootstrap and any(np.isfinite(r.auc) for r in scored.values()):
+    if spec.chance:
+        intervals = chance_spread(spec, engine, data, variant, task, cfg.seed)
+    elif cfg.bootstrap and any(np.isfinite(r.auc) for r in scored.values()):
         intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, cfg.bootstrap_reruns,
                                         floor, per_ex)
     rows = []
     for (gt_name, level), r in scored.items():
         keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
-        rows.append({"ground_truth": gt_name, "level": level, "auc": r.auc, "pessimistic_auc": r.pessimistic_auc, "note": r.note,
-                     "n_edges": r.n_items, "n_positive": r.n_positive, **intervals.get((gt_name, level), {}),
+        iv = intervals.get((gt_name, level), {})
+        auc, pess, note = r.auc, r.pessimistic_auc, r.note
+        if "mean_auc" in iv:  # a chance baseline: the mean over seeds, the interval their spread
+            auc, pess = iv["mean_auc"], iv["mean_pessimistic_auc"]
+            note = note or f"mean of {iv['n_seeds']} seeds; interval: their 2.5-97.5 percentiles"
+        rows.append({"ground_truth": gt_name, "level": level, "auc": auc, "pessimistic_auc": pess, "note": note,
+                     "n_edges": r.n_items, "n_positive": r.n_positive,
+                     **{k: v for k, v in iv.items() if not k.startswith("mean_")},
                      "roc": {"fpr": r.fpr[keep].tolist(), "tpr": r.tpr[keep].tolist()}})
     record["rows"] = rows
     record["status"] = "ok"
