@@ -85,6 +85,42 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_heads(args) -> int:
+    """Layer x head maps of weight-gradient norms and direct effects for one task."""
+    from pathlib import Path
+
+    from harness.core.engine import Engine
+    from harness.core.loading import MissingWeightsError
+    from harness.core.weights import random_weights
+    from harness.eval.head_maps import head_maps
+    from harness.methods.targets import TARGETS
+    from harness.report.head_maps import plot_head_maps
+    from harness.tasks import TASKS, get_task
+
+    _check_names("task", [args.task], list(TASKS))
+    _check_names("target", [args.target], list(TARGETS))
+    task = get_task(args.task)
+    try:
+        if args.random_init:
+            from harness.core.architectures import ARCHITECTURES
+
+            weights = random_weights(ARCHITECTURES[task.model], seed=args.seed)
+        else:
+            weights = task.load_model("cpu", weights_dir=args.weights_dir)
+        if args.weights_dir:
+            task.weights_dir = args.weights_dir
+        data = task.data()
+    except MissingWeightsError as e:
+        _fail(f"{e}\n" + ("(--random-init replaces the weights, not the tokenizer the prompts need)" if args.random_init
+                            else "(or use --random-init to draw the maps on random weights)"))
+    hm = head_maps(Engine(weights), data, task, args.target)
+    out = Path(args.out)
+    png = plot_head_maps(hm, out / f"heads_{task.name}.png", f"{task.name} on {weights.cfg.name}" + (" (random init)" if args.random_init else ""))
+    hm.frame().to_csv(out / f"heads_{task.name}.csv", index=False)
+    print(f"wrote {png} and {out / f'heads_{task.name}.csv'}")
+    return 0
+
+
 def cmd_graph(args) -> int:
     from harness.core.architectures import ARCHITECTURES
     from harness.core.graph import Graph
@@ -204,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     li = sub.add_parser("list", help="list tasks, methods and variants")
     li.add_argument("--json", action="store_true")
     li.set_defaults(fn=cmd_list)
+    hd = sub.add_parser("heads", help="layer x head heatmaps of ||dL/dW_Q,K,V,O|| and direct effects (e.g. seed-pair, ioi)")
+    hd.add_argument("--task", required=True)
+    hd.add_argument("--target", default="logit-diff-mse", help="grad-wrong target loss (default: the seed's)")
+    hd.add_argument("--weights-dir")
+    hd.add_argument("--random-init", action="store_true", help="random weights of the task's architecture (offline)")
+    hd.add_argument("--seed", type=int, default=0)
+    hd.add_argument("--out", default="out")
+    hd.set_defaults(fn=cmd_heads)
     g = sub.add_parser("graph", help="print a model's ACDC graph as JSON")
     g.add_argument("--model", required=True)
     g.add_argument("--random-init", action="store_true", help="use the real config with random weights (offline)")

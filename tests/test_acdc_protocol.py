@@ -70,3 +70,4 @@ def test_metric_option_runs_and_refuses_what_a_task_lacks(tmp_path, capsys):
     assert "no metric 'kl'" in str(e.value) and "l2" in str(e.value)
     assert main(["run", "--tasks", "tracr-reverse", "--methods", "random", "--metric", "l2", "--out", str(tmp_path),
                  "--no-progress", "--bootstrap", "0", "--ablation", "zero"]) == 0  # its own metric, named
+
