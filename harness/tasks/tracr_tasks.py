@@ -139,6 +139,7 @@ class TracrXProportionACDC(TracrXProportion):
     name = "tracr-xproportion-acdc"
     description = "tracr-xproportion on ACDC's inputs (ids 0-3, no BOS), to reproduce its Tables 2-3"
     mirrors = "tracr-xproportion (ACDC's encoding)"
+    reproduction_only = True
 
     def ground_truths(self) -> dict:
         from harness.core.ground_truth import ground_truths_for
