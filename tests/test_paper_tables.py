@@ -8,9 +8,10 @@ for every one of the 265 derangements of the six prompts (checked with exact edg
 ranks like ACDC here), so the paper's number is not a matter of which derangement was drawn.
 tracr-xproportion is compared on ACDC's own inputs (`tracr-xproportion-acdc`: ids 0-3, no BOS).
 Table 3 (zero) reproduces exactly (1.000 / 1.000). Table 2 (resample: 0.679 = 19/28 edge, 0.750 =
-6/8 node) does not: ACDC gives 0.600 / 0.727 unscrambled and 0.900 / 1.000 scrambled, the same for
-every data seed tried, with and without --abs-value-threshold, and with a fresh data draw per
-threshold as ACDC's launcher made (docs/scoring.md#table-2-random-ablation says more).
+6/8 node) does not, but ACDC's own stored ROC points for that row score 0.600 / 0.727
+(docs/scoring.md#reproduction-from-stored-points), and that is exactly what the harness gets from
+the unscrambled corruption (0.900 / 1.000 with the scramble): the harness reproduces ACDC's
+recorded circuits; the paper's table entry does not follow from them.
 """
 import dataclasses
 
@@ -58,9 +59,12 @@ def test_table3_zero_ablation_xproportion_on_acdcs_inputs():
     assert acdc_pessimistic("zero", True, "tracr-xproportion-acdc") == pytest.approx(want, abs=0.01)
 
 
-def test_table2_resample_xproportion_is_not_reproduced_as_documented():
+ACDC_STORED_PROPORTION = (0.600, 8 / 11)  # ACDC's experiments/results/plots_data, scored as the paper says
+
+
+def test_table2_resample_xproportion_matches_acdcs_stored_points_not_the_paper():
     want = paper(TABLE2_RESAMPLE, "tracr-xproportion")
     plain = acdc_pessimistic("resample", False, "tracr-xproportion-acdc")
     scrambled = acdc_pessimistic("resample", True, "tracr-xproportion-acdc")
-    assert plain == pytest.approx((0.600, 8 / 11), abs=1e-9) and scrambled == pytest.approx((0.900, 1.000), abs=1e-9)
+    assert plain == pytest.approx(ACDC_STORED_PROPORTION, abs=1e-9) and scrambled == pytest.approx((0.900, 1.000), abs=1e-9)
     assert abs(plain[0] - want[0]) > 0.05 and abs(scrambled[0] - want[0]) > 0.05
