@@ -84,3 +84,14 @@ def test_the_known_exception_is_relu_kinks_on_the_integration_path():
     flips = {k: int((signs[(torch.float32, k, L)] != signs[(torch.float64, k, L)]).sum()) for k in range(6) for L in range(4)
              if (signs[(torch.float32, k, L)] != signs[(torch.float64, k, L)]).any()}
     assert flips and all(0 < k < 5 for k in flips)  # on the path, not at alpha = 0 or the clean point
+
+
+@pytest.mark.parametrize("task_name", ["tracr-reverse", "tracr-xproportion", "tracr-greaterthan", "tracr-induction"])
+def test_acdc_keeps_the_same_circuits_in_float32_and_float64(task_name):
+    """ACDC compares metric changes with thresholds, which no tie floor guards: its circuits are
+    identical in both precisions (tracr-docstring too, 60 s; tracr-ioi not checked, minutes)."""
+    task = get_task(task_name)
+    for ablation in ("resample", "zero"):
+        fams = [all_methods()["acdc"].run(Engine(task.load_model("cpu", dt)), task.data().with_ablation(ablation), "sweep")
+                for dt in (torch.float32, torch.float64)]
+        assert torch.equal(fams[0].circuits, fams[1].circuits), ablation
