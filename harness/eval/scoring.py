@@ -100,8 +100,7 @@ def tied(scores: np.ndarray, floor: float) -> np.ndarray:
     order = np.argsort(a, kind="stable")
     v = a[order]
     group = np.cumsum(np.diff(v, prepend=0.0) > floor)  # 0: the group chained to zero
-    first = np.flatnonzero(np.diff(group, prepend=-1))
-    top = np.maximum.reduceat(v, first)[np.searchsorted(first, np.arange(v.size), side="right") - 1]
+    top = np.maximum.reduceat(v, np.flatnonzero(np.diff(group, prepend=-1)))[group - group[0]]
     top[group == 0] = 0.0
     out = np.empty_like(a)
     out[order] = top
