@@ -52,10 +52,13 @@ def cmd_run(args) -> int:
     path = report.render(args.out)
     df = store.frame()
     n_ok = int((df.drop_duplicates(["task", "method", "variant", "ablation"])["status"] == "ok").sum()) if len(df) else 0
-    print(f"wrote {store.root / 'results.csv'} and {path} ({n_ok} runs ok)")
+    runs = df.drop_duplicates(["task", "method", "variant", "ablation"]) if len(df) else df
+    n_failed = int((runs["status"] == "error").sum()) if len(df) else 0
+    print(f"wrote {store.root / 'results.csv'} and {path} ({n_ok} runs ok"
+          + (f", {n_failed} failed: see the error column of results.csv" if n_failed else "") + ")")
     if len(df) and n_ok == 0:
         return 2
-    return 0
+    return 1 if n_failed else 0
 
 
 def cmd_list(args) -> int:

@@ -36,6 +36,10 @@ import torch
 from harness.core.weights import ModelConfig, Weights
 
 
+class CorruptWeightsError(ValueError):
+    """Weight files are there but cannot be read (truncated, incomplete config, refused pickle)."""
+
+
 class MissingWeightsError(RuntimeError):
     """Pretrained weights (or a tokenizer / data file) are not available here; the message names the fix."""
 
@@ -245,10 +249,18 @@ def load_weights(model_name: str, weights_dir=None, device="cpu", dtype=torch.fl
         known = [k for k, s in SOURCES.items() if s.what == "model"]
         raise KeyError(f"no pretrained weights known for {model_name!r}; known: {', '.join(known)}")
     files = locate(model_name, weights_dir)
-    if model_name == "gpt2":
-        w = _load_hf_gpt2(model_name, files)
-    else:
-        w = load_tl_legacy(model_name, files["config.json"], files["*final.pth"])
+    try:
+        if model_name == "gpt2":
+            w = _load_hf_gpt2(model_name, files)
+        else:
+            w = load_tl_legacy(model_name, files["config.json"], files["*final.pth"])
+    except MissingWeightsError:
+        raise
+    except Exception as e:  # a truncated checkpoint, a config without its keys, a refused pickle
+        folder = Path(next(iter(files.values()))).parent
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+        raise CorruptWeightsError(f"{model_name} files in {folder} could not be read ({why}); fix: download them again "
+                                  f"(README, 'Pretrained models') or point --weights-dir at a good copy") from e
     if ACDC_PROCESSING[model_name]:
         w = acdc_process(w)
     return w.to(device, dtype)

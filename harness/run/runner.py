@@ -233,9 +233,21 @@ def run_metadata(cfg: RunConfig) -> dict:
     }
 
 
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def run(cfg: RunConfig, log=print) -> ResultStore:
+    """Run every job of `cfg` into `cfg.out`, holding the folder's lock (a second run on the same
+    folder is refused with `store.FolderLocked`, a ValueError)."""
     cfg.device = str(resolve_device(cfg.device))
     store = ResultStore(cfg.out)
+    with store.lock():
+        return _run_locked(cfg, store, log)
+
+
+def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
     if cfg.fresh:
         store.clear()
     meta = run_metadata(cfg)
@@ -271,13 +283,19 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
                     Path(cfg.out).mkdir(parents=True, exist_ok=True)
                     meta_path.write_text(json.dumps(meta, indent=1))
                 except MissingWeightsError as e:
-                    loaded[t] = (task, None, None, str(e))
+                    loaded[t] = (task, None, None, ("skipped", str(e)))
                     log(f"skipping task {t}: {e}")
+                except KeyboardInterrupt:
+                    raise
+                except Exception as e:  # a broken file or bad data: this task fails, the others run
+                    why = f"could not load or prepare task {t}: {type(e).__name__}: {_one_line(e)}"
+                    loaded[t] = (task, None, None, ("error", why))
+                    log(why)
             task, engine, data, skip = loaded[t]
             head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device, "ablation": ablation,
                     "split": cfg.split, "settings": _settings(cfg)}
             if skip:
-                store.write({**head, "status": "skipped", "error": skip, "rows": []})
+                store.write({**head, "status": skip[0], "error": skip[1], "rows": []})
                 continue
             try:
                 rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg)

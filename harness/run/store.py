@@ -2,12 +2,21 @@
 
 A run directory holds `records/*.json` (the source of truth: resumable, nothing lost when a run
 is interrupted), `results.csv` (a tidy table regenerated from the records) and the report.
+Writes go through a temporary file of a unique name, then `os.replace`, so concurrent writers
+never collide; `lock()` holds an exclusive lock on the folder for a run, so a second run on it
+refuses (and its `--fresh` cannot delete a live run's records). A record that is not one (empty,
+not JSON, not UTF-8, missing its keys, a folder) is skipped with a warning naming the file, and
+recomputed by the next run.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import tempfile
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -27,10 +36,79 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s)
 
 
+KEYS = ("task", "method", "variant", "ablation")
+
+
+class FolderLocked(ValueError):
+    """Another run holds the output folder."""
+
+
+def _problem(rec) -> str | None:
+    """Why `rec` is not a record, or None."""
+    if not isinstance(rec, dict):
+        return f"a {type(rec).__name__}, not a record"
+    missing = [k for k in KEYS if not isinstance(rec.get(k), str)]
+    if missing:
+        return f"no {', '.join(missing)}"
+    rows = rec.get("rows", [])
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        return "'rows' is not a list of rows"
+    return None
+
+
+def _atomic_write(path: Path, write) -> None:
+    """`write(file)` into a uniquely named temporary beside `path`, then replace `path` with it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class ResultStore:
     def __init__(self, out_dir):
         self.root = Path(out_dir)
         self.records_dir = self.root / "records"
+        self._warned: set = set()
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the folder's exclusive lock (`OUT/.lock`) for a run; refuse if another run has it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        f = open(self.root / ".lock", "a+")
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                who = f.read().strip() or "another process"
+                raise FolderLocked(f"{self.root} is in use by another circuit-bench run ({who}); wait for it to "
+                                   "finish or use another --out") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()}")
+            f.flush()
+            yield self
+        finally:
+            f.close()  # releases the lock
+
+    def _load(self, p: Path):
+        """The record in `p`, or None with a warning (once per file) when it is not one."""
+        try:
+            rec = json.loads(p.read_text(encoding="utf-8"))
+            why = _problem(rec)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            rec, why = None, f"{type(e).__name__}: {e}"
+        if why is None:
+            return rec
+        if p not in self._warned:
+            self._warned.add(p)
+            warnings.warn(f"skipping {p}: {why} (it will be recomputed)", stacklevel=3)
+        return None
 
     def path(self, task: str, method: str, variant: str, ablation: str) -> Path:
         return self.records_dir / f"{_slug(task)}__{_slug(method)}__{_slug(variant)}__{_slug(ablation)}.json"
@@ -38,35 +116,25 @@ class ResultStore:
     def write(self, record: dict) -> Path:
         self.records_dir.mkdir(parents=True, exist_ok=True)
         p = self.path(record["task"], record["method"], record["variant"], record["ablation"])
-        tmp = p.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1, default=float))
-        os.replace(tmp, p)  # atomic: a record is either absent or complete
+        text = json.dumps(record, indent=1, default=float)
+        _atomic_write(p, lambda f: f.write(text))  # a record is either absent or complete
         return p
 
     def get(self, task: str, method: str, variant: str, ablation: str):
         p = self.path(task, method, variant, ablation)
-        if not p.exists():
-            return None
-        try:
-            return json.loads(p.read_text())
-        except json.JSONDecodeError:
-            return None
+        return self._load(p) if p.exists() else None
 
     def records(self) -> list:
         if not self.records_dir.exists():
             return []
-        out = []
-        for p in sorted(self.records_dir.glob("*.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except json.JSONDecodeError:
-                continue
-        return out
+        loaded = (self._load(p) for p in sorted(self.records_dir.glob("*.json")))
+        return [r for r in loaded if r is not None]
 
     def clear(self) -> None:
         if self.records_dir.exists():
             for p in self.records_dir.glob("*.json*"):
-                p.unlink()
+                if p.is_file():
+                    p.unlink()
 
     def frame(self) -> pd.DataFrame:
         rows = []
@@ -90,7 +158,6 @@ class ResultStore:
     def write_csv(self) -> Path:
         p = self.root / "results.csv"
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(".csv.tmp")
-        self.frame().to_csv(tmp, index=False)
-        os.replace(tmp, p)
+        df = self.frame()
+        _atomic_write(p, lambda f: df.to_csv(f, index=False))
         return p
