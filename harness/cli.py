@@ -7,8 +7,104 @@ import sys
 
 
 def _fail(msg: str, code: int = 2):
-    print(f"circuit-bench: {msg}", file=sys.stderr)
+    print(f"circuit-bench: {' '.join(str(msg).split())}", file=sys.stderr)
     sys.exit(code)
+
+
+def warning_line(message, *_a, **_k) -> str:
+    """A warning as the command shows it: one line, no source location."""
+    return f"circuit-bench: warning: {' '.join(str(message).split())}\n"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (and the way to the help) instead of
+    the usage block."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_range(lo: int, hi: int | None = None, what: str = ""):
+    def conv(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"{v} is out of range; {what or f'use an integer of at least {lo}'}")
+        return v
+    return conv
+
+
+def _float_range(lo: float, strict: bool = False):
+    def conv(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (v > lo if strict else v >= lo) or v != v or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{v} is out of range; use a finite number {'above' if strict else 'of at least'} {lo}")
+        return v
+    return conv
+
+
+def _bootstrap(text: str) -> int:
+    from harness.eval.bootstrap import MIN_RESAMPLES
+
+    v = _int_range(0)(text)
+    if 0 < v < MIN_RESAMPLES:
+        raise argparse.ArgumentTypeError(f"{v} resamples give no 95% interval; use 0 (off) or at least {MIN_RESAMPLES}")
+    return v
+
+
+def _device(text: str) -> str:
+    from harness.core.device import resolve_device
+
+    try:
+        resolve_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+SEED_MAX = 2**31 - 1  # every generator seeded from it (numpy, torch, random; offsets of up to 10,019) accepts it
+_seed = _int_range(0, SEED_MAX, f"use an integer from 0 to {SEED_MAX}")
+_count = _int_range(1)
+
+
+def _writable_folder(path: str, option: str = "--out") -> None:
+    """A one-line error, before any work, when `path` cannot be the output folder."""
+    import os
+    from pathlib import Path
+
+    if not path.strip():
+        _fail(f"{option} is empty; name a folder, e.g. {option} out")
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        _fail(f"{option} {path} is a file, not a folder; name a folder")
+    up = p
+    while not up.exists():
+        up = up.parent
+    if not up.is_dir():
+        _fail(f"{option} {path} is under {up}, which is a file; name a folder")
+    if not os.access(up, os.W_OK | os.X_OK):
+        _fail(f"{option} {path}: no permission to write in {up}; choose a folder you can write to")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        _fail(f"{option} {path} cannot be written ({e.strerror or type(e).__name__}); choose another folder")
+
+
+def _existing_folder(path, option: str) -> None:
+    from pathlib import Path
+
+    if path is not None and not Path(path).is_dir():
+        _fail(f"{option} {path} is not a folder" + ("" if Path(path).exists() else " (it does not exist)"))
 
 
 def _check_names(kind: str, given, valid) -> list:
@@ -21,10 +117,11 @@ def _check_names(kind: str, given, valid) -> list:
 def cmd_run(args) -> int:
     from harness.report import render as report
     from harness.methods import all_methods
-    from harness.run.runner import RunConfig, offline_tasks, run
+    from harness.run.runner import RunConfig, jobs_for, offline_tasks, run
     from harness.tasks import TASKS
 
     tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else offline_tasks()
+    _existing_folder(args.weights_dir, "--weights-dir")
     methods = _check_names("method", args.methods, list(all_methods())) if args.methods else list(all_methods())
     if args.variants:
         known = {v for m in methods for v in all_methods()[m].variants}
@@ -44,21 +141,26 @@ def cmd_run(args) -> int:
             try:
                 check_metric(get_task(t), args.metric)
             except ValueError as e:
-                raise SystemExit(f"error: {e} (run those tasks without --metric)")
+                _fail(f"{e} (run those tasks without --metric)")
+    if not jobs_for(cfg, log=lambda *a: None):
+        _fail(f"nothing to run: no variant of {', '.join(methods)} runs under --ablation {' '.join(args.ablation)}"
+              + (f" with --variants {' '.join(args.variants)}" if args.variants else "") + " (see `circuit-bench list`)")
+    _writable_folder(args.out)
     try:
         store = run(cfg)
     except ValueError as e:
         _fail(str(e))
+    records = store.records()
     path = report.render(args.out)
-    df = store.frame()
-    n_ok = int((df.drop_duplicates(["task", "method", "variant", "ablation"])["status"] == "ok").sum()) if len(df) else 0
-    runs = df.drop_duplicates(["task", "method", "variant", "ablation"]) if len(df) else df
-    n_failed = int((runs["status"] == "error").sum()) if len(df) else 0
+    n_ok = sum(r.get("status") == "ok" for r in records)
+    n_failed = sum(r.get("status") == "error" for r in records)
+    gt_bad = sorted({(r["task"], k) for r in records for k in (r.get("ground_truth_problems") or {})})
     print(f"wrote {store.root / 'results.csv'} and {path} ({n_ok} runs ok"
-          + (f", {n_failed} failed: see the error column of results.csv" if n_failed else "") + ")")
-    if len(df) and n_ok == 0:
+          + (f", {n_failed} failed: see the error column of results.csv" if n_failed else "")
+          + (f", {len(gt_bad)} ground-truth file(s) left out: see the report" if gt_bad else "") + ")")
+    if records and n_ok == 0:
         return 2
-    return 1 if n_failed else 0
+    return 1 if n_failed or gt_bad else 0
 
 
 def cmd_list(args) -> int:
@@ -79,6 +181,8 @@ def cmd_list(args) -> int:
         gt = ", ".join(f"{k} {v}" for k, v in t["n_ground_truth_edges"].items()) or "none"
         print(f"  {t['name']:<20} model={t['model']:<18} offline={str(t['offline']).lower():<5} ground truth edges: {gt}")
         print(f"  {'':<20} {t['description']}")
+        for k, why in t["ground_truth_problems"].items():
+            print(f"  {'':<20} ground truth {k} cannot be used: {why}")
     print("Methods:")
     for m in methods:
         print(f"  {m['name']:<16} {m['description']} [{m['output']}]")
@@ -102,6 +206,8 @@ def cmd_heads(args) -> int:
 
     _check_names("task", [args.task], list(TASKS))
     _check_names("target", [args.target], list(TARGETS))
+    _existing_folder(args.weights_dir, "--weights-dir")
+    _writable_folder(args.out)
     task = get_task(args.task)
     try:
         if args.random_init:
@@ -157,16 +263,20 @@ def cmd_graph(args) -> int:
 def cmd_report(args) -> int:
     from harness.report import render as report
 
-    print(report.render(args.dir))
+    try:
+        print(report.render(args.dir))
+    except report.NothingToReport as e:
+        _fail(str(e))
     return 0
 
 
 def cmd_compare(args) -> int:
     from harness.report.compare import compare
+    from harness.report.tables import TableError
 
     try:
         c = compare(args.dir, args.baseline, args.tolerance, args.time_factor)
-    except FileNotFoundError as e:
+    except TableError as e:
         _fail(str(e))
     print("\n".join(c.lines()))
     return 0 if c.ok else 1
@@ -187,6 +297,7 @@ def cmd_bench(args) -> int:
     from harness.report.timing_text import targets_text_for
 
     models = _check_names("model", args.models, list(ARCHITECTURES)) if args.models else None
+    _writable_folder(args.out)
     opts = dict(models=models, device=args.device, dtype=args.dtype, batches=args.batch, seq_len=args.seq_len,
                 repeats=args.repeats, heavy_repeats=args.heavy_repeats, warmup=args.warmup, ig_steps=args.ig_steps,
                 single_edges=args.single_edges, acdc_threshold=args.acdc_threshold, budget_s=args.budget_s,
@@ -209,7 +320,7 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="circuit-bench", description="Benchmark gradient-based circuit discovery.")
+    p = _Parser(prog="circuit-bench", description="Benchmark gradient-based circuit discovery.")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="import a module or .py file that registers methods or tasks (repeatable)")
     sub = p.add_subparsers(dest="cmd")
@@ -218,8 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--methods", nargs="+", help="method names (default: all)")
     r.add_argument("--variants", nargs="+", help="variant names (default: each method's default variants)")
     r.add_argument("--out", default="out", help="output directory (default: out)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    r.add_argument("--seed", type=_seed, default=0)
+    r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     r.add_argument("--split", default="validation", choices=["validation", "test"])
     r.add_argument("--ablation", nargs="+", default=["resample", "zero"], choices=["resample", "zero"],
                    help="references to run, each result under one (default: both; a variant runs under those it accepts)")
@@ -231,12 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracr resample runs without ACDC's permutation of the corrupted run's positional embeddings")
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")
     r.add_argument("--fresh", action="store_true", help="discard finished results in --out and start over")
-    r.add_argument("--bootstrap", type=int, default=1000,
+    r.add_argument("--bootstrap", type=_bootstrap, default=1000,
                    help="resamples of the examples for 95%% AUC intervals (at least 1000; 0: off)")
-    r.add_argument("--bootstrap-reruns", type=int, default=0,
+    r.add_argument("--bootstrap-reruns", type=_int_range(0), default=0,
                    help="re-runs allowed for methods that must re-run per resample, e.g. ACDC; an interval needs "
                         "--bootstrap of them, so fewer gives none (default 0)")
-    r.add_argument("--threads", type=int, help="torch CPU threads (default: 1 for small models, else torch's choice)")
+    r.add_argument("--threads", type=_count, help="torch CPU threads (default: 1 for small models, else torch's choice)")
     r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
@@ -248,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     hd.add_argument("--target", default="logit-diff-mse", help="grad-wrong target loss (default: the seed's)")
     hd.add_argument("--weights-dir")
     hd.add_argument("--random-init", action="store_true", help="random weights of the task's architecture (offline)")
-    hd.add_argument("--seed", type=int, default=0)
+    hd.add_argument("--seed", type=_seed, default=0)
     hd.add_argument("--out", default="out")
     hd.set_defaults(fn=cmd_heads)
     g = sub.add_parser("graph", help="print a model's ACDC graph as JSON")
@@ -263,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="exit 1 if DIR's results regressed against a baseline results.csv")
     cp.add_argument("dir")
     cp.add_argument("--baseline", required=True, help="a results.csv (or a directory holding one)")
-    cp.add_argument("--tolerance", type=float, default=0.02, help="allowed AUC drop (absolute, default 0.02)")
-    cp.add_argument("--time-factor", type=float, default=1.5, help="allowed growth of a timing ratio (default 1.5x)")
+    cp.add_argument("--tolerance", type=_float_range(0), default=0.02, help="allowed AUC drop (absolute, default 0.02)")
+    cp.add_argument("--time-factor", type=_float_range(0, strict=True), default=1.5, help="allowed growth of a timing ratio (default 1.5x)")
     cp.set_defaults(fn=cmd_compare)
     gt = sub.add_parser("ground-truth", help="derive structural ground truths of tracr programs into ground_truth/")
     gt.add_argument("--dir", default=None)
@@ -272,22 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="time every method against one forward+backward and activation patching; "
                                      "writes DIR/timing.csv and the report's speed section")
     b.add_argument("--models", nargs="+", help="architectures (default: all; --quick: tracr-xproportion)")
-    b.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    b.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     b.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "float64"], help="default float32")
     b.add_argument("--out", default="reports/timing", help="output directory (default: reports/timing)")
-    b.add_argument("--batch", type=int, nargs="+", help="batch sizes (default: 8; --quick: 2)")
-    b.add_argument("--seq-len", type=int, help="sequence length, clipped to the model's context (default: 16)")
+    b.add_argument("--batch", type=_count, nargs="+", help="batch sizes (default: 8; --quick: 2)")
+    b.add_argument("--seq-len", type=_count, help="sequence length, clipped to the model's context (default: 16)")
     b.add_argument("--quick", action="store_true", help="smallest run: one repeat, tiny samples (CI)")
-    b.add_argument("--repeats", type=int, help="measured runs per method (default: 3)")
-    b.add_argument("--heavy-repeats", type=int, help="measured runs per looping method: patching, ACDC (default: 1)")
-    b.add_argument("--warmup", type=int, help="warm-up runs per method (default: 1)")
-    b.add_argument("--ig-steps", type=int, help="EAP-IG steps m (default: 5)")
-    b.add_argument("--single-edges", type=int, help="edges sampled for one-edge-per-forward patching (default: 100)")
-    b.add_argument("--acdc-threshold", type=float, help="the one ACDC threshold timed (default: 1e-3)")
-    b.add_argument("--budget-s", type=float, help="seconds per looping measurement before it stops and extrapolates "
+    b.add_argument("--repeats", type=_count, help="measured runs per method (default: 3)")
+    b.add_argument("--heavy-repeats", type=_count, help="measured runs per looping method: patching, ACDC (default: 1)")
+    b.add_argument("--warmup", type=_int_range(0), help="warm-up runs per method (default: 1)")
+    b.add_argument("--ig-steps", type=_count, help="EAP-IG steps m (default: 5)")
+    b.add_argument("--single-edges", type=_count, help="edges sampled for one-edge-per-forward patching (default: 100)")
+    b.add_argument("--acdc-threshold", type=_float_range(0), help="the one ACDC threshold timed (default: 1e-3)")
+    b.add_argument("--budget-s", type=_float_range(0), help="seconds per looping measurement before it stops and extrapolates "
                                                    "(default: 120; 0: no limit)")
-    b.add_argument("--max-patched", type=int, help="patched forwards per looping measurement before it extrapolates")
-    b.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    b.add_argument("--max-patched", type=_count, help="patched forwards per looping measurement before it extrapolates")
+    b.add_argument("--threads", type=_count, help="torch CPU threads (default: torch's)")
     b.add_argument("--methods", nargs="+", help="only these methods or method/variant keys (forward rows always run)")
     b.add_argument("--fresh", action="store_true", help="discard DIR's earlier timing rows (default: rows of other "
                                                          "models and sizes are kept, re-measured ones replaced)")
@@ -310,11 +421,25 @@ def main(argv=None) -> int:
             load_plugin(spec)
         except Exception as e:  # the plugin's own error, in one line
             _fail(f"cannot load plugin {spec!r}: {type(e).__name__}: {e}")
+    import os
+    import warnings
+
+    shown = warnings.formatwarning
+    warnings.formatwarning = warning_line
     try:
         return args.fn(args)
     except KeyboardInterrupt:
         print("interrupted: finished results are kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # a disk full, a folder removed under the run, a permission changed
+        _fail(f"{e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename else "")
+              + " (finished results are kept; fix it and re-run the same command to resume)", 1)
+    except Exception as e:
+        if os.environ.get("CIRCUIT_BENCH_DEBUG"):
+            raise
+        _fail(f"internal error: {type(e).__name__}: {e} (please report it; CIRCUIT_BENCH_DEBUG=1 shows the traceback)", 3)
+    finally:
+        warnings.formatwarning = shown
 
 
 if __name__ == "__main__":

@@ -67,7 +67,8 @@ def test_attribution_objective_is_the_acdc_loss_metric(gpt2_tok):  # noqa: F811
 def test_metric_option_runs_and_refuses_what_a_task_lacks(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--tasks", "tracr-reverse", "--methods", "random", "--metric", "kl", "--out", str(tmp_path)])
-    assert "no metric 'kl'" in str(e.value) and "l2" in str(e.value)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no metric 'kl'" in err and "l2" in err
     assert main(["run", "--tasks", "tracr-reverse", "--methods", "random", "--metric", "l2", "--out", str(tmp_path),
                  "--no-progress", "--bootstrap", "0", "--ablation", "zero"]) == 0  # its own metric, named
 

@@ -67,9 +67,11 @@ class GroundTruth:
 def load_ground_truth(path) -> GroundTruth:
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GroundTruthError(f"{path}: ground-truth file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GroundTruthError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
     except json.JSONDecodeError as e:
         raise GroundTruthError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -77,6 +79,9 @@ def load_ground_truth(path) -> GroundTruth:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise GroundTruthError(f"{path}: missing key(s) {missing}")
+    wrong_type = [k for k in ("task", "variant", "graph", "source") if not isinstance(data[k], str)]
+    if wrong_type:
+        raise GroundTruthError(f"{path}: {', '.join(wrong_type)} must be text")
     edges = data["edges"]
     if not isinstance(edges, list):
         raise GroundTruthError(f"{path}: 'edges' must be a list of [sender, receiver] pairs")
@@ -92,17 +97,37 @@ def load_ground_truth(path) -> GroundTruth:
     )
 
 
-def ground_truths_for(task: str, directory=None) -> dict:
-    """variant -> GroundTruth for every `<task>.<variant>.json` file."""
+def ground_truth_paths(task: str, directory=None) -> dict:
+    """variant -> path of every `<task>.<variant>.json` file."""
     d = Path(directory) if directory else ground_truth_dir()
     out = {}
     for p in sorted(d.glob(f"{task}.*.json")):
         variant = p.name[len(task) + 1 : -len(".json")]
-        if "." in variant:
-            continue
-        gt = load_ground_truth(p)
-        out[gt.variant] = gt
+        if "." not in variant:
+            out[variant] = p
     return out
+
+
+def read_ground_truths(task: str, directory=None) -> tuple:
+    """(variant -> GroundTruth, variant -> one-line problem): a broken file is reported, and does
+    not keep the task's other ground truths from being used."""
+    good, problems = {}, {}
+    for variant, p in ground_truth_paths(task, directory).items():
+        try:
+            gt = load_ground_truth(p)
+        except GroundTruthError as e:
+            problems[variant] = f"{e} (fix or remove the file)"
+            continue
+        good[gt.variant] = gt
+    return good, problems
+
+
+def ground_truths_for(task: str, directory=None) -> dict:
+    """variant -> GroundTruth for every `<task>.<variant>.json` file; a broken one raises."""
+    good, problems = read_ground_truths(task, directory)
+    if problems:
+        raise GroundTruthError(next(iter(problems.values())))
+    return good
 
 
 def save_ground_truth(gt: GroundTruth, directory=None) -> Path:

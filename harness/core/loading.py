@@ -249,6 +249,8 @@ def load_weights(model_name: str, weights_dir=None, device="cpu", dtype=torch.fl
         known = [k for k, s in SOURCES.items() if s.what == "model"]
         raise KeyError(f"no pretrained weights known for {model_name!r}; known: {', '.join(known)}")
     files = locate(model_name, weights_dir)
+    if model_name == "gpt2":
+        _refuse_pickle(files)
     try:
         if model_name == "gpt2":
             w = _load_hf_gpt2(model_name, files)
@@ -266,6 +268,25 @@ def load_weights(model_name: str, weights_dir=None, device="cpu", dtype=torch.fl
     return w.to(device, dtype)
 
 
+ALLOW_PICKLE_ENV = "CIRCUIT_BENCH_ALLOW_PICKLE"
+
+
+class UnsafeWeightsError(CorruptWeightsError):
+    """A weights file whose format can run code when loaded, refused unless the user allows it."""
+
+
+def _refuse_pickle(files: dict) -> None:
+    """A GPT-2 folder with only `pytorch_model.bin` (a pickle) is refused unless ALLOW_PICKLE_ENV is
+    set: safetensors cannot run code, and transformers' own `weights_only` check is the only guard
+    a pickle has."""
+    f = files["model.safetensors|pytorch_model.bin"]
+    if f.name.endswith(".safetensors") or _truthy(os.environ.get(ALLOW_PICKLE_ENV)):
+        return
+    raise UnsafeWeightsError(
+        f"{f.parent} holds gpt2 weights only as {f.name}, a pickle that can run code when loaded; fix: put "
+        f"model.safetensors beside it (README, 'Pretrained models'), or set {ALLOW_PICKLE_ENV}=1 if you trust the file")
+
+
 def _load_hf_gpt2(name: str, files: dict) -> Weights:
     """GPT-2 from a local HF folder through `TransformerBridge.boot_transformers` (raw HF
     weights; model and tokenizer are handed over, so the bridge makes no hub call)."""
@@ -275,8 +296,10 @@ def _load_hf_gpt2(name: str, files: dict) -> Weights:
     from harness.core.loading_tl import config_from_hf_gpt2, weights_from_bridge
 
     folder = files["config.json"].parent
-    hf = GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    safe = files["model.safetensors|pytorch_model.bin"].name.endswith(".safetensors")
+    hf = GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32,
+                                         use_safetensors=safe or None, trust_remote_code=False).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     bridge = TransformerBridge.boot_transformers("openai-community/gpt2", hf_model=hf, tokenizer=tok, dtype=torch.float32)
     w = weights_from_bridge(bridge, config_from_hf_gpt2(hf.config, name), {"files": str(folder)})
     w.provenance["source"] = "huggingface openai-community/gpt2 via transformer_lens TransformerBridge.boot_transformers"
@@ -363,7 +386,7 @@ def load_tokenizer(key: str, weights_dir=None):
     key = MODEL_TOKENIZER.get(key, key)
     files = locate(key, weights_dir)
     folder = next(iter(files.values())).parent
-    return AutoTokenizer.from_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
 
 def load_induction_data(weights_dir=None) -> tuple:

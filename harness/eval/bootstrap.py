@@ -16,18 +16,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from harness.core.ground_truth import GroundTruthError
 from harness.eval.scoring import MIN_NEGATIVES, score_edges_and_nodes, tied
 from harness.methods.registry import as_scores
 
 MIN_RESAMPLES = 1000
 
 
+def ground_truth_masks(task, graph) -> tuple:
+    """(ground truth -> bool [n_edges], ground truth -> one-line problem): a file that cannot be
+    read or names nodes the graph lacks is reported, and the task's other ground truths are used."""
+    read = getattr(task, "read_ground_truths", None)  # a task object need only have ground_truths()
+    gts, problems = read() if read else (task.ground_truths(), {})
+    problems = dict(problems)
+    masks = {}
+    for name, gt in gts.items():
+        try:
+            masks[name] = gt.edge_mask(graph)
+        except GroundTruthError as e:
+            problems[name] = f"{e} (fix or remove the file)"
+    return masks, problems
+
+
 def score_all(task, graph, result, floor: float = 0.0, cancelled=None) -> dict:
     """(ground truth, level) -> RocResult for scores [n_edges] or a bool family [k, n_edges]
-    (`floor`, `cancelled`: see `score_edges_and_nodes`)."""
+    (`floor`, `cancelled`: see `score_edges_and_nodes`), for every usable ground truth."""
     out = {}
-    for gt_name, gt in task.ground_truths().items():
-        for level, r in score_edges_and_nodes(graph, result, gt.edge_mask(graph), floor, cancelled).items():
+    for gt_name, mask in ground_truth_masks(task, graph)[0].items():
+        for level, r in score_edges_and_nodes(graph, result, mask, floor, cancelled).items():
             out[(gt_name, level)] = r
     return out
 
@@ -92,8 +108,7 @@ def bootstrap_intervals(spec, engine, data, variant, task, n_boot: int, seed: in
         counts = torch.zeros(n_boot, data.n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(n_boot, data.n, dtype=torch.float64))
         rows = counts @ per_ex  # [R, n_edges]
         nodes = _node_rows(engine.graph, rows)
-        for gt_name, gt in task.ground_truths().items():
-            mask = gt.edge_mask(engine.graph)
+        for gt_name, mask in ground_truth_masks(task, engine.graph)[0].items():
             for level, (sc, positive) in {"edge": (rows, mask), "node": (nodes, engine.graph.nodes_touched(mask))}.items():
                 out[(gt_name, level)] = _interval(*ranking_aucs(sc.numpy(), positive.numpy(), floor))
         return {k: v for k, v in out.items() if v}

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-KEY = ["task", "method", "variant", "ablation", "ground_truth", "level"]  # ablation: the reference
-TIME_KEY = ["model", "method", "variant", "device", "batch", "seq_len"]
+from harness.report.tables import KEY, TIME_KEY, TableError, read_table
 
 
 @dataclass
@@ -39,11 +38,9 @@ class Comparison:
 
 def _load(path) -> pd.DataFrame:
     p = Path(path)
-    if p.is_dir():
-        p = p / "results.csv"
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no results file (run `circuit-bench run --out DIR` first)")
-    return pd.read_csv(p)
+        raise TableError(f"{p}: no such file or folder")
+    return read_table(p / "results.csv" if p.is_dir() else p)
 
 
 def _diff(run: pd.Series, base: pd.Series, key, worse, better, c: Comparison) -> Comparison:
@@ -84,9 +81,12 @@ def compare(run_dir, baseline, tolerance: float = 0.02, time_factor: float = 1.5
     """Compare `run_dir/results.csv` with `baseline` (a results.csv or a directory holding one);
     timing.csv files beside them are compared too when both exist."""
     c = compare_frames(_load(run_dir), _load(baseline), tolerance)
-    rt = Path(run_dir) / "timing.csv"
+    rp = Path(run_dir)
+    rt = (rp if rp.is_dir() else rp.parent) / "timing.csv"
     bp = Path(baseline)
     bt = (bp if bp.is_dir() else bp.parent) / "timing.csv"
     if rt.exists() and bt.exists():
-        compare_timing(pd.read_csv(rt), pd.read_csv(bt), time_factor, c)
+        compare_timing(read_table(rt, "timing"), read_table(bt, "timing"), time_factor, c)
+    if not c.compared and not c.missing:
+        raise TableError(f"nothing to compare: {baseline} has no AUC or timing rows")
     return c

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import pandas as pd
 from harness.eval.statistics import compare_targets
 from harness.report.published import SOURCE as PUBLISHED_SOURCE
 from harness.report.published import published_frame
+from harness.report.tables import TableError, read_table
 from harness.run.store import ResultStore
 from harness.tasks import TASKS
 
@@ -151,11 +153,31 @@ def plot_timing(t: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+class NothingToReport(ValueError):
+    """A folder without records or timing rows."""
+
+
+def _meta(out: Path) -> dict:
+    p = out / "meta.json"
+    if not p.exists():
+        return {}
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        meta = None
+        why = f"{type(e).__name__}"
+    if isinstance(meta, dict):
+        return meta
+    warnings.warn(f"ignoring {p}: {why if meta is None else 'not a JSON object'} (the report has no run settings)",
+                  stacklevel=3)
+    return {}
+
+
 def _blocks(out: Path) -> list:
     store = ResultStore(out)
     records = store.records()
     df = store.frame()
-    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    meta = _meta(out)
     B = [("h1", "circuit-bench report")]
     if meta:
         B.append(("p", "; ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))))
@@ -243,6 +265,10 @@ def _blocks(out: Path) -> list:
         if info:
             desc = f"{info} " + desc
         B.append(("p", desc))
+        gt_problems = {k: v for r in trecs for k, v in (r.get("ground_truth_problems") or {}).items()}
+        if gt_problems:
+            B.append(("p", "Ground truth left out (the file cannot be used): "
+                      + "; ".join(f"{k}: {v}" for k, v in sorted(gt_problems.items())) + "."))
         if trecs and not any(r.get("rows") for r in trecs):
             B.append(("p", "This task has no ground-truth circuit, so it has scores but no AUC."))
         png = out / f"roc_{task}.png"
@@ -253,7 +279,11 @@ def _blocks(out: Path) -> list:
             B.append(("table", pd.DataFrame([{"method": r["method"], "variant": r["variant"], "status": r.get("status"), "error": r.get("error")} for r in bad])))
     timing = out / "timing.csv"
     if timing.exists():
-        t = pd.read_csv(timing)
+        try:
+            t = read_table(timing, "timing")
+        except TableError as e:
+            warnings.warn(f"no speed section: {e}", stacklevel=2)
+            return B
         B += [("h2", "Speed"), ("p", "Seconds per method on random weights of the real configurations (timing does not "
                                       "depend on weight values). ratio_to_fwd_bwd: seconds / one plain forward+backward "
                                       "of the same model and batch. 'extrapolated' rows time a sample of edges and scale "
@@ -298,7 +328,15 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def render(out_dir) -> Path:
+    """Write `out_dir`/report.md and report.html; NothingToReport (a ValueError, one line) when the
+    folder is missing or holds neither records nor timing rows."""
     out = Path(out_dir)
+    if not out.is_dir():
+        raise NothingToReport(f"{out} is not a folder" + ("" if out.exists() else " (it does not exist)")
+                              + "; give the --out folder of a run")
+    if not ResultStore(out).records() and not (out / "timing.csv").exists():
+        raise NothingToReport(f"nothing to report in {out}: no result records or timing.csv "
+                              f"(run `circuit-bench run --out {out}` or `circuit-bench bench --out {out}` first)")
     blocks = _blocks(out)
     md, body = [], []
     for kind, x in blocks:

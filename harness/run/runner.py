@@ -4,8 +4,9 @@ The reference (`ablation`: the source patched from) is an axis of every result: 
 variant runs under every reference it accepts (resample and zero ablation), so each gradient site
 stands beside baselines that patch from the same source.
 
-A finished record is never recomputed unless `fresh`; a method that fails is recorded with its
-error and the run goes on; Ctrl-C keeps every finished record.
+A finished record is reused only when its fingerprint (every option and input that determines
+it, `harness.run.fingerprint`) matches, and recomputed otherwise, saying why once; a method that
+fails is recorded with its error and the run goes on; Ctrl-C keeps every finished record.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ from tqdm.auto import tqdm
 from harness.core.device import resolve_device
 from harness.core.engine import Engine
 from harness.core.loading import MissingWeightsError
-from harness.eval.bootstrap import bootstrap_intervals, score_all
+from harness.eval.bootstrap import bootstrap_intervals, ground_truth_masks, score_all
 from harness.eval.faithfulness import faithfulness
 from harness.core.numerics import tie_floor
 from harness.eval.scoring import cancelled_items
 from harness.methods import all_methods
 from harness.methods.registry import as_scores
+from harness.run.fingerprint import differences, fingerprint, task_inputs
 from harness.run.store import ResultStore
 from harness.tasks import TASKS, get_task
 
@@ -91,12 +93,6 @@ def _dtype(cfg: RunConfig, task) -> torch.dtype:
     return DTYPES[cfg.dtype]
 
 
-def _settings(cfg: RunConfig) -> dict:
-    """Run settings that change a result beyond its key (task, method, variant, reference, seed,
-    split); a stored record is reused only when they match."""
-    return {"position_scramble": cfg.position_scramble, "dtype": cfg.dtype, "metric": cfg.metric}
-
-
 def check_metric(task, metric: str | None) -> None:
     """A one-line error naming the task's metrics when `metric` is not one of them."""
     names = list(task.metrics)
@@ -142,7 +138,7 @@ def _sync(device: str):
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     spec = all_methods()[method]
     record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
-              "ablation": data.ablation, "split": cfg.split, "settings": _settings(cfg),
+              "ablation": data.ablation, "split": cfg.split,
               "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
               "dtype": str(engine.w.dtype).replace("torch.", ""),
               "output": spec.output, "n_examples": data.n, "metric": data.metric_name}
@@ -247,70 +243,99 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
         return _run_locked(cfg, store, log)
 
 
+def _load_task(t: str, cfg: RunConfig, meta: dict, log):
+    """(task, engine, data, ground-truth problems, input digests), or (task, failure) where
+    failure is (status, one-line reason): a task that cannot be loaded fails alone."""
+    task = get_task(t)
+    try:
+        weights = task.load_model(cfg.device, _dtype(cfg, task), cfg.weights_dir)
+        engine = Engine(weights)
+        _set_threads(cfg, weights.cfg)
+        data = task_data(task, cfg)
+        if not cfg.position_scramble:
+            data = dataclasses.replace(data, position_scramble=None)
+        problems = ground_truth_masks(task, engine.graph)[1]
+        inputs = task_inputs(task, weights, data)
+    except MissingWeightsError as e:
+        log(f"skipping task {t}: {e}")
+        return task, ("skipped", str(e))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a broken file or bad data: this task fails, the others run
+        why = f"could not load or prepare task {t}: {type(e).__name__}: {_one_line(e)}"
+        log(why)
+        return task, ("error", why)
+    for name, why in problems.items():
+        log(f"task {t}: ground truth {name!r} cannot be used, its rows are left out: {_one_line(why)}")
+    meta["tasks"][t] = (f"model {weights.cfg.name} ({weights.provenance.get('source', '?')}); "
+                        f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; "
+                        f"metric {data.metric_name}" + (f"; analogue of {task.mirrors}" if task.mirrors else ""))
+    return task, engine, data, problems, inputs
+
+
 def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
     if cfg.fresh:
         store.clear()
     meta = run_metadata(cfg)
     meta_path = Path(cfg.out) / "meta.json"
     jobs = jobs_for(cfg, log)
-    todo = []
+    by_task: dict = {}
     for j in jobs:
-        rec = store.get(*j)
-        if rec and rec.get("status") == "ok" and rec.get("seed") == cfg.seed and rec.get("split") == cfg.split \
-                and rec.get("settings") == _settings(cfg):
-            continue
-        todo.append(j)
-    if len(todo) < len(jobs):
-        log(f"resuming: {len(jobs) - len(todo)} of {len(jobs)} results already in {store.records_dir} (use --fresh to redo)")
-    loaded = {}
-    bar = tqdm(todo, disable=not cfg.progress, unit="run", dynamic_ncols=True)
+        by_task.setdefault(j[0], []).append(j)
+    methods = all_methods()
+    reused, stale, told = 0, 0, set()
+    bar = tqdm(total=len(jobs), disable=not cfg.progress, unit="run", dynamic_ncols=True)
     try:
-        for t, m, v, ablation in bar:
-            bar.set_description(f"{t} | {m} | {v} | {ablation}")
-            if t not in loaded:
-                task = get_task(t)
+        for t, task_jobs in by_task.items():
+            bar.set_description(f"{t} | loading")
+            loaded = _load_task(t, cfg, meta, log)
+            store.root.mkdir(parents=True, exist_ok=True)
+            meta_path.write_text(json.dumps(meta, indent=1))
+            for _, m, v, ablation in task_jobs:
+                head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
+                        "ablation": ablation, "split": cfg.split}
+                if len(loaded) == 2:
+                    store.write({**head, "status": loaded[1][0], "error": loaded[1][1], "rows": []})
+                    bar.update()
+                    continue
+                task, engine, data, problems, inputs = loaded
+                fp = fingerprint(cfg, methods[m], v, inputs)
+                old = store.get(t, m, v, ablation)
+                if old and old.get("status") == "ok":
+                    changed = differences(old.get("fingerprint"), fp)
+                    if not changed:
+                        reused += 1
+                        bar.update()
+                        continue
+                    stale += 1
+                    why = "; ".join(changed)
+                    if why not in told:
+                        told.add(why)
+                        log(f"recomputing stored results because {why} (first: {t} {m}/{v}, {ablation})")
+                bar.set_description(f"{t} | {m} | {v} | {ablation}")
                 try:
-                    weights = task.load_model(cfg.device, _dtype(cfg, task), cfg.weights_dir)
-                    engine = Engine(weights)
-                    _set_threads(cfg, weights.cfg)
-                    data = task_data(task, cfg)
-                    if not cfg.position_scramble:
-                        data = dataclasses.replace(data, position_scramble=None)
-                    loaded[t] = (task, engine, data, None)
-                    meta["tasks"][t] = (f"model {weights.cfg.name} ({weights.provenance.get('source', '?')}); "
-                                        f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; "
-                                        f"metric {data.metric_name}" + (f"; analogue of {task.mirrors}" if task.mirrors else ""))
-                    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-                    meta_path.write_text(json.dumps(meta, indent=1))
-                except MissingWeightsError as e:
-                    loaded[t] = (task, None, None, ("skipped", str(e)))
-                    log(f"skipping task {t}: {e}")
+                    rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg)
                 except KeyboardInterrupt:
                     raise
-                except Exception as e:  # a broken file or bad data: this task fails, the others run
-                    why = f"could not load or prepare task {t}: {type(e).__name__}: {_one_line(e)}"
-                    loaded[t] = (task, None, None, ("error", why))
-                    log(why)
-            task, engine, data, skip = loaded[t]
-            head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device, "ablation": ablation,
-                    "split": cfg.split, "settings": _settings(cfg)}
-            if skip:
-                store.write({**head, "status": skip[0], "error": skip[1], "rows": []})
-                continue
-            try:
-                rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # a failing method is recorded; the others go on
-                rec = {**head, "status": "error", "error": f"{type(e).__name__}: {e}",
-                       "traceback": traceback.format_exc(), "rows": []}
-                log(f"{t} {m}/{v} ({ablation}) failed: {rec['error']}")
-            store.write(rec)
+                except Exception as e:  # a failing method is recorded; the others go on
+                    rec = {**head, "status": "error", "error": f"{type(e).__name__}: {e}",
+                           "traceback": traceback.format_exc(), "rows": []}
+                    log(f"{t} {m}/{v} ({ablation}) failed: {rec['error']}")
+                rec["fingerprint"] = fp
+                if problems:
+                    rec["ground_truth_problems"] = problems
+                store.write(rec)
+                bar.update()
+            del loaded  # one task's model in memory at a time
     finally:
+        bar.close()
         store.write_csv()
-        if not meta["tasks"] and not meta_path.exists():
+        if not meta_path.exists():
             meta_path.parent.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
+    if reused:
+        log(f"reused {reused} of {len(jobs)} results already in {store.records_dir}"
+            + (f"; recomputed {stale} whose options or inputs changed" if stale else "") + " (use --fresh to redo all)")
     return store
 
 

@@ -29,6 +29,7 @@ class Task:
     supports_kl: bool = True
     metrics: dict = {}  # name -> harness.core.data.Metric; the first is the default (ACDC's "Loss" metric)
     ground_truth_dir: Optional[Path] = None  # None: the package's ground_truth/ folder
+    ground_truth_task: Optional[str] = None  # the task whose ground-truth files this one uses (None: its own)
     # The dtype a run uses unless told otherwise: float64 where models are small enough that
     # float32 round-off would otherwise decide rankings (tracr), float32 for pretrained models.
     default_dtype: torch.dtype = torch.float32
@@ -39,14 +40,25 @@ class Task:
     def data(self, split: str = "validation", seed: int = 0, ablation: str = "resample") -> TaskData:
         raise NotImplementedError
 
-    def ground_truths(self) -> dict:
-        """variant name -> GroundTruth (see harness.ground_truth)."""
-        from harness.core.ground_truth import ground_truths_for
+    def ground_truth_paths(self) -> list:
+        """The ground-truth files this task reads (their digests are part of every result's fingerprint)."""
+        from harness.core.ground_truth import ground_truth_paths
 
-        return ground_truths_for(self.name, self.ground_truth_dir)
+        return list(ground_truth_paths(self.ground_truth_task or self.name, self.ground_truth_dir).values())
+
+    def read_ground_truths(self) -> tuple:
+        """(variant -> GroundTruth, variant -> one-line problem of a file that cannot be used)."""
+        from harness.core.ground_truth import read_ground_truths
+
+        return read_ground_truths(self.ground_truth_task or self.name, self.ground_truth_dir)
+
+    def ground_truths(self) -> dict:
+        """variant name -> GroundTruth (see harness.core.ground_truth); broken files are left out
+        (`read_ground_truths` says why)."""
+        return self.read_ground_truths()[0]
 
     def summary(self) -> dict:
-        gts = self.ground_truths()
+        gts, problems = self.read_ground_truths()
         return {
             "name": self.name,
             "model": self.model,
@@ -54,4 +66,5 @@ class Task:
             "description": self.description,
             "mirrors": self.mirrors,
             "n_ground_truth_edges": {k: int(v.n_edges) for k, v in gts.items()},
+            "ground_truth_problems": problems,
         }

@@ -30,16 +30,12 @@ class SeedPair(PretrainedTask):
     requires = ("gpt2", "gpt2-tokenizer")
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 2
+    ground_truth_task = "ioi"
     metrics = {
         "logit_diff": Metric("logit_diff", objectives.logit_diff, {"correct": "io", "wrong": "s"},
                              acdc_thresholds=log_thresholds(-4, 0, 21)),
         "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}, acdc_thresholds=log_thresholds(-6, 0, 31)),
     }
-
-    def ground_truths(self) -> dict:
-        from harness.core.ground_truth import ground_truths_for
-
-        return ground_truths_for("ioi", self.ground_truth_dir)
 
     def tokens(self) -> dict:
         if self._cache is None:

@@ -52,14 +52,20 @@ class TracrAnalogue(TracrTask):
             self._model = load_tracr(self.spec)
         return self._model
 
-    def ground_truths(self) -> dict:
+    def _default_sizes(self) -> bool:
+        return self.sizes == ANALOGUE_SIZES[self.name]
+
+    def ground_truth_paths(self) -> list:
+        return super().ground_truth_paths() if self._default_sizes() else []
+
+    def read_ground_truths(self) -> tuple:
         """The files under ground_truth/ at default sizes; derived on the fly at other sizes
         (the circuit's edges do not depend on sizes, but the file is for the default model)."""
-        if self.sizes == ANALOGUE_SIZES[self.name]:
-            return super().ground_truths()
+        if self._default_sizes():
+            return super().read_ground_truths()
         from harness.programs.structural_gt import derive_all
 
-        return derive_all(self.name, self.tracr())
+        return derive_all(self.name, self.tracr()), {}
 
     def out_index(self) -> dict:
         """Output value (as str) -> output class index."""

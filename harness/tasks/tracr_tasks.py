@@ -140,11 +140,7 @@ class TracrXProportionACDC(TracrXProportion):
     description = "tracr-xproportion on ACDC's inputs (ids 0-3, no BOS), to reproduce its Tables 2-3"
     mirrors = "tracr-xproportion (ACDC's encoding)"
     reproduction_only = True
-
-    def ground_truths(self) -> dict:
-        from harness.core.ground_truth import ground_truths_for
-
-        return ground_truths_for(TracrXProportion.name, self.ground_truth_dir)
+    ground_truth_task = "tracr-xproportion"
 
     def data(self, split="validation", seed=0, ablation="resample"):
         g = torch.Generator()

@@ -1,0 +1,35 @@
+"""Reading a run's results.csv and a bench's timing.csv, with one-line errors naming the file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+KEY = ["task", "method", "variant", "ablation", "ground_truth", "level"]  # ablation: the reference
+TIME_KEY = ["model", "method", "variant", "device", "batch", "seq_len"]
+
+
+class TableError(ValueError):
+    """A results or timing table that cannot be read, in one line naming it."""
+
+
+NEEDED = {"results": KEY + ["auc"], "timing": TIME_KEY + ["ratio_to_fwd_bwd"]}
+
+
+def read_table(p: Path, kind: str = "results") -> pd.DataFrame:
+    """A results.csv or timing.csv, or TableError saying in one line what is wrong with it."""
+    hint = "run `circuit-bench run --out DIR` first" if kind == "results" else "run `circuit-bench bench --out DIR`"
+    if not p.exists():
+        raise TableError(f"{p}: no such file ({hint})")
+    if not p.is_file():
+        raise TableError(f"{p} is not a file")
+    try:
+        df = pd.read_csv(p)
+    except pd.errors.EmptyDataError:
+        raise TableError(f"{p} is empty ({hint})") from None
+    except (UnicodeDecodeError, pd.errors.ParserError, OSError) as e:
+        raise TableError(f"{p} is not a readable CSV {kind} table ({type(e).__name__})") from None
+    missing = [c for c in NEEDED[kind] if c not in df.columns]
+    if missing:
+        raise TableError(f"{p} lacks the column(s) {', '.join(missing)}: not a circuit-bench {kind} table")
+    return df
