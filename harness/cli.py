@@ -433,7 +433,7 @@ def main(argv=None) -> int:
         return 130
     except OSError as e:  # a disk full, a folder removed under the run, a permission changed
         _fail(f"{e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename else "")
-              + " (finished results are kept; fix it and re-run the same command to resume)", 1)
+              + (" (finished results are kept; fix it and re-run the same command to resume)" if args.cmd == "run" else ""), 1)
     except Exception as e:
         if os.environ.get("CIRCUIT_BENCH_DEBUG"):
             raise

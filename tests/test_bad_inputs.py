@@ -188,6 +188,9 @@ CASES = [
      2, "lacks the column(s)", "err"),
     ("compare-binary", lambda t: ["compare", str(_run_dir(t)), "--baseline", str(_results(t, b"\x00\xff\xfe" * 50))], 2,
      "base.csv", "err"),
+    ("compare-auc-not-a-number", lambda t: ["compare", str(_run_dir(t)), "--baseline", str(_results(
+        t, "task,method,variant,ablation,ground_truth,level,auc\ntracr-xproportion,random,uniform,zero,acdc,edge,abc\n"))],
+     2, "holds 1 value(s) that are not numbers", "err"),
     ("compare-no-rows", lambda t: ["compare", str(_run_dir(t)), "--baseline",
                                    str(_results(t, "task,method,variant,ablation,ground_truth,level,auc\n"))],
      2, "nothing to compare", "err"),

@@ -32,4 +32,11 @@ def read_table(p: Path, kind: str = "results") -> pd.DataFrame:
     missing = [c for c in NEEDED[kind] if c not in df.columns]
     if missing:
         raise TableError(f"{p} lacks the column(s) {', '.join(missing)}: not a circuit-bench {kind} table")
+    value = NEEDED[kind][-1]
+    numbers = pd.to_numeric(df[value], errors="coerce")
+    bad = df[value].notna() & numbers.isna()
+    if bad.any():
+        raise TableError(f"{p}: column {value} holds {int(bad.sum())} value(s) that are not numbers, "
+                         f"e.g. {df[value][bad].iloc[0]!r} (line {int(bad.idxmax()) + 2})")
+    df[value] = numbers
     return df
