@@ -132,7 +132,8 @@ def cmd_run(args) -> int:
                     weights_dir=args.weights_dir, progress=not args.no_progress,
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
                     faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
-                    threads=args.threads, metric=args.metric)
+                    threads=args.threads, metric=args.metric,
+                    controls=tuple(args.controls) if args.controls else None, reset_seeds=args.reset_seeds)
     if args.metric:
         from harness.run.runner import check_metric
         from harness.tasks import get_task
@@ -348,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-runs allowed for methods that must re-run per resample, e.g. ACDC; an interval needs "
                         "--bootstrap of them, so fewer gives none (default 0)")
     r.add_argument("--threads", type=_count, help="torch CPU threads (default: 1 for small models, else torch's choice)")
+    r.add_argument("--controls", nargs="+", choices=["trained", "reset"],
+                   help="trained: the task's model; reset: each method on --reset-seeds reset networks (ACDC's reset "
+                        "procedure; tracr: random models of the same shape). Default: trained, plus reset on tracr "
+                        "tasks for every method that runs the model but ACDC")
+    r.add_argument("--reset-seeds", type=_int_range(2, 1000, "use an integer from 2 to 1000"), default=5,
+                   help="reset networks per reset control; their spread is its interval (default 5)")
     r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)

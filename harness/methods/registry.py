@@ -13,6 +13,8 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
 - gradient: it scores edges from gradients (the benchmarks compare these with patching);
 - chance: a chance baseline (seeded): the runner reports its mean AUC over 20 seeds and their
   spread, never one draw;
+- model_free: it never runs the model (chance and structure-only baselines), so a reset-network
+  control of it would say nothing and is not run;
 - seeded: it takes `seed=`; per_example: it takes `per_example=True` and then returns
   [batch, n_edges] terms that sum over examples to its scores (True, False, or the variants that
   do), which makes bootstrap intervals one run instead of one run per resample;
@@ -103,6 +105,7 @@ class MethodSpec:
     timings: Optional[Callable] = None  # bench settings -> [Timing]
     objective: Optional[Callable] = None  # (options, logits, clean_logits, source_logits, data) -> values
     chance: bool = False
+    model_free: bool = False
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
@@ -168,7 +171,7 @@ def task_objective(default: str) -> Callable:
 
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
              references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
-             default_max_edges=None, timings=None, objective=None, chance=False):
+             default_max_edges=None, timings=None, objective=None, chance=False, model_free=None):
     """Decorator: declare a method (see the module docstring for each field)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
@@ -180,7 +183,8 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
                                    dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
-                                   default_max_edges, timings, objective, chance)
+                                   default_max_edges, timings, objective, chance,
+                                   chance if model_free is None else model_free)
         return fn
 
     return deco

@@ -59,6 +59,8 @@ def _diff(run: pd.Series, base: pd.Series, key, worse, better, c: Comparison) ->
 
 
 def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    if "control" not in df:  # from before reset controls: trained results only
+        df = df.assign(control="trained")
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
 
 

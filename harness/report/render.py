@@ -20,7 +20,7 @@ import pandas as pd
 from harness.eval.statistics import compare_targets
 from harness.report.published import SOURCE as PUBLISHED_SOURCE
 from harness.report.published import published_frame
-from harness.report.tables import TableError, read_table
+from harness.report.tables import TableError, by_method_and_task, read_table
 from harness.run.store import ResultStore
 from harness.tasks import TASKS
 
@@ -93,6 +93,30 @@ def plot_roc(records: list, task: str, path: Path) -> bool:
         ax.set(title=f"{task}: edge ROC vs {gt} ground truth", xlim=(0, 1), ylim=(0, 1.01))
     if axes[0][-1].get_legend() is not None:
         sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_controls(frame: pd.DataFrame, path: Path) -> bool:
+    """Trained edge AUC against reset-network AUC (with its spread), one point per method
+    variant, task and ground truth; above the diagonal means above the control."""
+    sub = frame[(frame["level"] == "edge") & frame["reset_auc"].notna() & frame["auc"].notna()]
+    if sub.empty:
+        return False
+    plt, sns = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    methods = sorted(sub["method"].unique())
+    for color, m in zip(sns.color_palette(n_colors=len(methods)), methods):
+        q = sub[sub["method"] == m]
+        ax.errorbar(q["reset_auc"], q["auc"], xerr=[(q["reset_auc"] - q["reset_lo"]).clip(lower=0),
+                                                    (q["reset_hi"] - q["reset_auc"]).clip(lower=0)],
+                    fmt="o", ms=3.5, lw=0.6, alpha=0.75, color=color, label=m)
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="AUC on reset networks (mean, spread)", ylabel="AUC on the trained model",
+           title=f"Trained vs reset-network edge AUC ({sub['ablation'].iloc[0]} reference)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -186,28 +210,23 @@ def _blocks(out: Path) -> list:
                 B.append(("p", f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items())))
     B.append(("p", AUC_NOTE))
     ok = df[df["status"] == "ok"] if len(df) else df
+    with_controls = ok
     if len(ok):
-        B += _faithfulness_blocks(df)
+        ok = ok[ok["control"].fillna("trained") == "trained"]  # reset controls: their own section
+        B += _faithfulness_blocks(df[df["control"].fillna("trained") == "trained"])
         # rows with an AUC, and rows whose AUC is n/a for a stated reason (shown as such)
         ok = ok[ok["auc"].notna() | ok["note"].fillna("").astype(str).str.len().gt(0)]
     if len(ok):
         B.append(("p", REFERENCE_NOTE))
         for ref, by_ref in ok.groupby("ablation", sort=True):
             for level in ("edge", "node"):
-                sub = by_ref[by_ref["level"] == level]
-                cols = sorted({(t, g) for t, g in zip(sub["task"], sub["ground_truth"])})
-                rows = []
-                for (m, v), grp in sub.groupby(["method", "variant"], sort=True):
-                    row = {"method": m, "variant": v}
-                    for t, g in cols:
-                        hit = grp[(grp["task"] == t) & (grp["ground_truth"] == g)]
-                        if len(hit):
-                            h = hit.iloc[0]
-                            row[f"{t} ({g})"] = (_fmt(h["auc"], h["auc_lo"], h["auc_hi"]) + f" / {h['pessimistic_auc']:.3f}"
-                                                 if pd.notna(h["auc"]) else "n/a" + _reason(h))
-                    rows.append(row)
+                table = by_method_and_task(
+                    by_ref[by_ref["level"] == level],
+                    lambda h: (_fmt(h["auc"], h["auc_lo"], h["auc_hi"]) + f" / {h['pessimistic_auc']:.3f}"
+                               if pd.notna(h["auc"]) else "n/a" + _reason(h)))
                 B += [("h2", f"AUC by method and task: {ref} reference, {level} level (AUC [95% CI] / pess.)"),
-                      ("table", pd.DataFrame(rows))]
+                      ("table", table)]
+        B += _control_blocks(with_controls, out)
         pub = published_frame()
         ablations = set(ok["ablation"].dropna())
         pub = pub[pub["task"].isin(set(ok["task"])) & pub["ablation"].isin(ablations) & (pub["metric"] == "Loss")]
@@ -257,7 +276,8 @@ def _blocks(out: Path) -> list:
                                "cancels over the batch; see each task's table): " + ", ".join(degenerate) + "."))
             B.append(("img", png))
     for task in sorted({r["task"] for r in records}):
-        trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"]
+        trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"
+                 and r.get("control", "trained") == "trained"]
         B.append(("h2", f"Task {task}"))
         info = meta.get("tasks", {}).get(task) if isinstance(meta.get("tasks"), dict) else None
         n_ex = sorted({r.get("n_examples") for r in trecs if r.get("n_examples")})
@@ -299,6 +319,31 @@ def _blocks(out: Path) -> list:
         notes = targets_text_for(out)
         if notes:
             B.append(("p", notes))
+    return B
+
+
+def _control_blocks(ok: pd.DataFrame, out: Path) -> list:
+    """Each method's AUC beside its reset control and the best structure-only rule."""
+    from harness.report.controls import NOT_ABOVE_RESET, NOT_ABOVE_STRUCTURE, control_frame, control_tables
+
+    B = []
+    frame = control_frame(ok)
+    for ref, table, ranked in control_tables(frame, REPRODUCTION_ONLY):
+        B += [("h2", f"Controls: AUC − reset-network AUC, {ref} reference, edge level"),
+              ("p", f"Each cell: the method's AUC on the trained model − its mean AUC on reset networks "
+                    f"(harness/core/reset.py; tracr: random models of the same shape; interval: their spread) = the "
+                    f"difference. {NOT_ABOVE_RESET}: not above the reset spread's upper end; {NOT_ABOVE_STRUCTURE}: the "
+                    f"95% interval's lower end not above the best structure-only rule (first row: that rule and its "
+                    f"AUC, chosen with the ground truth, so an upper bound on what structure alone gives). A cell "
+                    f"without a difference has no reset control (ACDC runs one only when asked, "
+                    f"--controls trained reset)."),
+              ("table", table),
+              ("p", "Methods ranked by their mean difference over tasks and ground truths (headline tasks only), "
+                    "with how many of those results clear each control:"),
+              ("table", ranked)]
+        png = out / f"controls_{ref}.png"
+        if plot_controls(frame[(frame["ablation"] == ref) & (frame["method"] != "structure")], png):
+            B.append(("img", png))
     return B
 
 
@@ -356,10 +401,11 @@ def render(out_dir) -> Path:
             md.append(f"![{x.stem}]({x.name})\n")
             data = base64.b64encode(x.read_bytes()).decode()
             body.append(f'<img alt="{html.escape(x.stem)}" src="data:image/png;base64,{data}">')
-    (out / "report.md").write_text("\n".join(md))
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
              "img{max-width:100%}")
     (out / "report.html").write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>circuit-bench report</title>"
-                                     f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+                                     f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n",
+                                     encoding="utf-8")
     return out / "report.md"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-KEY = ["task", "method", "variant", "ablation", "ground_truth", "level"]  # ablation: the reference
+KEY = ["task", "method", "variant", "ablation", "control", "ground_truth", "level"]  # ablation: the reference
 TIME_KEY = ["model", "method", "variant", "device", "batch", "seq_len"]
 
 
@@ -13,7 +13,7 @@ class TableError(ValueError):
     """A results or timing table that cannot be read, in one line naming it."""
 
 
-NEEDED = {"results": KEY + ["auc"], "timing": TIME_KEY + ["ratio_to_fwd_bwd"]}
+NEEDED = {"results": [k for k in KEY if k != "control"] + ["auc"], "timing": TIME_KEY + ["ratio_to_fwd_bwd"]}
 
 
 def read_table(p: Path, kind: str = "results") -> pd.DataFrame:
@@ -39,4 +39,21 @@ def read_table(p: Path, kind: str = "results") -> pd.DataFrame:
         raise TableError(f"{p}: column {value} holds {int(bad.sum())} value(s) that are not numbers, "
                          f"e.g. {df[value][bad].iloc[0]!r} (line {int(bad.idxmax()) + 2})")
     df[value] = numbers
+    if kind == "results":  # tables from before reset controls hold trained results only
+        df["control"] = df["control"].fillna("trained") if "control" in df else "trained"
     return df
+
+
+def by_method_and_task(sub: pd.DataFrame, cell) -> pd.DataFrame:
+    """One row per (method, variant) of `sub`, one column per "task (ground truth)", each cell
+    `cell(row)` of the first matching row of `sub`."""
+    cols = sorted({(t, g) for t, g in zip(sub["task"], sub["ground_truth"])})
+    rows = []
+    for (m, v), grp in sub.groupby(["method", "variant"], sort=True):
+        row = {"method": m, "variant": v}
+        for t, g in cols:
+            hit = grp[(grp["task"] == t) & (grp["ground_truth"] == g)]
+            if len(hit):
+                row[f"{t} ({g})"] = cell(hit.iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["method", "variant"] + [f"{t} ({g})" for t, g in cols])

@@ -80,10 +80,13 @@ def package_version() -> str:
         return "not installed"
 
 
-def fingerprint(cfg, spec, variant: str, inputs: dict) -> dict:
-    """Everything that determines one record's result (`cfg`: the RunConfig; `spec`: the method)."""
+def fingerprint(cfg, spec, variant: str, inputs: dict, control: str = "trained", reset_kind=None) -> dict:
+    """Everything that determines one record's result (`cfg`: the RunConfig; `spec`: the method;
+    a reset control: its reset kind and number of reset networks, and no bootstrap or faithfulness)."""
     fp = {"version": package_version(), "seed": cfg.seed, "split": cfg.split, "device": cfg.device,
           "dtype": cfg.dtype, "metric": cfg.metric, "position_scramble": cfg.position_scramble}
+    if control == "reset":
+        return {**fp, "control": control, "reset_kind": reset_kind, "reset_seeds": cfg.reset_seeds, **inputs}
     if spec.output != "family":
         fp["faithfulness"] = cfg.faithfulness
     if not spec.chance:
@@ -97,7 +100,8 @@ LABELS = {"version": "package version", "data": "the task's data", "weights": "t
           "ground_truth_files": "the ground-truth files", "bootstrap": "--bootstrap",
           "bootstrap_reruns": "--bootstrap-reruns", "faithfulness": "faithfulness (--no-faithfulness)",
           "position_scramble": "position scramble (--no-position-scramble)", "seed": "--seed", "split": "--split",
-          "device": "--device", "dtype": "--dtype", "metric": "--metric"}
+          "device": "--device", "dtype": "--dtype", "metric": "--metric", "reset_seeds": "--reset-seeds",
+          "reset_kind": "the task's reset kind"}
 
 
 def differences(stored, current: dict) -> list:

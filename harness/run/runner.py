@@ -56,6 +56,11 @@ class RunConfig:
     methods_explicit: bool = True  # False: defaults, so costly methods skip large graphs
     faithfulness: bool = True  # CPR/CMD of the top-k circuits of every ranking
     threads: int | None = None  # CPU threads; None: 1 for small models, torch's default otherwise
+    # "trained" and/or "reset" (the method on reset networks, harness.core.reset); None: trained,
+    # plus reset on tasks that reset by default (tracr), for every method that runs the model
+    # but ACDC (its sweep on reset_seeds models is minutes: ask for it by naming --controls)
+    controls: tuple | None = None
+    reset_seeds: int = 5  # reset models per reset control: the interval is their spread
 
 
 def _graph_size(task_name: str):
@@ -66,7 +71,17 @@ def _graph_size(task_name: str):
     return Graph(arch).n_edges if arch is not None else None
 
 
+CONTROLS = ("trained", "reset")
+
+
+def _controls(cfg: RunConfig, task_name: str, spec) -> list:
+    wanted = list(cfg.controls) if cfg.controls is not None else \
+        ["trained"] + (["reset"] if getattr(TASKS[task_name], "reset_by_default", False) and spec.output != "family" else [])
+    return [c for c in wanted if not (c == "reset" and spec.model_free)]
+
+
 def jobs_for(cfg: RunConfig, log=print) -> list:
+    """(task, method, variant, reference, control) of every run `cfg` asks for."""
     methods = all_methods()
     jobs = []
     for t in cfg.tasks:
@@ -78,7 +93,8 @@ def jobs_for(cfg: RunConfig, log=print) -> list:
                     log(f"not running {m} on {t} by default ({n} edges: too costly); ask for it with --methods {m}")
                     continue
             variants = [v for v in cfg.variants if v in spec.variants] if cfg.variants else list(spec.default_variants)
-            jobs += [(t, m, v, a) for v in variants for a in cfg.ablations if a in spec.references_for(v)]
+            jobs += [(t, m, v, a, c) for c in _controls(cfg, t, spec) for v in variants for a in cfg.ablations
+                     if a in spec.references_for(v)]
     return jobs
 
 
@@ -118,6 +134,58 @@ def chance_spread(spec, engine, data, variant, task, seed: int) -> dict:
     for s in range(seed, seed + CHANCE_SEEDS):
         for key, r in score_all(task, engine.graph, as_scores(spec.run(engine, data, variant, seed=s))).items():
             draws.setdefault(key, []).append((r.auc, r.pessimistic_auc))
+    return _spread(draws)
+
+
+def reset_spread(spec, engine, data, variant, task, cfg: RunConfig) -> dict:
+    """The method on `cfg.reset_seeds` reset networks (`task.reset_kind`, seeds seed, seed+1, ...),
+    each scored as a trained run is (tie floor of its own objective; no bootstrap, faithfulness or
+    cancellation check): (ground truth, level) -> n_edges, n_positive, and their mean AUCs and
+    2.5/97.5 percentiles (or the note saying why they are n/a)."""
+    from harness.core.reset import reset_weights
+
+    draws: dict = {}
+    sizes: dict = {}
+    for s in range(cfg.seed, cfg.seed + cfg.reset_seeds):
+        eng = Engine(reset_weights(engine.w, task.reset_kind, s))
+        torch.manual_seed(cfg.seed)
+        scores = as_scores(spec.run(eng, data, variant, seed=cfg.seed))
+        floor = tie_floor(spec.objective_scale(eng, data, variant)) if spec.output == "ranking" else 0.0
+        for key, r in score_all(task, eng.graph, scores, floor).items():
+            draws.setdefault(key, []).append((r.auc, r.pessimistic_auc))
+            sizes[key] = (r.n_items, r.n_positive, r.note)
+    spread = _spread(draws)  # keys whose AUCs are all n/a are left out; they keep the reason
+    return {k: {"n_edges": n, "n_positive": p, **spread.get(k, {"note": note})} for k, (n, p, note) in sizes.items()}
+
+
+def run_reset(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
+    """The reset-network control of one run: a record whose rows hold the mean AUC over
+    `cfg.reset_seeds` reset networks, the interval their spread."""
+    spec = all_methods()[method]
+    record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
+              "ablation": data.ablation, "split": cfg.split, "control": "reset", "reset_kind": task.reset_kind,
+              "reset_seeds": cfg.reset_seeds,
+              "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
+              "dtype": str(engine.w.dtype).replace("torch.", ""), "output": spec.output, "n_examples": data.n,
+              "metric": data.metric_name}
+    _sync(cfg.device)
+    t0 = time.perf_counter()
+    spread = reset_spread(spec, engine, data, variant, task, cfg)
+    _sync(cfg.device)
+    record["seconds"] = time.perf_counter() - t0
+    rows = []
+    for (gt_name, level), iv in spread.items():
+        ok = "mean_auc" in iv
+        rows.append({"ground_truth": gt_name, "level": level, "auc": iv.get("mean_auc", float("nan")),
+                     "pessimistic_auc": iv.get("mean_pessimistic_auc", float("nan")),
+                     "note": (f"reset control: mean of {iv['n_seeds']} {task.reset_kind} reset networks; "
+                              "interval: their 2.5-97.5 percentiles") if ok else iv.get("note"),
+                     **{k: v for k, v in iv.items() if not k.startswith("mean_") and k != "note"}})
+    record.update(rows=rows, status="ok", error=None)
+    return record
+
+
+def _spread(draws: dict) -> dict:
     out = {}
     for key, vals in draws.items():
         a = np.array(vals)
@@ -125,7 +193,7 @@ def chance_spread(spec, engine, data, variant, task, seed: int) -> dict:
             continue
         out[key] = {"auc_lo": float(np.nanpercentile(a[:, 0], 2.5)), "auc_hi": float(np.nanpercentile(a[:, 0], 97.5)),
                     "pessimistic_auc_lo": float(np.nanpercentile(a[:, 1], 2.5)),
-                    "pessimistic_auc_hi": float(np.nanpercentile(a[:, 1], 97.5)), "n_seeds": CHANCE_SEEDS,
+                    "pessimistic_auc_hi": float(np.nanpercentile(a[:, 1], 97.5)), "n_seeds": len(a),
                     "mean_auc": float(np.nanmean(a[:, 0])), "mean_pessimistic_auc": float(np.nanmean(a[:, 1]))}
     return out
 
@@ -138,7 +206,7 @@ def _sync(device: str):
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     spec = all_methods()[method]
     record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
-              "ablation": data.ablation, "split": cfg.split,
+              "ablation": data.ablation, "split": cfg.split, "control": "trained",
               "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
               "dtype": str(engine.w.dtype).replace("torch.", ""),
               "output": spec.output, "n_examples": data.n, "metric": data.metric_name}
@@ -223,7 +291,7 @@ def run_metadata(cfg: RunConfig) -> dict:
     return {
         "seed": cfg.seed, "device": cfg.device, "split": cfg.split, "references": list(cfg.ablations),
         "position_scramble": cfg.position_scramble,
-        "bootstrap_resamples": cfg.bootstrap, "git_commit": commit, "python": platform.python_version(),
+        "bootstrap_resamples": cfg.bootstrap, "reset_seeds": cfg.reset_seeds, "git_commit": commit, "python": platform.python_version(),
         "versions": {p: ver(p) for p in ("circuit-bench", "torch", "transformer-lens", "tracr-pypi", "jax", "scikit-learn", "pandas")},
         "tasks": {},
     }
@@ -291,16 +359,17 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
             loaded = _load_task(t, cfg, meta, log)
             store.root.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
-            for _, m, v, ablation in task_jobs:
+            for _, m, v, ablation, control in task_jobs:
                 head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
-                        "ablation": ablation, "split": cfg.split}
+                        "ablation": ablation, "split": cfg.split, "control": control}
+                what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
                 if len(loaded) == 2:
                     store.write({**head, "status": loaded[1][0], "error": loaded[1][1], "rows": []})
                     bar.update()
                     continue
                 task, engine, data, problems, inputs = loaded
-                fp = fingerprint(cfg, methods[m], v, inputs)
-                old = store.get(t, m, v, ablation)
+                fp = fingerprint(cfg, methods[m], v, inputs, control, getattr(task, "reset_kind", None))
+                old = store.get(t, m, v, ablation, control)
                 if old and old.get("status") == "ok":
                     changed = differences(old.get("fingerprint"), fp)
                     if not changed:
@@ -311,16 +380,17 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                     why = "; ".join(changed)
                     if why not in told:
                         told.add(why)
-                        log(f"recomputing stored results because {why} (first: {t} {m}/{v}, {ablation})")
-                bar.set_description(f"{t} | {m} | {v} | {ablation}")
+                        log(f"recomputing stored results because {why} (first: {what})")
+                bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
                 try:
-                    rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg)
+                    go = run_reset if control == "reset" else run_one
+                    rec = go(task, engine, data.with_ablation(ablation), m, v, cfg)
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:  # a failing method is recorded; the others go on
                     rec = {**head, "status": "error", "error": f"{type(e).__name__}: {e}",
                            "traceback": traceback.format_exc(), "rows": []}
-                    log(f"{t} {m}/{v} ({ablation}) failed: {rec['error']}")
+                    log(f"{what} failed: {rec['error']}")
                 rec["fingerprint"] = fp
                 if problems:
                     rec["ground_truth_problems"] = problems

@@ -1,4 +1,4 @@
-"""Results on disk: one JSON record per (task, method, variant, reference), written atomically when done.
+"""Results on disk: one JSON record per (task, method, variant, reference, control), written atomically when done.
 
 A run directory holds `records/*.json` (the source of truth: resumable, nothing lost when a run
 is interrupted), `results.csv` (a tidy table regenerated from the records) and the report.
@@ -24,7 +24,7 @@ import pandas as pd
 COLUMNS = [
     "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "note", "auc_lo", "auc_hi",
     "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation",
-    "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error",
+    "control", "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error",
 ]
 
 
@@ -110,18 +110,20 @@ class ResultStore:
             warnings.warn(f"skipping {p}: {why} (it will be recomputed)", stacklevel=3)
         return None
 
-    def path(self, task: str, method: str, variant: str, ablation: str) -> Path:
-        return self.records_dir / f"{_slug(task)}__{_slug(method)}__{_slug(variant)}__{_slug(ablation)}.json"
+    def path(self, task: str, method: str, variant: str, ablation: str, control: str = "trained") -> Path:
+        tail = "" if control == "trained" else f"__{_slug(control)}"
+        return self.records_dir / f"{_slug(task)}__{_slug(method)}__{_slug(variant)}__{_slug(ablation)}{tail}.json"
 
     def write(self, record: dict) -> Path:
         self.records_dir.mkdir(parents=True, exist_ok=True)
-        p = self.path(record["task"], record["method"], record["variant"], record["ablation"])
+        p = self.path(record["task"], record["method"], record["variant"], record["ablation"],
+                      record.get("control", "trained"))
         text = json.dumps(record, indent=1, default=float)
         _atomic_write(p, lambda f: f.write(text))  # a record is either absent or complete
         return p
 
-    def get(self, task: str, method: str, variant: str, ablation: str):
-        p = self.path(task, method, variant, ablation)
+    def get(self, task: str, method: str, variant: str, ablation: str, control: str = "trained"):
+        p = self.path(task, method, variant, ablation, control)
         return self._load(p) if p.exists() else None
 
     def records(self) -> list:
@@ -141,6 +143,7 @@ class ResultStore:
         for rec in self.records():
             base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation",
                                             "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error")}
+            base["control"] = rec.get("control") or "trained"
             faith = rec.get("faithfulness") or {}
             base.update({"cpr": faith.get("cpr"), "cmd": faith.get("cmd")})
             if rec.get("rows"):

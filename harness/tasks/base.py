@@ -30,6 +30,10 @@ class Task:
     metrics: dict = {}  # name -> harness.core.data.Metric; the first is the default (ACDC's "Loss" metric)
     ground_truth_dir: Optional[Path] = None  # None: the package's ground_truth/ folder
     ground_truth_task: Optional[str] = None  # the task whose ground-truth files this one uses (None: its own)
+    # Reset-network control (harness.core.reset): how this task's model is reset, and whether a
+    # default run includes the control (small models only: it is reset_seeds runs per method).
+    reset_kind: str = "acdc"
+    reset_by_default: bool = False
     # The dtype a run uses unless told otherwise: float64 where models are small enough that
     # float32 round-off would otherwise decide rankings (tracr), float32 for pretrained models.
     default_dtype: torch.dtype = torch.float32

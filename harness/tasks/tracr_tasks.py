@@ -31,6 +31,8 @@ class TracrTask(Task):
     supports_kl = False
     metrics = {"l2": L2}  # the only one: KL is refused (module docstring)
     default_dtype = torch.float64  # tiny models: float64 costs little, and float32 round-off ranked edges
+    reset_kind = "random"  # one head per layer: ACDC's head permutation would change nothing
+    reset_by_default = True
     program: str = ""
 
     def __init__(self):
