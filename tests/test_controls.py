@@ -126,3 +126,19 @@ def test_a_reset_record_is_keyed_apart_from_the_trained_one(tmp_path):
     st = ResultStore(tmp_path)
     assert st.path("t", "m", "v", "zero") != st.path("t", "m", "v", "zero", "reset")
     assert st.path("t", "m", "v", "zero").name == "t__m__v__zero.json"  # trained records keep their names
+
+
+def test_model_free_methods_run_on_a_pretrained_task_without_its_weights(tmp_path, monkeypatch):
+    """Structure-only and random rankings need only the architecture's graph and the ground truth,
+    so IOI's are known offline; the methods that need the model are skipped as before."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("CIRCUIT_BENCH_WEIGHTS_DIR", raising=False)
+    st = run(RunConfig(tasks=["ioi"], methods=["structure", "eap"], variants=["receiver-late", "noising"],
+                       ablations=("zero",), out=str(tmp_path / "o"), bootstrap=0, progress=False))
+    ok = st.get("ioi", "structure", "receiver-late", "zero")
+    assert ok["status"] == "ok" and len(ok["scores"]) == Graph(ARCHITECTURES["gpt2"]).n_edges
+    row = next(r for r in ok["rows"] if r["ground_truth"] == "acdc" and r["level"] == "edge")
+    edges = json.loads((ground_truth_dir() / "ioi.acdc.json").read_text())["edges"]
+    assert 0.5 < row["auc"] < 0.7 and row["n_positive"] == len(edges)
+    assert st.get("ioi", "eap", "noising", "zero")["status"] == "skipped"

@@ -132,10 +132,11 @@ def test_run_skips_a_task_without_weights(offline_hub, tmp_path, capsys):
     assert main(args[:1] + ["--tasks", "ioi", "tracr-xproportion"] + args[1:]) == 0
     recs = {(r["task"], r["method"]): r for r in ResultStore(out).records()}
     assert {r["status"] for (t, _), r in recs.items() if t == "tracr-xproportion"} == {"ok"}
-    ioi = [r for (t, _), r in recs.items() if t == "ioi"]
-    assert len(ioi) == 2 and all(r["status"] == "skipped" and "openai-community/gpt2" in r["error"] for r in ioi)
-    assert "skipping task ioi" in capsys.readouterr().out
-    assert main(args[:1] + ["--tasks", "ioi"] + args[1:-1] + [str(tmp_path / "only-ioi")]) == 2
+    eap = recs[("ioi", "eap")]
+    assert eap["status"] == "skipped" and "openai-community/gpt2" in eap["error"]
+    assert recs[("ioi", "random")]["status"] == "ok"  # model-free: the graph is all it needs
+    assert "skipping task ioi but for model-free methods" in capsys.readouterr().out
+    assert main(["run", "--tasks", "ioi", "--methods", "eap", "--no-progress", "--out", str(tmp_path / "only-ioi")]) == 2
 
 
 def test_list_json_reports_availability(offline_hub, capsys):

@@ -137,3 +137,14 @@ def test_a_ranking_that_ranks_nothing_is_na():
     assert np.isnan(r.auc) and "degenerate" in r.note
     # the sign does not rank: |score| does
     assert "degenerate" in judge_ranking(np.array([2.0, -2.0] * 5), pos).note
+
+
+def test_pareto_front_equals_its_definition_on_random_points():
+    """The vectorised front keeps exactly the points no other point beats (strictly smaller FPR
+    and strictly larger TPR), sorted by (FPR, TPR), ties and duplicates included."""
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        pts = rng.integers(0, rng.integers(1, 8), size=(rng.integers(1, 40), 2)) / 7.0
+        u = np.unique(pts, axis=0)
+        want = u[[not np.any((u[:, 0] < x) & (u[:, 1] > y)) for x, y in u]]
+        assert np.array_equal(pareto_front(pts), want)

@@ -70,15 +70,13 @@ def _too_few_negatives(n_items: int, n_positive: int):
 def pareto_front(points: np.ndarray) -> np.ndarray:
     """Drop a point if another has strictly smaller FPR and strictly larger TPR; sort the rest
     by (FPR, TPR). `points` is [n, 2] of (fpr, tpr)."""
-    pts = np.unique(np.asarray(points, dtype=float), axis=0)
-    keep = []
-    for i, (x, y) in enumerate(pts):
-        beaten = np.any((pts[:, 0] < x) & (pts[:, 1] > y))
-        if not beaten:
-            keep.append(i)
-    pts = pts[keep]
-    order = np.lexsort((pts[:, 1], pts[:, 0]))
-    return pts[order]
+    pts = np.unique(np.asarray(points, dtype=float), axis=0)  # sorted by (fpr, tpr)
+    if len(pts) == 0:
+        return pts
+    x, y = pts[:, 0], pts[:, 1]
+    first = np.searchsorted(x, x, side="left")  # where each point's FPR group starts
+    best = np.concatenate([[-np.inf], np.maximum.accumulate(y)])[first]  # max TPR at strictly smaller FPR
+    return pts[~(best > y)]
 
 
 def pessimistic_auc(points: np.ndarray) -> float:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import time
 import traceback
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from harness.core.numerics import tie_floor
 from harness.eval.scoring import cancelled_items
 from harness.methods import all_methods
 from harness.methods.registry import as_scores
-from harness.run.fingerprint import differences, fingerprint, task_inputs
+from harness.run.fingerprint import differences, file_digests, fingerprint, task_inputs
 from harness.run.store import ResultStore
 from harness.tasks import TASKS, get_task
 
@@ -240,6 +241,12 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     elif cfg.bootstrap and any(np.isfinite(r.auc) for r in scored.values()):
         intervals = bootstrap_intervals(spec, engine, data, variant, task, cfg.bootstrap, cfg.seed, cfg.bootstrap_reruns,
                                         floor, per_ex)
+    record.update(rows=_rows(scored, intervals), status="ok", error=None)
+    return record
+
+
+def _rows(scored: dict, intervals: dict) -> list:
+    """A record's rows: one per (ground truth, level), with its interval and a thinned ROC."""
     rows = []
     for (gt_name, level), r in scored.items():
         keep = np.linspace(0, len(r.fpr) - 1, min(len(r.fpr), 400)).round().astype(int)
@@ -252,9 +259,24 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
                      "n_edges": r.n_items, "n_positive": r.n_positive,
                      **{k: v for k, v in iv.items() if not k.startswith("mean_")},
                      "roc": {"fpr": r.fpr[keep].tolist(), "tpr": r.tpr[keep].tolist()}})
-    record["rows"] = rows
-    record["status"] = "ok"
-    record["error"] = None
+    return rows
+
+
+def run_graph_only(task, graph, method: str, variant: str, ablation: str, cfg: RunConfig) -> dict:
+    """A model-free method (structure-only, random) on a task whose weights are absent: the
+    architecture's graph and the ground truth are all it needs, so its AUCs are known offline
+    (no faithfulness, which needs the model)."""
+    spec = all_methods()[method]
+    engine, data = types.SimpleNamespace(graph=graph), types.SimpleNamespace(ablation=ablation)
+    record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
+              "ablation": ablation, "split": cfg.split, "control": "trained", "output": spec.output,
+              "note": "weights absent: run on the architecture's graph alone"}
+    t0 = time.perf_counter()
+    scores = as_scores(spec.run(engine, data, variant, seed=cfg.seed))
+    record["seconds"] = time.perf_counter() - t0
+    record["scores"] = scores.tolist()
+    intervals = chance_spread(spec, engine, data, variant, task, cfg.seed) if spec.chance else {}
+    record.update(rows=_rows(score_all(task, graph, scores), intervals), status="ok", error=None)
     return record
 
 
@@ -325,8 +347,12 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log):
         problems = ground_truth_masks(task, engine.graph)[1]
         inputs = task_inputs(task, weights, data)
     except MissingWeightsError as e:
-        log(f"skipping task {t}: {e}")
-        return task, ("skipped", str(e))
+        from harness.core.architectures import ARCHITECTURES
+        from harness.core.graph import Graph
+
+        arch = ARCHITECTURES.get(task.model)
+        log(f"skipping task {t}" + (" but for model-free methods (structure, random)" if arch else "") + f": {e}")
+        return (task, ("skipped", str(e))) + ((Graph(arch),) if arch else ())
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a broken file or bad data: this task fails, the others run
@@ -363,11 +389,17 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                 head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
                         "ablation": ablation, "split": cfg.split, "control": control}
                 what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
-                if len(loaded) == 2:
+                graph_only = len(loaded) == 3 and methods[m].model_free and control == "trained"
+                if len(loaded) <= 3 and not graph_only:
                     store.write({**head, "status": loaded[1][0], "error": loaded[1][1], "rows": []})
                     bar.update()
                     continue
-                task, engine, data, problems, inputs = loaded
+                if graph_only:
+                    task, engine, data, problems = loaded[0], None, None, {}
+                    inputs = {"data": "absent", "weights": "absent",
+                              "ground_truth_files": file_digests(task.ground_truth_paths())}
+                else:
+                    task, engine, data, problems, inputs = loaded
                 fp = fingerprint(cfg, methods[m], v, inputs, control, getattr(task, "reset_kind", None))
                 old = store.get(t, m, v, ablation, control)
                 if old and old.get("status") == "ok":
@@ -383,8 +415,11 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                         log(f"recomputing stored results because {why} (first: {what})")
                 bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
                 try:
-                    go = run_reset if control == "reset" else run_one
-                    rec = go(task, engine, data.with_ablation(ablation), m, v, cfg)
+                    if graph_only:
+                        rec = run_graph_only(task, loaded[2], m, v, ablation, cfg)
+                    else:
+                        go = run_reset if control == "reset" else run_one
+                        rec = go(task, engine, data.with_ablation(ablation), m, v, cfg)
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:  # a failing method is recorded; the others go on
