@@ -333,9 +333,22 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
         return _run_locked(cfg, store, log)
 
 
-def _load_task(t: str, cfg: RunConfig, meta: dict, log):
-    """(task, engine, data, ground-truth problems, input digests), or (task, failure) where
-    failure is (status, one-line reason): a task that cannot be loaded fails alone."""
+@dataclass
+class LoadedTask:
+    """One task as the runner holds it: loaded, or failed with (status, one-line reason); a task
+    whose weights are absent keeps its architecture's graph for model-free methods."""
+
+    task: object
+    engine: Engine | None = None
+    data: object = None
+    problems: dict = field(default_factory=dict)  # ground truth -> why it cannot be used
+    inputs: dict = field(default_factory=dict)  # input digests (harness.run.fingerprint)
+    failure: tuple | None = None
+    graph: object = None
+
+
+def _load_task(t: str, cfg: RunConfig, meta: dict, log) -> LoadedTask:
+    """Load one task; a task that cannot be loaded fails alone."""
     task = get_task(t)
     try:
         weights = task.load_model(cfg.device, _dtype(cfg, task), cfg.weights_dir)
@@ -352,19 +365,21 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log):
 
         arch = ARCHITECTURES.get(task.model)
         log(f"skipping task {t}" + (" but for model-free methods (structure, random)" if arch else "") + f": {e}")
-        return (task, ("skipped", str(e))) + ((Graph(arch),) if arch else ())
+        return LoadedTask(task, failure=("skipped", str(e)), graph=Graph(arch) if arch else None,
+                          inputs={"data": "absent", "weights": "absent",
+                                  "ground_truth_files": file_digests(task.ground_truth_paths())})
     except KeyboardInterrupt:
         raise
     except Exception as e:  # a broken file or bad data: this task fails, the others run
         why = f"could not load or prepare task {t}: {type(e).__name__}: {_one_line(e)}"
         log(why)
-        return task, ("error", why)
+        return LoadedTask(task, failure=("error", why))
     for name, why in problems.items():
         log(f"task {t}: ground truth {name!r} cannot be used, its rows are left out: {_one_line(why)}")
     meta["tasks"][t] = (f"model {weights.cfg.name} ({weights.provenance.get('source', '?')}); "
                         f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; "
                         f"metric {data.metric_name}" + (f"; analogue of {task.mirrors}" if task.mirrors else ""))
-    return task, engine, data, problems, inputs
+    return LoadedTask(task, engine, data, problems, inputs)
 
 
 def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
@@ -389,18 +404,14 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                 head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
                         "ablation": ablation, "split": cfg.split, "control": control}
                 what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
-                graph_only = len(loaded) == 3 and methods[m].model_free and control == "trained"
-                if len(loaded) <= 3 and not graph_only:
-                    store.write({**head, "status": loaded[1][0], "error": loaded[1][1], "rows": []})
+                graph_only = loaded.failure is not None and loaded.graph is not None and methods[m].model_free \
+                    and control == "trained"
+                if loaded.failure and not graph_only:
+                    store.write({**head, "status": loaded.failure[0], "error": loaded.failure[1], "rows": []})
                     bar.update()
                     continue
-                if graph_only:
-                    task, engine, data, problems = loaded[0], None, None, {}
-                    inputs = {"data": "absent", "weights": "absent",
-                              "ground_truth_files": file_digests(task.ground_truth_paths())}
-                else:
-                    task, engine, data, problems, inputs = loaded
-                fp = fingerprint(cfg, methods[m], v, inputs, control, getattr(task, "reset_kind", None))
+                task, engine, data, problems = loaded.task, loaded.engine, loaded.data, loaded.problems
+                fp = fingerprint(cfg, methods[m], v, loaded.inputs, control, getattr(task, "reset_kind", None))
                 old = store.get(t, m, v, ablation, control)
                 if old and old.get("status") == "ok":
                     changed = differences(old.get("fingerprint"), fp)
@@ -416,7 +427,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                 bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
                 try:
                     if graph_only:
-                        rec = run_graph_only(task, loaded[2], m, v, ablation, cfg)
+                        rec = run_graph_only(task, loaded.graph, m, v, ablation, cfg)
                     else:
                         go = run_reset if control == "reset" else run_one
                         rec = go(task, engine, data.with_ablation(ablation), m, v, cfg)
