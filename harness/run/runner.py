@@ -159,16 +159,24 @@ def reset_spread(spec, engine, data, variant, task, cfg: RunConfig) -> dict:
     return {k: {"n_edges": n, "n_positive": p, **spread.get(k, {"note": note})} for k, (n, p, note) in sizes.items()}
 
 
+def record_head(task: str, method: str, variant: str, ablation: str, control: str, cfg: RunConfig) -> dict:
+    """The keys every record starts with: what it is a result of."""
+    return {"task": task, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
+            "ablation": ablation, "split": cfg.split, "control": control}
+
+
+def _run_facts(spec, engine, data) -> dict:
+    return {"position_scramble": data.ablation == "resample" and data.position_scramble is not None,
+            "dtype": str(engine.w.dtype).replace("torch.", ""), "output": spec.output, "n_examples": data.n,
+            "metric": data.metric_name}
+
+
 def run_reset(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     """The reset-network control of one run: a record whose rows hold the mean AUC over
     `cfg.reset_seeds` reset networks, the interval their spread."""
     spec = all_methods()[method]
-    record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
-              "ablation": data.ablation, "split": cfg.split, "control": "reset", "reset_kind": task.reset_kind,
-              "reset_seeds": cfg.reset_seeds,
-              "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
-              "dtype": str(engine.w.dtype).replace("torch.", ""), "output": spec.output, "n_examples": data.n,
-              "metric": data.metric_name}
+    record = {**record_head(task.name, method, variant, data.ablation, "reset", cfg), "reset_kind": task.reset_kind,
+              "reset_seeds": cfg.reset_seeds, **_run_facts(spec, engine, data)}
     _sync(cfg.device)
     t0 = time.perf_counter()
     spread = reset_spread(spec, engine, data, variant, task, cfg)
@@ -206,11 +214,7 @@ def _sync(device: str):
 
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
     spec = all_methods()[method]
-    record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
-              "ablation": data.ablation, "split": cfg.split, "control": "trained",
-              "position_scramble": data.ablation == "resample" and data.position_scramble is not None,
-              "dtype": str(engine.w.dtype).replace("torch.", ""),
-              "output": spec.output, "n_examples": data.n, "metric": data.metric_name}
+    record = {**record_head(task.name, method, variant, data.ablation, "trained", cfg), **_run_facts(spec, engine, data)}
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
@@ -268,8 +272,7 @@ def run_graph_only(task, graph, method: str, variant: str, ablation: str, cfg: R
     (no faithfulness, which needs the model)."""
     spec = all_methods()[method]
     engine, data = types.SimpleNamespace(graph=graph), types.SimpleNamespace(ablation=ablation)
-    record = {"task": task.name, "method": method, "variant": variant, "seed": cfg.seed, "device": cfg.device,
-              "ablation": ablation, "split": cfg.split, "control": "trained", "output": spec.output,
+    record = {**record_head(task.name, method, variant, ablation, "trained", cfg), "output": spec.output,
               "note": "weights absent: run on the architecture's graph alone"}
     t0 = time.perf_counter()
     scores = as_scores(spec.run(engine, data, variant, seed=cfg.seed))
@@ -401,8 +404,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
             store.root.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
             for _, m, v, ablation, control in task_jobs:
-                head = {"task": t, "method": m, "variant": v, "seed": cfg.seed, "device": cfg.device,
-                        "ablation": ablation, "split": cfg.split, "control": control}
+                head = record_head(t, m, v, ablation, control, cfg)
                 what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
                 graph_only = loaded.failure is not None and loaded.graph is not None and methods[m].model_free \
                     and control == "trained"
