@@ -133,7 +133,8 @@ def cmd_run(args) -> int:
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
                     faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
                     threads=args.threads, metric=args.metric,
-                    controls=tuple(args.controls) if args.controls else None, reset_seeds=args.reset_seeds)
+                    controls=tuple(args.controls) if args.controls else None, reset_seeds=args.reset_seeds,
+                    chunk=args.chunk)
     if args.metric:
         from harness.run.runner import check_metric
         from harness.tasks import get_task
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-runs allowed for methods that must re-run per resample, e.g. ACDC; an interval needs "
                         "--bootstrap of them, so fewer gives none (default 0)")
     r.add_argument("--threads", type=_count, help="torch CPU threads (default: 1 for small models, else torch's choice)")
+    r.add_argument("--chunk", type=_count, help="examples per pass for variants with per-example scores (default: as "
+                                               "many as keep a traced run within 1 GiB; results are the same)")
     r.add_argument("--controls", nargs="+", choices=["trained", "reset"],
                    help="trained: the task's model; reset: each method on --reset-seeds reset networks (ACDC's reset "
                         "procedure; tracr: random models of the same shape). Default: trained, plus reset on tracr "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
 
 import pytest
 import torch
@@ -41,30 +40,6 @@ def _one_thread():
 
 def _centred(x):
     return x - x.mean(-1, keepdim=True)
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty hub cache, HF_HUB_OFFLINE=1 (also in huggingface_hub's frozen constants) and
-    every socket connection refused: any network use fails loudly."""
-    import huggingface_hub.constants as hc
-
-    cache = tmp_path / "hf" / "hub"
-    cache.mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.delenv("CIRCUIT_BENCH_WEIGHTS_DIR", raising=False)
-    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
-
-    def refuse(*a, **k):
-        raise OSError("network blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return cache
 
 
 def put_in_cache(cache: pathlib.Path, repo: str, files: dict, revision="0123abcd") -> pathlib.Path:

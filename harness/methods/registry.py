@@ -135,8 +135,14 @@ class MethodSpec:
             return max(float(torch.as_tensor(self.objective(opts, L, refs.clean_logits, refs.source_logits, data)).abs().double().mean())
                        for L in (refs.clean_logits, refs.source_logits))
 
-    def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False, **overrides):
-        """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported."""
+    def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False,
+            chunk: Optional[int] = None, **overrides):
+        """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported.
+        `chunk`: at most that many examples per pass, for variants with per-example scores (their
+        terms add over examples, so chunks combine exactly, weighted by their share of the
+        examples); other variants see the whole batch."""
+        if chunk and data.n > chunk and self.output == "ranking" and self.supports_per_example(variant):
+            return self._run_chunked(engine, data, variant, chunk, seed, per_example, overrides)
         accepted = self.references_for(variant)
         if data.ablation not in accepted:
             raise ValueError(f"{self.name}/{variant} does not measure against a {data.ablation!r} reference "
@@ -156,6 +162,23 @@ class MethodSpec:
         if (self.output == "family") != isinstance(result, CircuitFamily):
             raise TypeError(f"method {self.name!r} declares output {self.output!r} but returned {type(result).__name__}")
         return result
+
+
+    def _run_chunked(self, engine, data, variant, chunk, seed, per_example, overrides):
+        """A ranking from chunks of `chunk` examples: each chunk's scores are means over its own
+        examples (the objectives are batch means), so the batch's are their sum weighted by
+        size; per-example terms (and |terms|, for aggregate="abs") are scaled the same way."""
+        absolute = self.options(variant).get("aggregate", "sum") == "abs"
+        parts = []
+        for start in range(0, data.n, chunk):
+            idx = torch.arange(start, min(start + chunk, data.n))
+            part = data.subset(idx)
+            weight = len(idx) / data.n
+            terms = self.run(engine, part, variant, seed=seed, per_example=per_example or absolute, **overrides)
+            parts.append(terms.detach() * weight)
+        if per_example:
+            return torch.cat(parts, 0)
+        return torch.cat(parts, 0).sum(0) if absolute else torch.stack(parts).sum(0)
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -21,16 +21,20 @@ NOT_ABOVE_RESET, NOT_ABOVE_STRUCTURE = "†", "‡"
 
 
 def control_frame(ok: pd.DataFrame) -> pd.DataFrame:
-    """One row per trained (task, ground truth, level, reference, method, variant) result of `ok`
-    (results.csv rows with status ok): auc, reset_auc / reset_lo / reset_hi, delta = auc -
-    reset_auc, best_structure (and its rule), above_reset, above_structure."""
+    """One row per (task, ground truth, level, reference, method, variant) result of `ok`
+    (results.csv rows with status ok) on the trained model, its reset control, or both (a task
+    whose trained weights are absent has only the control): auc, reset_auc / reset_lo /
+    reset_hi / reset_kind, delta = auc - reset_auc, best_structure (and its rule),
+    above_reset, above_structure."""
     ok = ok.assign(control=ok["control"].fillna("trained")) if "control" in ok else ok.assign(control="trained")
+    if "reset_kind" not in ok:
+        ok = ok.assign(reset_kind=None)
     ok = ok[ok["auc"].notna()]
     trained = ok[ok["control"] == "trained"]
-    reset = ok[ok["control"] == "reset"][GROUP + ["method", "variant", "auc", "auc_lo", "auc_hi"]].rename(
+    reset = ok[ok["control"] == "reset"][GROUP + ["method", "variant", "auc", "auc_lo", "auc_hi", "reset_kind"]].rename(
         columns={"auc": "reset_auc", "auc_lo": "reset_lo", "auc_hi": "reset_hi"})
     out = trained[GROUP + ["method", "variant", "auc", "auc_lo", "auc_hi"]].merge(
-        reset, on=GROUP + ["method", "variant"], how="left")
+        reset, on=GROUP + ["method", "variant"], how="outer")
     struct = trained[trained["method"] == "structure"]
     if len(struct):
         best = struct.sort_values("auc", ascending=False).groupby(GROUP).head(1)[GROUP + ["auc", "variant"]]
@@ -39,13 +43,16 @@ def control_frame(ok: pd.DataFrame) -> pd.DataFrame:
     else:
         out["best_structure"], out["best_structure_rule"] = np.nan, None
     out["delta"] = out["auc"] - out["reset_auc"]
-    out["above_reset"] = np.where(out["reset_hi"].notna(), out["auc"] > out["reset_hi"], np.nan)
+    has = out["auc"].notna()
+    out["above_reset"] = np.where(has & out["reset_hi"].notna(), out["auc"] > out["reset_hi"], np.nan)
     low = out["auc_lo"].where(out["auc_lo"].notna(), out["auc"])
-    out["above_structure"] = np.where(out["best_structure"].notna(), low > out["best_structure"], np.nan)
+    out["above_structure"] = np.where(has & out["best_structure"].notna(), low > out["best_structure"], np.nan)
     return out.reset_index(drop=True)
 
 
 def _cell(r) -> str:
+    if pd.isna(r["auc"]):  # the trained model is absent: the control alone
+        return f"n/a − {r['reset_auc']:.3f} [{r['reset_lo']:.3f}, {r['reset_hi']:.3f}] ({r['reset_kind']})"
     if pd.isna(r["reset_auc"]):
         return f"{r['auc']:.3f}" + ("" if r["above_structure"] != 0 else NOT_ABOVE_STRUCTURE)
     marks = ("" if r["above_reset"] else NOT_ABOVE_RESET) + ("" if r["above_structure"] != 0 else NOT_ABOVE_STRUCTURE)

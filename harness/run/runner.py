@@ -17,6 +17,7 @@ import traceback
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from harness.eval.faithfulness import faithfulness
 from harness.core.numerics import tie_floor
 from harness.eval.scoring import cancelled_items
 from harness.methods import all_methods
+from harness.methods.memory import ACTIVATION_BUDGET, examples_per_pass
 from harness.methods.registry import as_scores
 from harness.run.fingerprint import differences, file_digests, fingerprint, task_inputs
 from harness.run.store import ResultStore
@@ -62,6 +64,7 @@ class RunConfig:
     # but ACDC (its sweep on reset_seeds models is minutes: ask for it by naming --controls)
     controls: tuple | None = None
     reset_seeds: int = 5  # reset models per reset control: the interval is their spread
+    chunk: int | None = None  # examples per pass of chunkable variants; None: as many as fit ACTIVATION_BUDGET
 
 
 def _graph_size(task_name: str):
@@ -138,25 +141,28 @@ def chance_spread(spec, engine, data, variant, task, seed: int) -> dict:
     return _spread(draws)
 
 
-def reset_spread(spec, engine, data, variant, task, cfg: RunConfig) -> dict:
-    """The method on `cfg.reset_seeds` reset networks (`task.reset_kind`, seeds seed, seed+1, ...),
+def reset_spread(spec, data, variant, task, cfg: RunConfig, reset_model, chunk=None) -> dict:
+    """The method on `cfg.reset_seeds` reset networks (`reset_model(seed)`, seeds seed, seed+1, ...),
     each scored as a trained run is (tie floor of its own objective; no bootstrap, faithfulness or
     cancellation check): (ground truth, level) -> n_edges, n_positive, and their mean AUCs and
     2.5/97.5 percentiles (or the note saying why they are n/a)."""
-    from harness.core.reset import reset_weights
-
     draws: dict = {}
     sizes: dict = {}
     for s in range(cfg.seed, cfg.seed + cfg.reset_seeds):
-        eng = Engine(reset_weights(engine.w, task.reset_kind, s))
+        eng = Engine(reset_model(s))
         torch.manual_seed(cfg.seed)
-        scores = as_scores(spec.run(eng, data, variant, seed=cfg.seed))
+        scores = as_scores(spec.run(eng, data, variant, seed=cfg.seed, chunk=chunk))
         floor = tie_floor(spec.objective_scale(eng, data, variant)) if spec.output == "ranking" else 0.0
         for key, r in score_all(task, eng.graph, scores, floor).items():
             draws.setdefault(key, []).append((r.auc, r.pessimistic_auc))
             sizes[key] = (r.n_items, r.n_positive, r.note)
+        del eng
     spread = _spread(draws)  # keys whose AUCs are all n/a are left out; they keep the reason
     return {k: {"n_edges": n, "n_positive": p, **spread.get(k, {"note": note})} for k, (n, p, note) in sizes.items()}
+
+
+RESET_WORDS = {"acdc": "ACDC reset networks (trained weights permuted)", "random": "random models of the same shape",
+               "init": "randomly initialised models (trained weights absent)"}
 
 
 def record_head(task: str, method: str, variant: str, ablation: str, control: str, cfg: RunConfig) -> dict:
@@ -171,15 +177,17 @@ def _run_facts(spec, engine, data) -> dict:
             "metric": data.metric_name}
 
 
-def run_reset(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
+def run_reset(task, engine, data, method: str, variant: str, cfg: RunConfig, reset_kind: str, reset_model,
+              chunk=None) -> dict:
     """The reset-network control of one run: a record whose rows hold the mean AUC over
-    `cfg.reset_seeds` reset networks, the interval their spread."""
+    `cfg.reset_seeds` reset networks (`reset_model(seed)`, of kind `reset_kind`), the interval
+    their spread."""
     spec = all_methods()[method]
-    record = {**record_head(task.name, method, variant, data.ablation, "reset", cfg), "reset_kind": task.reset_kind,
+    record = {**record_head(task.name, method, variant, data.ablation, "reset", cfg), "reset_kind": reset_kind,
               "reset_seeds": cfg.reset_seeds, **_run_facts(spec, engine, data)}
     _sync(cfg.device)
     t0 = time.perf_counter()
-    spread = reset_spread(spec, engine, data, variant, task, cfg)
+    spread = reset_spread(spec, data, variant, task, cfg, reset_model, chunk)
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
     rows = []
@@ -187,7 +195,7 @@ def run_reset(task, engine, data, method: str, variant: str, cfg: RunConfig) -> 
         ok = "mean_auc" in iv
         rows.append({"ground_truth": gt_name, "level": level, "auc": iv.get("mean_auc", float("nan")),
                      "pessimistic_auc": iv.get("mean_pessimistic_auc", float("nan")),
-                     "note": (f"reset control: mean of {iv['n_seeds']} {task.reset_kind} reset networks; "
+                     "note": (f"reset control: mean of {iv['n_seeds']} {RESET_WORDS[reset_kind]}; "
                               "interval: their 2.5-97.5 percentiles") if ok else iv.get("note"),
                      **{k: v for k, v in iv.items() if not k.startswith("mean_") and k != "note"}})
     record.update(rows=rows, status="ok", error=None)
@@ -212,23 +220,33 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
-def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> dict:
+def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk=None) -> dict:
+    """One trained run. `chunk`: examples per pass; below the batch, a variant with per-example
+    scores runs once, per example, in chunks, and its scores are their sum."""
     spec = all_methods()[method]
     record = {**record_head(task.name, method, variant, data.ablation, "trained", cfg), **_run_facts(spec, engine, data)}
+    chunked = bool(chunk) and chunk < data.n and spec.output == "ranking" and spec.supports_per_example(variant)
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
-    result = spec.run(engine, data, variant, seed=cfg.seed)
+    per_ex = None
+    if chunked:
+        per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True, chunk=chunk).detach().double().cpu()
+        record["examples_per_pass"] = chunk
+        result = per_ex.sum(0)
+    else:
+        result = spec.run(engine, data, variant, seed=cfg.seed)
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
     scores = as_scores(result)
-    floor, cancelled, per_ex = 0.0, None, None
+    floor, cancelled = 0.0, None
     if spec.output == "ranking":
         scale = spec.objective_scale(engine, data, variant)
         floor = tie_floor(scale)
         record["objective_scale"], record["tie_floor"] = scale, floor
         if spec.supports_per_example(variant):
-            per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True).detach().double().cpu()
+            if per_ex is None:
+                per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True).detach().double().cpu()
             cancelled = torch.as_tensor(cancelled_items(per_ex, floor))
             record["cancelled_edges"] = [engine.graph.edge_names[i] for i in torch.nonzero(cancelled).flatten().tolist()]
     if spec.output == "family":
@@ -237,7 +255,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig) -> di
     else:
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
-            record["faithfulness"] = faithfulness(engine, data, scores)
+            record["faithfulness"] = faithfulness(engine, data, scores, **({"max_rows": chunk} if chunked else {}))
     scored = score_all(task, engine.graph, scores, floor, cancelled)
     intervals = {}
     if spec.chance:
@@ -339,36 +357,83 @@ def run(cfg: RunConfig, log=print) -> ResultStore:
 @dataclass
 class LoadedTask:
     """One task as the runner holds it: loaded, or failed with (status, one-line reason); a task
-    whose weights are absent keeps its architecture's graph for model-free methods."""
+    whose weights are absent keeps its architecture's graph for model-free methods and, where its
+    architecture can be initialised here, an engine on a random-init model for reset controls."""
 
     task: object
     engine: Engine | None = None
     data: object = None
     problems: dict = field(default_factory=dict)  # ground truth -> why it cannot be used
     inputs: dict = field(default_factory=dict)  # input digests (harness.run.fingerprint)
-    failure: tuple | None = None
+    failure: tuple | None = None  # (status, reason) of trained runs that cannot run
     graph: object = None
+    reset_kind: str | None = None  # the reset controls' kind (harness.core.reset KINDS, or "init")
+    reset_model: Callable | None = None  # seed -> Weights of one reset network
+    chunk: int | None = None  # examples per pass of chunkable variants (harness.methods.memory)
+
+    def runs(self, spec, control: str) -> str | None:
+        """How a job runs: "model" (on the engine), "graph" (a model-free method on the graph
+        alone) or None (it cannot: the failure is recorded)."""
+        if control == "reset":
+            return "model" if self.reset_model is not None else None
+        if self.failure is None:
+            return "model"
+        return "graph" if spec.model_free and self.graph is not None else None
 
 
-def _load_task(t: str, cfg: RunConfig, meta: dict, log) -> LoadedTask:
-    """Load one task; a task that cannot be loaded fails alone."""
+def _loaded(task, weights, cfg: RunConfig, meta: dict, log, failure=None, reset_kind=None, reset_model=None):
+    """A LoadedTask on `weights` (trained, or the first random-init model), with its data."""
+    engine = Engine(weights)
+    _set_threads(cfg, weights.cfg)
+    data = task_data(task, cfg)
+    if not cfg.position_scramble:
+        data = dataclasses.replace(data, position_scramble=None)
+    problems = ground_truth_masks(task, engine.graph)[1]
+    for name, why in problems.items():
+        log(f"task {task.name}: ground truth {name!r} cannot be used, its rows are left out: {_one_line(why)}")
+    source = "random init: trained weights absent" if reset_kind == "init" else weights.provenance.get("source", "?")
+    meta["tasks"][task.name] = (f"model {weights.cfg.name} ({source}); "
+                                f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; metric {data.metric_name}"
+                                + (f"; analogue of {task.mirrors}" if task.mirrors else ""))
+    if reset_model is None:
+        from harness.core.reset import reset_weights
+
+        reset_kind = getattr(task, "reset_kind", None)
+        reset_model = (lambda s: reset_weights(weights, reset_kind, s)) if reset_kind else None
+    chunk = cfg.chunk or examples_per_pass(weights.cfg, data.clean.shape[1], data.n, weights.dtype)
+    if chunk < data.n:
+        log(f"task {task.name}: gradient methods run {chunk} of {data.n} examples per pass (to stay within "
+            f"{ACTIVATION_BUDGET / 2**30:.0f} GiB; --chunk N sets it)")
+    return LoadedTask(task, engine, data, problems, task_inputs(task, weights, data), failure, engine.graph,
+                      reset_kind, reset_model, chunk)
+
+
+def _load_task(t: str, cfg: RunConfig, meta: dict, log, want_reset: bool = False) -> LoadedTask:
+    """Load one task; a task that cannot be loaded fails alone. `want_reset`: reset controls are
+    asked for, so a pretrained task without its weights runs them on random-init models."""
     task = get_task(t)
+    dtype = _dtype(cfg, task)
     try:
-        weights = task.load_model(cfg.device, _dtype(cfg, task), cfg.weights_dir)
-        engine = Engine(weights)
-        _set_threads(cfg, weights.cfg)
-        data = task_data(task, cfg)
-        if not cfg.position_scramble:
-            data = dataclasses.replace(data, position_scramble=None)
-        problems = ground_truth_masks(task, engine.graph)[1]
-        inputs = task_inputs(task, weights, data)
+        return _loaded(task, task.load_model(cfg.device, dtype, cfg.weights_dir), cfg, meta, log)
     except MissingWeightsError as e:
         from harness.core.architectures import ARCHITECTURES
         from harness.core.graph import Graph
+        from harness.core.initialised import can_initialise, initialised_weights
 
+        missing = str(e)
+        if want_reset and can_initialise(task.model):
+            try:
+                first = initialised_weights(task.model, cfg.seed, cfg.device, dtype)
+                model = lambda s: first if s == cfg.seed else initialised_weights(task.model, s, cfg.device, dtype)  # noqa: E731
+                loaded = _loaded(task, first, cfg, meta, log, ("skipped", missing), "init", model)
+                log(f"task {t}: trained weights absent, so only model-free methods and reset controls (on "
+                    f"random-init {task.model} models) run: {missing}")
+                return loaded
+            except MissingWeightsError as e2:  # the tokenizer or data files are absent too
+                missing = f"{missing}; and for reset controls on random-init models: {e2}"
         arch = ARCHITECTURES.get(task.model)
-        log(f"skipping task {t}" + (" but for model-free methods (structure, random)" if arch else "") + f": {e}")
-        return LoadedTask(task, failure=("skipped", str(e)), graph=Graph(arch) if arch else None,
+        log(f"skipping task {t}" + (" but for model-free methods (structure, random)" if arch else "") + f": {missing}")
+        return LoadedTask(task, failure=("skipped", missing), graph=Graph(arch) if arch else None,
                           inputs={"data": "absent", "weights": "absent",
                                   "ground_truth_files": file_digests(task.ground_truth_paths())})
     except KeyboardInterrupt:
@@ -377,12 +442,6 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log) -> LoadedTask:
         why = f"could not load or prepare task {t}: {type(e).__name__}: {_one_line(e)}"
         log(why)
         return LoadedTask(task, failure=("error", why))
-    for name, why in problems.items():
-        log(f"task {t}: ground truth {name!r} cannot be used, its rows are left out: {_one_line(why)}")
-    meta["tasks"][t] = (f"model {weights.cfg.name} ({weights.provenance.get('source', '?')}); "
-                        f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; "
-                        f"metric {data.metric_name}" + (f"; analogue of {task.mirrors}" if task.mirrors else ""))
-    return LoadedTask(task, engine, data, problems, inputs)
 
 
 def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
@@ -400,20 +459,20 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
     try:
         for t, task_jobs in by_task.items():
             bar.set_description(f"{t} | loading")
-            loaded = _load_task(t, cfg, meta, log)
+            loaded = _load_task(t, cfg, meta, log, want_reset=any(j[4] == "reset" for j in task_jobs))
             store.root.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
             for _, m, v, ablation, control in task_jobs:
                 head = record_head(t, m, v, ablation, control, cfg)
                 what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
-                graph_only = loaded.failure is not None and loaded.graph is not None and methods[m].model_free \
-                    and control == "trained"
-                if loaded.failure and not graph_only:
-                    store.write({**head, "status": loaded.failure[0], "error": loaded.failure[1], "rows": []})
+                how = loaded.runs(methods[m], control)
+                if how is None:
+                    status, why = loaded.failure or ("skipped", f"{t} has no reset control")
+                    store.write({**head, "status": status, "error": why, "rows": []})
                     bar.update()
                     continue
                 task, engine, data, problems = loaded.task, loaded.engine, loaded.data, loaded.problems
-                fp = fingerprint(cfg, methods[m], v, loaded.inputs, control, getattr(task, "reset_kind", None))
+                fp = fingerprint(cfg, methods[m], v, loaded.inputs, control, loaded.reset_kind)
                 old = store.get(t, m, v, ablation, control)
                 if old and old.get("status") == "ok":
                     changed = differences(old.get("fingerprint"), fp)
@@ -428,11 +487,13 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                         log(f"recomputing stored results because {why} (first: {what})")
                 bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
                 try:
-                    if graph_only:
+                    if how == "graph":
                         rec = run_graph_only(task, loaded.graph, m, v, ablation, cfg)
+                    elif control == "reset":
+                        rec = run_reset(task, engine, data.with_ablation(ablation), m, v, cfg, loaded.reset_kind,
+                                        loaded.reset_model, loaded.chunk)
                     else:
-                        go = run_reset if control == "reset" else run_one
-                        rec = go(task, engine, data.with_ablation(ablation), m, v, cfg)
+                        rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg, loaded.chunk)
                 except KeyboardInterrupt:
                     raise
                 except Exception as e:  # a failing method is recorded; the others go on

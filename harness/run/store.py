@@ -144,6 +144,7 @@ class ResultStore:
             base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation",
                                             "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error")}
             base["control"] = rec.get("control") or "trained"
+            base["reset_kind"] = rec.get("reset_kind")  # a reset control's kind (harness.core.reset, or "init")
             faith = rec.get("faithfulness") or {}
             base.update({"cpr": faith.get("cpr"), "cmd": faith.get("cmd")})
             if rec.get("rows"):

@@ -1,0 +1,81 @@
+"""Chunked runs (issue 21, item 5): a ranking computed a few examples at a time equals the ranking
+of the whole batch, for every variant with per-example scores, so memory can be capped without
+changing a result."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.core.engine import Engine
+from harness.core.weights import random_weights
+from harness.core.architectures import ARCHITECTURES
+from harness.methods import all_methods
+from harness.methods.memory import examples_per_pass, traced_bytes_per_token
+
+CHUNKABLE = [(m, v) for m, spec in all_methods().items() if spec.output == "ranking" and not spec.model_free
+             for v in spec.variants if spec.supports_per_example(v)]
+
+
+@pytest.fixture(scope="module")
+def setups(tracr_tasks):
+    return {n: (Engine(t.load_model(dtype=torch.float64)), t.data()) for n, t in tracr_tasks.items()}
+
+
+def _close(a, b, scale):
+    return torch.allclose(a.double(), b.double(), atol=1e-9 * scale, rtol=1e-9)
+
+
+def test_chunks_give_the_batch_scores_for_every_variant(setups):
+    """Chunks of 4 and 2 of tracr-xproportion's 6 examples, every variant with per-example
+    scores under each reference it accepts (float64: the two sums differ only by round-off)."""
+    engine, data = setups["tracr-xproportion"]
+    assert CHUNKABLE and {"eap", "eap-ig", "grad-wrong", "act-patch-node"} <= {m for m, _ in CHUNKABLE}
+    for m, v in CHUNKABLE:
+        spec = all_methods()[m]
+        for ref in spec.references_for(v):
+            d = data.with_ablation(ref)
+            whole = spec.run(engine, d, v, seed=0)
+            scale = float(whole.abs().max().clamp_min(1e-12))
+            assert _close(spec.run(engine, d, v, seed=0, chunk=4), whole, scale), (m, v, ref)
+
+
+@pytest.mark.parametrize("m,v", [("eap", "noising"), ("eap", "noising-abs"), ("grad-wrong", "uniform/activation")])
+def test_chunks_of_one_give_the_per_example_terms(setups, m, v):
+    engine, data = setups["tracr-reverse"]
+    spec = all_methods()[m]
+    d = data.with_ablation("resample")
+    whole, per_ex = spec.run(engine, d, v, seed=0), spec.run(engine, d, v, seed=0, per_example=True)
+    scale = float(whole.abs().max().clamp_min(1e-12))
+    assert _close(spec.run(engine, d, v, seed=0, chunk=1), whole, scale)
+    got = spec.run(engine, d, v, seed=0, chunk=1, per_example=True)
+    assert got.shape == per_ex.shape == (data.n, engine.graph.n_edges) and _close(got, per_ex, scale)
+
+
+def test_variants_without_per_example_scores_see_the_whole_batch(setups, monkeypatch):
+    from harness.core.data import TaskData
+
+    engine, data = setups["tracr-xproportion"]
+    spec = all_methods()["grad-wrong"]
+    v = "logit-diff-mse/weight-node"
+    assert not spec.supports_per_example(v)
+    d = data.with_ablation("zero")
+    whole = spec.run(engine, d, v)
+
+    def refuse(*a, **k):
+        raise AssertionError("a variant without per-example scores was split")
+
+    monkeypatch.setattr(TaskData, "subset", refuse)
+    assert torch.equal(spec.run(engine, d, v, chunk=1), whole)
+
+
+def test_the_chunk_fits_the_budget_and_large_models_are_chunked():
+    gpt2 = ARCHITECTURES["gpt2"]
+    per_token = traced_bytes_per_token(gpt2, torch.float32)
+    assert traced_bytes_per_token(gpt2, torch.float64) == 2 * per_token
+    n = examples_per_pass(gpt2, seq_len=15, n_examples=100, dtype=torch.float32, budget_bytes=2 * 2**30)
+    assert 1 <= n < 100 and n * 15 * per_token <= 2 * 2**30 < (n + 1) * 15 * per_token
+    tracr = ARCHITECTURES["tracr-reverse"]
+    assert examples_per_pass(tracr, seq_len=5, n_examples=6, dtype=torch.float64, budget_bytes=2 * 2**30) == 6
+    assert examples_per_pass(gpt2, seq_len=15, n_examples=100, dtype=torch.float32, budget_bytes=1) == 1
+    w = random_weights(ARCHITECTURES["redwood_attn_2l"], seed=0)
+    assert examples_per_pass(w.cfg, 40, 10, w.dtype, 2 * 2**30) == 10
