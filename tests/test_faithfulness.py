@@ -21,3 +21,18 @@ def test_endpoints_and_ground_truth_first_beats_last(tracr_tasks):
     sizes = [round(x * e.graph.n_edges) for x in first["fractions"]]
     i = next(j for j, n in enumerate(sizes) if n >= int(gt.sum()))
     assert first["f"][i] > 0.99
+
+
+def test_examples_in_chunks_give_the_same_curve(tracr_tasks):
+    """The metric is a mean over examples, so evaluating them a few at a time (how large models
+    keep faithfulness within memory) gives the batch's curve."""
+    t = tracr_tasks["tracr-reverse"]
+    e = Engine(t.load_model(dtype=torch.float64))
+    d = t.data(ablation="resample")
+    scores = torch.rand(e.graph.n_edges, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    whole = faithfulness(e, d, scores)
+    for step in (1, 4):
+        part = faithfulness(e, d, scores, examples_per_pass=step)
+        assert part["fractions"] == whole["fractions"]
+        assert torch.allclose(torch.tensor(part["metric"]), torch.tensor(whole["metric"]), atol=1e-12, rtol=1e-12)
+        assert abs(part["cpr"] - whole["cpr"]) < 1e-9 and abs(part["cmd"] - whole["cmd"]) < 1e-9

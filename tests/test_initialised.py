@@ -95,3 +95,20 @@ def test_ioi_reset_control_runs_on_random_init_gpt2_with_no_weights(offline_hub,
 
     text = render(out).read_text()
     assert f"n/a − {edge['auc']:.3f}" in text and "(init)" in text
+
+
+def test_a_failing_initialiser_skips_the_control_and_the_run_goes_on(offline_hub, monkeypatch, tmp_path):
+    import harness.core.initialised as initialised
+    from harness.run.runner import RunConfig, run
+
+    def broken(*a, **k):
+        raise RuntimeError("no memory for the model")
+
+    monkeypatch.setattr(initialised, "initialised_weights", broken)
+    store = run(RunConfig(tasks=["ioi"], methods=["eap", "structure"], variants=["noising", "receiver-late"],
+                          ablations=("resample",), controls=("trained", "reset"), bootstrap=0, faithfulness=False,
+                          progress=False, out=str(tmp_path / "out")), log=lambda line: None)
+    recs = {(r["method"], r.get("control")): r for r in store.records()}
+    assert recs[("eap", "reset")]["status"] == "skipped"
+    assert "could not be built (RuntimeError: no memory for the model)" in recs[("eap", "reset")]["error"]
+    assert recs[("structure", "trained")]["status"] == "ok"

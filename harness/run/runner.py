@@ -255,7 +255,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
     else:
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
-            record["faithfulness"] = faithfulness(engine, data, scores, **({"max_rows": chunk} if chunked else {}))
+            record["faithfulness"] = faithfulness(engine, data, scores, examples_per_pass=chunk if chunked else None)
     scored = score_all(task, engine.graph, scores, floor, cancelled)
     intervals = {}
     if spec.chance:
@@ -431,6 +431,9 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log, want_reset: bool = False
                 return loaded
             except MissingWeightsError as e2:  # the tokenizer or data files are absent too
                 missing = f"{missing}; and for reset controls on random-init models: {e2}"
+            except Exception as e2:  # noqa: BLE001  the initialiser failed: the task is skipped as without it
+                missing = (f"{missing}; and random-init {task.model} models for reset controls could not be built "
+                           f"({type(e2).__name__}: {_one_line(e2)})")
         arch = ARCHITECTURES.get(task.model)
         log(f"skipping task {t}" + (" but for model-free methods (structure, random)" if arch else "") + f": {missing}")
         return LoadedTask(task, failure=("skipped", missing), graph=Graph(arch) if arch else None,
@@ -442,6 +445,33 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log, want_reset: bool = False
         why = f"could not load or prepare task {t}: {type(e).__name__}: {_one_line(e)}"
         log(why)
         return LoadedTask(task, failure=("error", why))
+
+
+def _stored(store: ResultStore, loaded: LoadedTask, job: tuple, cfg: RunConfig) -> tuple:
+    """(fingerprint, changes): the job's fingerprint, and None when no finished record is stored,
+    [] when the stored one can be reused, else what changed."""
+    t, m, v, ablation, control = job
+    fp = fingerprint(cfg, all_methods()[m], v, loaded.inputs, control, loaded.reset_kind)
+    old = store.get(t, m, v, ablation, control)
+    if not old or old.get("status") != "ok":
+        return fp, None
+    return fp, differences(old.get("fingerprint"), fp)
+
+
+def _reusable(store: ResultStore, loaded: LoadedTask, job: tuple, cfg: RunConfig) -> bool:
+    return _stored(store, loaded, job, cfg)[1] == []
+
+
+def _announce(loaded: LoadedTask, jobs: list, cfg: RunConfig, log, bar) -> None:
+    """Time each method briefly and say how long the task's runs should take, when that is long."""
+    from harness.run.estimate import SLOW_SECONDS, estimate
+
+    if not jobs:
+        return
+    bar.set_description(f"{loaded.task.name} | estimating")
+    est = estimate(loaded, jobs, cfg)
+    if est.total > SLOW_SECONDS:
+        log(est.line())
 
 
 def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
@@ -462,6 +492,9 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
             loaded = _load_task(t, cfg, meta, log, want_reset=any(j[4] == "reset" for j in task_jobs))
             store.root.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
+            if loaded.engine is not None and loaded.engine.cfg.d_model > SMALL_D_MODEL:
+                _announce(loaded, [j for j in task_jobs if loaded.runs(methods[j[1]], j[4]) == "model"
+                                   and not _reusable(store, loaded, j, cfg)], cfg, log, bar)
             for _, m, v, ablation, control in task_jobs:
                 head = record_head(t, m, v, ablation, control, cfg)
                 what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
@@ -472,10 +505,8 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                     bar.update()
                     continue
                 task, engine, data, problems = loaded.task, loaded.engine, loaded.data, loaded.problems
-                fp = fingerprint(cfg, methods[m], v, loaded.inputs, control, loaded.reset_kind)
-                old = store.get(t, m, v, ablation, control)
-                if old and old.get("status") == "ok":
-                    changed = differences(old.get("fingerprint"), fp)
+                fp, changed = _stored(store, loaded, (t, m, v, ablation, control), cfg)
+                if changed is not None:
                     if not changed:
                         reused += 1
                         bar.update()

@@ -1,0 +1,109 @@
+"""Before a costly task runs: how long its jobs should take here, and how to make them cheaper.
+
+Each method the task's jobs name is timed once here, on a few examples (its first variant and
+reference among the jobs), as are the reference forwards every ranking's tie floor needs and
+faithfulness; a job's estimate scales those per-example costs to the task's examples and adds
+what the runner does around the method (a second, per-example run where the batch is not
+chunked; the reset control's `--reset-seeds` runs; building random-init models). Small batches
+use a CPU less well, so the estimate errs long. The runner prints it only for tasks expected to
+take more than SLOW_SECONDS; tracr tasks take seconds and are not timed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.eval.faithfulness import faithfulness
+from harness.methods import all_methods
+
+SLOW_SECONDS = 300  # a task expected to take longer is announced with its estimate
+CALIBRATION_EXAMPLES = 4
+INIT_SECONDS = 12.0  # building one random-init GPT-2 small (transformers' init, bridge, processing), measured here
+
+
+@dataclass
+class Estimate:
+    """Seconds per method (None: it could not be timed), and faithfulness's share."""
+
+    task: str
+    n_jobs: int
+    seconds: dict = field(default_factory=dict)
+    failed: dict = field(default_factory=dict)  # method -> why it could not be timed
+    faithfulness_seconds: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds.values())
+
+    def line(self) -> str:
+        parts = ", ".join(f"{m} {_duration(s)}" for m, s in sorted(self.seconds.items(), key=lambda kv: -kv[1]))
+        failed = "".join(f"; {m} not timed ({why})" for m, why in self.failed.items())
+        faith = (f"; faithfulness is {_duration(self.faithfulness_seconds)} of it (--no-faithfulness)"
+                 if self.faithfulness_seconds >= 0.1 * self.total else "")
+        return (f"{self.task}: {self.n_jobs} runs expected to take about {_duration(self.total)} here ({parts}; timed "
+                f"on {CALIBRATION_EXAMPLES} examples, so likely long){failed}{faith}. Cheaper: fewer --methods or "
+                f"--variants, one --ablation, fewer --reset-seeds, or --device cuda")
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def estimate(loaded, jobs: list, cfg) -> Estimate:
+    """The estimate for `jobs` ((task, method, variant, reference, control) tuples of one loaded
+    task, `harness.run.runner.LoadedTask`) under RunConfig `cfg`."""
+    methods = all_methods()
+    engine, data = loaded.engine, loaded.data
+    k = min(CALIBRATION_EXAMPLES, data.n)
+    small = data.subset(torch.arange(k))
+    est = Estimate(loaded.task.name, len(jobs))
+    per_example: dict = {}
+    ref_cost = None
+    for _, m, v, a, _ in jobs:
+        spec = methods[m]
+        if m in per_example or m in est.failed or spec.model_free:
+            continue
+        part = small.with_ablation(a)
+        try:
+            per_example[m] = _timed(lambda: spec.run(engine, part, v, seed=cfg.seed)) / k
+            if ref_cost is None and spec.output == "ranking":
+                ref_cost = _timed(lambda: spec.objective_scale(engine, part, v)) / k
+        except Exception as e:  # noqa: BLE001  a method that cannot run here fails in its run too
+            est.failed[m] = f"{type(e).__name__}"
+    ref_cost = ref_cost or 0.0
+    faith = 0.0
+    if cfg.faithfulness and any(methods[m].output == "ranking" and c == "trained" for _, m, _, _, c in jobs):
+        scores = torch.rand(engine.graph.n_edges, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        faith = _timed(lambda: faithfulness(engine, small.with_ablation(jobs[0][3]), scores)) / k
+    for _, m, v, a, control in jobs:
+        spec = methods[m]
+        if m not in per_example:
+            continue
+        run = per_example[m] * data.n
+        if control == "reset":
+            s = cfg.reset_seeds * (run + ref_cost * data.n)
+            if loaded.reset_kind == "init":
+                s += (cfg.reset_seeds - 1) * INIT_SECONDS
+        elif spec.output == "ranking":
+            chunked = loaded.chunk and loaded.chunk < data.n and spec.supports_per_example(v)
+            twice = spec.supports_per_example(v) and not chunked
+            s = run * (2 if twice else 1) + ref_cost * data.n
+            if cfg.faithfulness:
+                s += faith * data.n
+                est.faithfulness_seconds += faith * data.n
+        else:
+            s = run
+        est.seconds[m] = est.seconds.get(m, 0.0) + s
+    return est
