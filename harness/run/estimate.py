@@ -1,8 +1,9 @@
 """Before a costly task runs: how long its jobs should take here, and how to make them cheaper.
 
 Each method the task's jobs name is timed once here, on a few examples (its first variant and
-reference among the jobs), as are the reference forwards every ranking's tie floor needs and
-faithfulness; a job's estimate scales those per-example costs to the task's examples and adds
+reference among the jobs; a method that loops over patched forwards, for its first few of them,
+scaled by their count at the task's batch from its `Timing.patched_forwards`), as are the
+reference forwards every ranking's tie floor needs and faithfulness; a job's estimate scales those per-example costs to the task's examples and adds
 what the runner does around the method (a second, per-example run where the batch is not
 chunked; the reset control's `--reset-seeds` runs; building random-init models). Small batches
 use a CPU less well, so the estimate errs long. The runner prints it only for tasks expected to
@@ -11,6 +12,7 @@ take more than SLOW_SECONDS; tracr tasks take seconds and are not timed.
 from __future__ import annotations
 
 import time
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +63,34 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+# what a method's `timings` read of the bench settings (harness.bench.suite.BenchConfig's defaults)
+_BENCH = types.SimpleNamespace(ig_steps=5, acdc_threshold=1e-3, single_edges=100)
+LOOP_FORWARDS = 1  # patched forwards timed per looping method (one of GPT-2 small: about a minute on 2 cores)
+
+
+def _looping(spec, variant: str):
+    """The method's Timing for `variant` when it loops over patched forwards (their count known)."""
+    for t in (spec.timings(_BENCH) if spec.timings else []):
+        if t.variant == variant and t.patched_forwards is not None:
+            return t
+    return None
+
+
+def _per_patched_forward(engine, spec, data, variant: str, seed: int) -> float:
+    """Seconds per patched forward of a looping method, from its first LOOP_FORWARDS (the
+    unpatched reference forwards before them included, so a little long)."""
+    from harness.bench.counting import BudgetReached, CountingEngine
+
+    counting = CountingEngine(engine.w, engine.graph)
+    counting.arm(max_patched=LOOP_FORWARDS)
+    t0 = time.perf_counter()
+    try:
+        spec.run(counting, data, variant, seed=seed)
+    except BudgetReached:
+        pass
+    return (time.perf_counter() - t0) / max(counting.patched, 1)
+
+
 def estimate(loaded, jobs: list, cfg) -> Estimate:
     """The estimate for `jobs` ((task, method, variant, reference, control) tuples of one loaded
     task, `harness.run.runner.LoadedTask`) under RunConfig `cfg`."""
@@ -77,7 +107,13 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
             continue
         part = small.with_ablation(a)
         try:
-            per_example[m] = _timed(lambda: spec.run(engine, part, v, seed=cfg.seed)) / k
+            loop = _looping(spec, v)
+            if loop is not None:  # patching and ACDC: a few patched forwards, times their count at n
+                per_forward = _per_patched_forward(engine, spec, part, v, cfg.seed)
+                sweep = len(getattr(data.metric, "acdc_thresholds", None) or [1]) if spec.output == "family" else 1
+                per_example[m] = per_forward * loop.patched_forwards(engine.graph, data.n) * sweep / data.n
+            else:
+                per_example[m] = _timed(lambda: spec.run(engine, part, v, seed=cfg.seed)) / k
             if ref_cost is None and spec.output == "ranking":
                 ref_cost = _timed(lambda: spec.objective_scale(engine, part, v)) / k
         except Exception as e:  # noqa: BLE001  a method that cannot run here fails in its run too

@@ -469,6 +469,8 @@ def _announce(loaded: LoadedTask, jobs: list, cfg: RunConfig, log, bar) -> None:
     if not jobs:
         return
     bar.set_description(f"{loaded.task.name} | estimating")
+    log(f"task {loaded.task.name}: timing each method briefly to estimate its {len(jobs)} runs (a minute or two "
+        "where patching runs)")
     est = estimate(loaded, jobs, cfg)
     if est.total > SLOW_SECONDS:
         log(est.line())
