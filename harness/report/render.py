@@ -332,9 +332,10 @@ def _control_blocks(ok: pd.DataFrame, out: Path) -> list:
         B += [("h2", f"Controls: AUC − reset-network AUC, {ref} reference, edge level"),
               ("p", f"Each cell: the method's AUC on the trained model − its mean AUC on reset networks "
                     f"(harness/core/reset.py; tracr: random models of the same shape; interval: their spread) = the "
-                    f"difference. A task whose trained weights are absent shows its control alone, \"n/a − reset "
-                    f"[spread] (init)\", run on randomly initialised models of its architecture "
-                    f"(harness/core/initialised.py). {NOT_ABOVE_RESET}: not above the reset spread's upper end; {NOT_ABOVE_STRUCTURE}: the "
+                    f"difference. A cell \"n/a − reset [spread] (kind)\" has a control but no trained AUC: the "
+                    f"trained ranking is n/a (its reason is in the AUC tables), or the trained weights are absent and "
+                    f"the control ran on randomly initialised models of the architecture (kind init; "
+                    f"harness/core/initialised.py). {NOT_ABOVE_RESET}: not above the reset spread's upper end; {NOT_ABOVE_STRUCTURE}: the "
                     f"95% interval's lower end not above the best structure-only rule (first row: that rule and its "
                     f"AUC, chosen with the ground truth, so an upper bound on what structure alone gives). A cell "
                     f"without a difference has no reset control (ACDC runs one only when asked, "
