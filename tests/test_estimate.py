@@ -62,3 +62,20 @@ def test_the_runner_announces_a_slow_task_before_its_runs(monkeypatch, tmp_path)
     run(RunConfig(tasks=["tracr-xproportion"], methods=["eap"], variants=["noising"], ablations=("resample",),
                   controls=("trained",), bootstrap=0, progress=False, out=str(tmp_path / "o")), log=logs.append)
     assert not any("expected to take" in line for line in logs)
+
+
+def test_looping_methods_are_timed_by_one_patched_forward_times_their_count(monkeypatch):
+    from harness.methods import all_methods
+
+    cfg = RunConfig(tasks=["tracr-xproportion"], methods=["act-patch-node"], variants=["metric"],
+                    ablations=("resample",), controls=("trained",), bootstrap=0, progress=False)
+    lt = _load_task("tracr-xproportion", cfg, {"tasks": {}}, lambda line: None)
+    calls = []
+    monkeypatch.setattr(estimate_mod, "_timed", lambda fn: calls.append(fn) or 1.0)
+    est = estimate_mod.estimate(lt, jobs_for(cfg, log=lambda line: None), cfg)
+    timing = estimate_mod._looping(all_methods()["act-patch-node"], "metric")
+    count = timing.patched_forwards(lt.engine.graph, lt.data.n)
+    n, k = lt.data.n, min(estimate_mod.CALIBRATION_EXAMPLES, lt.data.n)
+    # one patched forward (1 s) x the count, twice (the per-example rerun), plus references and faithfulness
+    assert est.seconds["act-patch-node"] == pytest.approx(2 * count + n / k + n / k)
+    assert count > 1 and len(calls) == 3  # the forward, the references, faithfulness: nothing looped

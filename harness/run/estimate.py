@@ -1,12 +1,13 @@
 """Before a costly task runs: how long its jobs should take here, and how to make them cheaper.
 
 Each method the task's jobs name is timed once here, on a few examples (its first variant and
-reference among the jobs; a method that loops over patched forwards, for its first few of them,
-scaled by their count at the task's batch from its `Timing.patched_forwards`), as are the
-reference forwards every ranking's tie floor needs and faithfulness; a job's estimate scales those per-example costs to the task's examples and adds
-what the runner does around the method (a second, per-example run where the batch is not
-chunked; the reset control's `--reset-seeds` runs; building random-init models). Small batches
-use a CPU less well, so the estimate errs long. The runner prints it only for tasks expected to
+reference among the jobs; a method that loops over patched forwards: one such forward, scaled
+by their count at the task's batch from its `Timing.patched_forwards`), as are the
+reference forwards every ranking's tie floor needs and faithfulness; a job's estimate scales
+those per-example costs to the task's examples and adds what the runner does around the method
+(a second, per-example run where the batch is not chunked; the reset control's `--reset-seeds`
+runs; building random-init models). Small batches use a CPU less well, so the estimate errs
+long. The runner prints it only for tasks expected to
 take more than SLOW_SECONDS; tracr tasks take seconds and are not timed.
 """
 from __future__ import annotations
@@ -65,7 +66,6 @@ def _timed(fn) -> float:
 
 # what a method's `timings` read of the bench settings (harness.bench.suite.BenchConfig's defaults)
 _BENCH = types.SimpleNamespace(ig_steps=5, acdc_threshold=1e-3, single_edges=100)
-LOOP_FORWARDS = 1  # patched forwards timed per looping method (one of GPT-2 small: about a minute on 2 cores)
 
 
 def _looping(spec, variant: str):
@@ -76,19 +76,15 @@ def _looping(spec, variant: str):
     return None
 
 
-def _per_patched_forward(engine, spec, data, variant: str, seed: int) -> float:
-    """Seconds per patched forward of a looping method, from its first LOOP_FORWARDS (the
-    unpatched reference forwards before them included, so a little long)."""
-    from harness.bench.counting import BudgetReached, CountingEngine
+def _per_patched_forward(engine, data) -> float:
+    """Seconds of one patched forward as patching and ACDC run them: `chunk_for(batch)` patches,
+    whose rows (patches x examples) fill one forward."""
+    from harness.core.evaluator import PatchedObjective
+    from harness.methods.patching import chunk_for
 
-    counting = CountingEngine(engine.w, engine.graph)
-    counting.arm(max_patched=LOOP_FORWARDS)
-    t0 = time.perf_counter()
-    try:
-        spec.run(counting, data, variant, seed=seed)
-    except BudgetReached:
-        pass
-    return (time.perf_counter() - t0) / max(counting.patched, 1)
+    objective = PatchedObjective(engine, data, "metric")
+    patches = torch.ones(chunk_for(data.n), engine.graph.n_edges, dtype=engine.w.dtype)
+    return _timed(lambda: objective(patches))
 
 
 def estimate(loaded, jobs: list, cfg) -> Estimate:
@@ -109,7 +105,7 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
         try:
             loop = _looping(spec, v)
             if loop is not None:  # patching and ACDC: a few patched forwards, times their count at n
-                per_forward = _per_patched_forward(engine, spec, part, v, cfg.seed)
+                per_forward = _per_patched_forward(engine, part)
                 sweep = len(getattr(data.metric, "acdc_thresholds", None) or [1]) if spec.output == "family" else 1
                 per_example[m] = per_forward * loop.patched_forwards(engine.graph, data.n) * sweep / data.n
             else:
