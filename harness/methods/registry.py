@@ -141,7 +141,7 @@ class MethodSpec:
         `chunk`: at most that many examples per pass, for variants with per-example scores (their
         terms add over examples, so chunks combine exactly, weighted by their share of the
         examples); other variants see the whole batch."""
-        if chunk and data.n > chunk and self.output == "ranking" and self.supports_per_example(variant):
+        if self.splits(variant, data.n, chunk):
             return self._run_chunked(engine, data, variant, chunk, seed, per_example, overrides)
         accepted = self.references_for(variant)
         if data.ablation not in accepted:
@@ -163,6 +163,10 @@ class MethodSpec:
             raise TypeError(f"method {self.name!r} declares output {self.output!r} but returned {type(result).__name__}")
         return result
 
+
+    def splits(self, variant: str, n_examples: int, chunk: Optional[int]) -> bool:
+        """Whether `run(..., chunk=chunk)` on `n_examples` examples runs in chunks."""
+        return bool(chunk) and n_examples > chunk and self.output == "ranking" and self.supports_per_example(variant)
 
     def _run_chunked(self, engine, data, variant, chunk, seed, per_example, overrides):
         """A ranking from chunks of `chunk` examples: each chunk's scores are means over its own

@@ -129,8 +129,7 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
             if loaded.reset_kind == "init":
                 s += (cfg.reset_seeds - 1) * INIT_SECONDS
         elif spec.output == "ranking":
-            chunked = loaded.chunk and loaded.chunk < data.n and spec.supports_per_example(v)
-            twice = spec.supports_per_example(v) and not chunked
+            twice = spec.supports_per_example(v) and not spec.splits(v, data.n, loaded.chunk)
             s = run * (2 if twice else 1) + ref_cost * data.n
             if cfg.faithfulness:
                 s += faith * data.n

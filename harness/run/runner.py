@@ -225,7 +225,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
     scores runs once, per example, in chunks, and its scores are their sum."""
     spec = all_methods()[method]
     record = {**record_head(task.name, method, variant, data.ablation, "trained", cfg), **_run_facts(spec, engine, data)}
-    chunked = bool(chunk) and chunk < data.n and spec.output == "ranking" and spec.supports_per_example(variant)
+    chunked = spec.splits(variant, data.n, chunk)
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
