@@ -57,7 +57,7 @@ def test_the_runner_announces_a_slow_task_before_its_runs(monkeypatch, tmp_path)
     logs = []
     run(RunConfig(tasks=["tracr-xproportion"], methods=["eap"], variants=["noising"], ablations=("resample",),
                   controls=("trained",), bootstrap=0, progress=False, out=str(tmp_path / "o")), log=logs.append)
-    assert any(line.startswith("tracr-xproportion: 1 runs expected to take about") for line in logs)
+    assert any(line.startswith("tracr-xproportion: 1 run expected to take about") for line in logs)
     logs.clear()  # a resumed run has nothing left to estimate
     run(RunConfig(tasks=["tracr-xproportion"], methods=["eap"], variants=["noising"], ablations=("resample",),
                   controls=("trained",), bootstrap=0, progress=False, out=str(tmp_path / "o")), log=logs.append)

@@ -45,7 +45,7 @@ class Estimate:
         failed = "".join(f"; {m} not timed ({why})" for m, why in self.failed.items())
         faith = (f"; faithfulness is {_duration(self.faithfulness_seconds)} of it (--no-faithfulness)"
                  if self.faithfulness_seconds >= 0.1 * self.total else "")
-        return (f"{self.task}: {self.n_jobs} runs expected to take about {_duration(self.total)} here ({parts}; timed "
+        return (f"{self.task}: {self.n_jobs} run{'' if self.n_jobs == 1 else 's'} expected to take about {_duration(self.total)} here ({parts}; timed "
                 f"on {CALIBRATION_EXAMPLES} examples, so likely long){failed}{faith}. Cheaper: fewer --methods or "
                 f"--variants, one --ablation, fewer --reset-seeds, or --device cuda")
 
