@@ -141,7 +141,7 @@ class MethodSpec:
         `chunk`: at most that many examples per pass, for variants with per-example scores (their
         terms add over examples, so chunks combine exactly, weighted by their share of the
         examples); other variants see the whole batch."""
-        if self.splits(variant, data.n, chunk):
+        if chunk and self.splits(variant, data.n, chunk):  # model-free methods may get data without examples
             return self._run_chunked(engine, data, variant, chunk, seed, per_example, overrides)
         accepted = self.references_for(variant)
         if data.ablation not in accepted:
