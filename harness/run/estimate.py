@@ -104,7 +104,7 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
         part = small.with_ablation(a)
         try:
             loop = _looping(spec, v)
-            if loop is not None:  # patching and ACDC: a few patched forwards, times their count at n
+            if loop is not None:  # patching and ACDC: one patched forward, times their count at n
                 per_forward = _per_patched_forward(engine, part)
                 sweep = len(getattr(data.metric, "acdc_thresholds", None) or [1]) if spec.output == "family" else 1
                 per_example[m] = per_forward * loop.patched_forwards(engine.graph, data.n) * sweep / data.n
