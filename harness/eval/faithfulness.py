@@ -23,8 +23,9 @@ FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 def faithfulness(engine, data, scores: torch.Tensor, fractions=FRACTIONS, max_rows: int = 256,
                  examples_per_pass: int | None = None) -> dict:
     """f at each fraction of edges kept (top |score| first, ties by edge index), CPR and CMD.
-    `examples_per_pass`: evaluate the examples that many at a time (the metric is a mean over
-    examples, so the chunks' means weighted by size are the batch's)."""
+    `examples_per_pass`: evaluate the examples that many at a time, one patch per forward (the
+    memory a traced run of that many examples may take; the metric is a mean over examples, so
+    the chunks' means weighted by size are the batch's)."""
     E = engine.graph.n_edges
     order = torch.argsort(scores.detach().abs().double().cpu(), descending=True, stable=True)
     ks = sorted({max(1, int(round(f * E))) for f in fractions} | {0, E})
@@ -32,6 +33,8 @@ def faithfulness(engine, data, scores: torch.Tensor, fractions=FRACTIONS, max_ro
     for i, k in enumerate(ks):
         patches[i, order[:k]] = 0.0  # kept edges are clean; the rest are patched
     step = examples_per_pass if examples_per_pass and examples_per_pass < data.n else data.n
+    if step < data.n:
+        max_rows = min(max_rows, step)
     vals = 0.0
     for start in range(0, data.n, step):
         part = data if step == data.n else data.subset(torch.arange(start, min(start + step, data.n)))

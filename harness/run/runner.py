@@ -255,8 +255,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
     else:
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
-            record["faithfulness"] = faithfulness(engine, data, scores,
-                                                 **({"examples_per_pass": chunk, "max_rows": chunk} if chunked else {}))
+            record["faithfulness"] = faithfulness(engine, data, scores, examples_per_pass=chunk if chunked else None)
     scored = score_all(task, engine.graph, scores, floor, cancelled)
     intervals = {}
     if spec.chance:
