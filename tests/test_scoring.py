@@ -5,9 +5,9 @@ import torch
 
 from harness.core.architectures import ARCHITECTURES
 from harness.core.graph import Graph
-from harness.eval.scoring import (cancelled_items, judge_family, judge_ranking, pareto_front, pessimistic_auc,
-                                  score_edges_and_nodes, score_family, score_ranking, tied)
-from harness.core.numerics import tie_floor
+from harness.eval.scoring import (judge_family, judge_ranking, pair_counts, pareto_front, pessimistic_auc,
+                                  score_edges_and_nodes, score_family, score_ranking)
+from harness.core.numerics import FLOAT32_EPS, tie_floor
 
 
 def test_acdc_pessimistic_auc_asserts():
@@ -77,9 +77,9 @@ def test_node_level_follows_edge_ranking():
 
 
 def test_round_off_does_not_rank():
-    """The tie floor is absolute, in units of the objective: noise near zero and near-equal scores tie."""
+    """Scores within the floor tie: noise near zero and near-equal scores rank nothing."""
     pos = torch.tensor([1, 0, 0, 1, 0, 1], dtype=torch.bool)
-    floor = tie_floor(5.0)
+    floor = 1e-5
     noisy = score_ranking(torch.tensor([5.0, 2e-9, 0.0, 0.0, 0.3, 0.3 + 1e-6]), pos, floor)
     clean = score_ranking(torch.tensor([5.0, 0.0, 0.0, 0.0, 0.3, 0.3]), pos, floor)
     assert noisy.auc == clean.auc and noisy.pessimistic_auc == clean.pessimistic_auc
@@ -89,34 +89,48 @@ def test_round_off_does_not_rank():
 
 
 def test_a_ranking_of_noise_alone_is_degenerate():
-    """act-patch-edge/logit-diff on xproportion: 1.5e-8 on four edges, 0 elsewhere, objective ~0.2.
-    A floor relative to the largest score would let that noise rank; the absolute one does not."""
+    """act-patch-edge/logit-diff on xproportion: 1.5e-8 on four edges, 0 elsewhere, objective ~0.2,
+    under one float32 ulp of the objective (the floor's least value): no ranking."""
     pos = np.array([True, False] * 5)
     scores = np.zeros(10)
     scores[[1, 2, 5, 8]] = 1.5e-8
-    r = judge_ranking(scores, pos, tie_floor(0.2))
+    r = judge_ranking(scores, pos, tie_floor(0.0, 0.2))
     assert np.isnan(r.auc) and "degenerate" in r.note
     assert not np.isnan(judge_ranking(scores, pos).auc)  # floor 0: exact ties only
 
 
-def test_tied_groups_chain_and_take_the_largest():
-    a = tied(np.array([3.0, -3.0 - 1e-5, 1e-6, 0.0, 1.0]), 1e-4)
-    assert a.tolist() == [3.0 + 1e-5, 3.0 + 1e-5, 0.0, 0.0, 1.0]
-    assert tied(np.array([1.0, -2.0]), 0.0).tolist() == [1.0, 2.0]
+def test_ties_are_pairwise_not_chained():
+    """Neighbours 0.6 floor apart tie, but items 1.2 floors apart do not: a dense ranking is not
+    collapsed into one tie by a chain of near neighbours (GPT-2's 32k edges were, under chaining)."""
+    floor = 1.0
+    scores = np.arange(10) * 0.6  # every neighbour within the floor
+    below, within = pair_counts(scores[[9]], scores[:9], floor)
+    assert below.tolist() == [8] and within.tolist() == [1]  # 4.8 is within 1.0 of 5.4; the rest are below
+    pos = np.zeros(10, dtype=bool)
+    pos[5:] = True
+    r = score_ranking(scores, pos, floor)
+    assert 0.9 < r.auc < 1.0 and r.pessimistic_auc < r.auc  # ranked, with a few half-counted ties
+    # by hand: each positive's negatives below it by more than the floor, and within it
+    P, N = 5, 5
+    want_below = sum(sum(scores[i] - scores[j] > floor for j in range(5)) for i in range(5, 10))
+    want_within = sum(sum(abs(scores[i] - scores[j]) <= floor for j in range(5)) for i in range(5, 10))
+    assert r.pessimistic_auc == pytest.approx(want_below / (P * N))
+    assert r.auc == pytest.approx((want_below + want_within / 2) / (P * N))
 
 
-def test_exact_cancellation_over_the_batch_is_found_and_reported():
-    """Per-example effects that sum to zero (a derangement through a linear map) are degenerate."""
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    terms = torch.zeros(6, 4, dtype=torch.float64)
-    terms[:, 0] = a[[1, 2, 3, 4, 5, 0], 0] - a[:, 0]  # cancels
-    terms[:, 1] = a[:, 1].abs() + 0.1  # does not
-    c = cancelled_items(terms, tie_floor(1.0))
-    assert c.tolist() == [True, False, False, False]  # all-zero items are not "cancelled"
-    pos = np.array([True] * 2 + [False] * 6)
-    r = judge_ranking(np.arange(8.0), pos, 0.0, cancelled=1)
-    assert np.isnan(r.auc) and "cancels over the batch" in r.note
+def test_the_floor_is_measured_round_off_with_a_margin_and_a_least_value():
+    assert tie_floor(1e-6, 1.0) == pytest.approx(8e-6)
+    assert tie_floor(0.0, 2.0) == pytest.approx(2 * FLOAT32_EPS)  # one float32 ulp of the objective
+    assert tie_floor(0.0, 0.0) == 0.0
+
+
+def test_the_pessimistic_curve_ranks_tied_negatives_first():
+    """Its staircase area is the pessimistic AUC; with no floor it is ACDC's (ties enter together)."""
+    pos = np.array([True, False, True, False, False])
+    scores = np.array([1.0, 1.0 + 1e-9, 0.5, 0.2, 0.0])
+    r = score_ranking(scores, pos, 1e-6)
+    assert pessimistic_auc(np.stack([r.fpr, r.tpr], 1)) == pytest.approx(r.pessimistic_auc)
+    assert r.pessimistic_auc == pytest.approx((2 + 2) / 6)  # 1.0 ties its negative; 0.5 beats two
 
 
 def test_auc_is_na_with_too_few_negatives():

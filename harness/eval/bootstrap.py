@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.core.ground_truth import GroundTruthError
-from harness.eval.scoring import MIN_NEGATIVES, score_edges_and_nodes, tied
+from harness.eval.scoring import MIN_NEGATIVES, pair_counts, ranks_nothing, score_edges_and_nodes
 from harness.methods.registry import as_scores
 
 MIN_RESAMPLES = 1000
@@ -38,22 +38,22 @@ def ground_truth_masks(task, graph) -> tuple:
     return masks, problems
 
 
-def score_all(task, graph, result, floor: float = 0.0, cancelled=None) -> dict:
+def score_all(task, graph, result, floor: float = 0.0) -> dict:
     """(ground truth, level) -> RocResult for scores [n_edges] or a bool family [k, n_edges]
-    (`floor`, `cancelled`: see `score_edges_and_nodes`), for every usable ground truth."""
+    (`floor`: the tie floor), for every usable ground truth."""
     out = {}
     for gt_name, mask in ground_truth_masks(task, graph)[0].items():
-        for level, r in score_edges_and_nodes(graph, result, mask, floor, cancelled).items():
+        for level, r in score_edges_and_nodes(graph, result, mask, floor).items():
             out[(gt_name, level)] = r
     return out
 
 
 def ranking_aucs(scores: np.ndarray, positive: np.ndarray, floor: float = 0.0):
     """(auc [R], pessimistic_auc [R]) of each row of `scores` [R, n] against `positive` bool [n]:
-    with ties made exact (`tied`), a positive scores the negatives strictly below it, plus half
-    those tied with it for the AUC (Mann-Whitney) and none for ACDC's pessimistic staircase (a
+    a positive scores the negatives below it by more than `floor`, plus half those within `floor`
+    of it for the AUC (Mann-Whitney) and none for ACDC's pessimistic staircase (`pair_counts`; a
     full ranking's staircase is monotone, so the Pareto filter drops nothing). NaN for a row in
-    which every item scores the same, or with fewer than MIN_NEGATIVES negatives."""
+    which every item scores the same within `floor`, or with fewer than MIN_NEGATIVES negatives."""
     pos = np.asarray(positive, dtype=bool)
     P, N = int(pos.sum()), int((~pos).sum())
     R = scores.shape[0]
@@ -61,14 +61,11 @@ def ranking_aucs(scores: np.ndarray, positive: np.ndarray, floor: float = 0.0):
     if P == 0 or N < MIN_NEGATIVES:
         return auc, pess
     for r in range(R):
-        a = tied(scores[r], floor)
-        if np.all(a == a[0]):
+        if ranks_nothing(scores[r], floor):
             continue
-        neg = np.sort(a[~pos])
-        below = np.searchsorted(neg, a[pos], side="left")
-        upto = np.searchsorted(neg, a[pos], side="right")
+        below, within = pair_counts(scores[r][pos], scores[r][~pos], floor)
         pess[r] = below.sum() / (P * N)
-        auc[r] = (below + upto).sum() / (2 * P * N)
+        auc[r] = (below.sum() + within.sum() / 2) / (P * N)
     return auc, pess
 
 

@@ -11,11 +11,10 @@ Two AUCs, both reported (docs/scoring.md):
 
 A family of circuits (ACDC's threshold sweep) has no ranking: its points are the circuits
 themselves; `auc` is then the trapezoid under the Pareto points (sklearn.metrics.auc).
-Round-off never decides a ranking (docs/scoring.md#ties-round-off-and-degenerate-objectives): a
-ranking's scores are changes of its method's objective, and two |scores| closer than the tie floor
-`harness.core.numerics.tie_floor(scale)` = TIE_ULPS x float32's machine epsilon x `scale` (the objective's magnitude, see
-`MethodSpec.objective_scale`) are one tie, as are scores that close to zero. The floor is float32's
-whatever dtype the run used, so a ranking does not depend on the precision it was computed in.
+Round-off never decides a ranking (docs/scoring.md#ties-round-off-and-degenerate-objectives): two
+|scores| closer than the run's tie floor (measured: `harness.eval.round_off`) are a tie, counted
+1/2 by the AUC and 0 by the pessimistic AUC. Ties are pairwise (`pair_counts`), not chained, so a
+dense ranking is not collapsed by a chain of near neighbours.
 Node-level: node scores are the largest |score| of the edges a node touches (see
 `Graph.node_scores`), so node ROC follows from the edge ranking by ACDC's "present node" rule.
 
@@ -32,9 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.metrics import auc as trapezoid_auc
-from sklearn.metrics import roc_auc_score, roc_curve
-
-from harness.core.numerics import tie_floor
+from sklearn.metrics import roc_curve
 
 
 MIN_NEGATIVES = 5
@@ -88,52 +85,39 @@ def pessimistic_auc(points: np.ndarray) -> float:
     return float(np.sum((1 - x[1:]) * np.diff(y)))
 
 
-def tied(scores: np.ndarray, floor: float) -> np.ndarray:
-    """|scores| with round-off ties made exact: sorted |scores| split into groups wherever two
-    neighbours differ by more than `floor`; each group takes its largest value, and the group that
-    reaches within `floor` of zero becomes 0."""
+def pair_counts(pos_scores, neg_scores, floor: float = 0.0) -> tuple:
+    """(below, within) [n_pos] int arrays: for each positive, the negatives whose |score| is below
+    its own by more than `floor` (ranked under it for certain) and those within `floor` of it (a
+    tie: round-off could put them either side). Ties are pairwise, never chained: a and b within
+    the floor and b and c within the floor do not make a and c a tie."""
+    a_pos = np.abs(np.asarray(pos_scores, dtype=float))
+    neg = np.sort(np.abs(np.asarray(neg_scores, dtype=float)))
+    below = np.searchsorted(neg, a_pos - floor, side="left")
+    upto = np.searchsorted(neg, a_pos + floor, side="right")
+    return below, upto - below
+
+
+def ranks_nothing(scores, floor: float = 0.0) -> bool:
+    """Whether every pair of |scores| ties (they all lie within `floor` of each other)."""
     a = np.abs(np.asarray(scores, dtype=float))
-    if floor <= 0 or a.size == 0:
-        return a
-    order = np.argsort(a, kind="stable")
-    v = a[order]
-    group = np.cumsum(np.diff(v, prepend=0.0) > floor)  # 0: the group chained to zero
-    top = np.maximum.reduceat(v, np.flatnonzero(np.diff(group, prepend=-1)))[group - group[0]]
-    top[group == 0] = 0.0
-    out = np.empty_like(a)
-    out[order] = top
-    return out
+    return a.size == 0 or float(a.max() - a.min()) <= floor
 
 
 def _as_array(scores) -> np.ndarray:
     return np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)
 
 
-def judge_ranking(scores, positive, floor: float = 0.0, cancelled: int = 0) -> RocResult:
+def judge_ranking(scores, positive, floor: float = 0.0) -> RocResult:
     """`score_ranking`, or n/a with the reason where the AUC would not mean anything: too few
-    negatives; every item scoring the same once ties within `floor` are made exact; `cancelled`
-    items whose per-example effects cancel exactly over the batch (`cancelled_items`)."""
+    negatives, or every item scoring the same within `floor`."""
     pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
     short = _too_few_negatives(len(pos), int(pos.sum()))
     if short is not None:
         return short
-    if cancelled:
-        return not_available(len(pos), int(pos.sum()), f"n/a: degenerate, the objective cancels over the batch on "
-                             f"{cancelled} edge(s) (use a per-example absolute variant)")
-    a = tied(_as_array(scores), floor)
-    if len(a) and np.all(a == a[0]):
-        return not_available(len(pos), int(pos.sum()), "n/a: degenerate, every item scores the same")
+    if ranks_nothing(_as_array(scores), floor):
+        return not_available(len(pos), int(pos.sum()), "n/a: degenerate, every item scores the same"
+                             + (" within the tie floor" if floor > 0 else ""))
     return score_ranking(scores, positive, floor)
-
-
-def cancelled_items(per_example, floor: float) -> np.ndarray:
-    """bool [n]: items whose per-example terms [batch, n] are real (sum of |terms| above `floor`) but
-    whose sum is at round-off level of those terms, i.e. effects that cancel exactly over the batch
-    (tracr-xproportion: the corrupted rows are a derangement of the clean ones and the model is
-    linear downstream, so a batch-summed first-order effect is exactly zero)."""
-    t = _as_array(per_example)
-    mag = np.abs(t).sum(0)
-    return (mag > floor) & (np.abs(t.sum(0)) <= tie_floor(1.0) * mag)
 
 
 def judge_family(circuits, positive) -> RocResult:
@@ -142,15 +126,18 @@ def judge_family(circuits, positive) -> RocResult:
     return _too_few_negatives(len(pos), int(pos.sum())) or score_family(circuits, positive)
 
 
-def _points_from_ranking(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """(FPR, TPR) of every threshold circuit `|score| >= t`, ties entering together."""
-    a = np.abs(scores)
+def _points_from_ranking(scores: np.ndarray, positive: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """(FPR, TPR) of every threshold circuit, a negative entering `floor` early (`|score| + floor
+    >= t`): the pessimistic reading of ties, whose staircase area is the pessimistic AUC."""
+    a = np.abs(scores) + floor * ~positive
     fpr, tpr, _ = roc_curve(positive, a, drop_intermediate=False)
     return np.stack([fpr, tpr], 1)
 
 
 def score_ranking(scores, positive, floor: float = 0.0) -> RocResult:
-    """`scores` [n] (any sign; |score| ranks; |scores| within `floor` tie), `positive` bool [n]."""
+    """`scores` [n] (any sign; |score| ranks; two |scores| within `floor` tie), `positive` bool [n].
+    AUC: the Mann-Whitney statistic, a tie counting 1/2; pessimistic: ties count 0 (ACDC's
+    staircase, every tied negative ranked first)."""
     s = np.asarray(torch.as_tensor(scores).detach().to(torch.float64).cpu(), dtype=float)
     pos = np.asarray(torch.as_tensor(positive).cpu(), dtype=bool)
     if s.shape != pos.shape:
@@ -160,12 +147,12 @@ def score_ranking(scores, positive, floor: float = 0.0) -> RocResult:
     n_pos = int(pos.sum())
     if n_pos == 0 or n_pos == len(pos):
         raise ValueError("ground truth must contain some but not all items")
-    s = tied(s, floor)
-    pts = _points_from_ranking(s, pos)
-    pts = np.vstack([[0.0, 0.0], pts, [1.0, 1.0]])
+    below, within = pair_counts(s[pos], s[~pos], floor)
+    pairs = n_pos * (len(pos) - n_pos)
+    pts = np.vstack([[0.0, 0.0], _points_from_ranking(s, pos, floor), [1.0, 1.0]])
     return RocResult(
-        auc=float(roc_auc_score(pos, np.abs(s))),
-        pessimistic_auc=pessimistic_auc(pts),
+        auc=float((below.sum() + within.sum() / 2) / pairs),
+        pessimistic_auc=float(below.sum() / pairs),
         fpr=pts[:, 0], tpr=pts[:, 1], n_items=len(pos), n_positive=n_pos,
     )
 
@@ -188,14 +175,12 @@ def score_family(circuits, positive) -> RocResult:
     )
 
 
-def score_edges_and_nodes(graph, result, gt_edge_mask: torch.Tensor, floor: float = 0.0, cancelled=None) -> dict:
+def score_edges_and_nodes(graph, result, gt_edge_mask: torch.Tensor, floor: float = 0.0) -> dict:
     """{"edge": RocResult, "node": RocResult} for a ranking ([n_edges] tensor) or a family
-    (bool [k, n_edges] tensor). `floor`: the tie floor; `cancelled`: bool [n_edges] of edges whose
-    effect cancels over the batch (a ranking with any is degenerate)."""
+    (bool [k, n_edges] tensor). `floor`: the tie floor."""
     gt_nodes = graph.nodes_touched(gt_edge_mask)
     if isinstance(result, torch.Tensor) and result.dtype == torch.bool and result.dim() == 2:
         nodes = torch.stack([graph.nodes_touched(c) for c in result])
         return {"edge": judge_family(result, gt_edge_mask), "node": judge_family(nodes, gt_nodes)}
-    k = int(torch.as_tensor(cancelled).sum()) if cancelled is not None else 0
-    return {"edge": judge_ranking(result, gt_edge_mask, floor, k),
-            "node": judge_ranking(graph.node_scores(result), gt_nodes, floor, k)}
+    return {"edge": judge_ranking(result, gt_edge_mask, floor),
+            "node": judge_ranking(graph.node_scores(result), gt_nodes, floor)}

@@ -22,12 +22,13 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
 - timings: how `circuit-bench bench` times it (`Timing`, one per timed row), given the bench
   settings;
 - objective(options, logits, clean_logits, source_logits, data) -> [batch] or scalar: the
-  objective its scores are changes of, whose magnitude sets the tie floor (`objective_scale`;
-  None: scores with no units, e.g. random, tie only when equal).
+  objective its scores are changes of; a method with one gets a measured tie floor
+  (`harness.eval.round_off`; `objective_scale` bounds it below); None: scores with no units, e.g.
+  random, tie only when equal.
 
 A variant option `aggregate="abs"` (methods with per-example scores) is handled here: the score
 is the sum over examples of |per-example score|, a form whose effects cannot cancel over the
-batch (`harness.eval.scoring.cancelled_items`).
+batch (docs/scoring.md#ties-round-off-and-degenerate-objectives).
 
 Adding a method: one module in this folder (found without a hand-kept list), or one anywhere
 else loaded with `circuit-bench --plugin MODULE` or the `circuit_bench.plugins` entry point,

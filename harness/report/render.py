@@ -33,8 +33,10 @@ AUC_NOTE = ("AUC: scikit-learn ROC AUC of |score| (ties count 1/2). Pess.: ACDC'
             "conditional on the clean/corrupted pairing (pairs are resampled, the pairing drawn once is held fixed), "
             "so it does not cover a different draw of corrupted prompts. Methods that must re-run per resample "
             "(ACDC) have no interval unless allowed 1,000 re-runs (--bootstrap-reruns). random: the mean over 20 "
-            "seeds, its brackets the spread over seeds. \u2020 marks an estimate outside its interval. Scores closer "
-            "than 1024 float32 ulps of the objective tie (docs/scoring.md#ties-round-off-and-degenerate-objectives). "
+            "seeds, its brackets the spread over seeds. \u2020 marks an estimate outside its interval. Two scores closer "
+            "than the run's tie floor (8 x the largest float32-float64 difference of its scores on 4 examples, at least "
+            "1 float32 ulp of the objective; results.csv tie_floor) tie, counting 1/2 in the AUC and 0 in Pess. "
+            "(docs/scoring.md#ties-round-off-and-degenerate-objectives). "
             "Node scores: the largest |score| of a node's edges.")
 
 
@@ -272,8 +274,8 @@ def _blocks(out: Path) -> list:
             headline = by_ref[~by_ref["task"].isin(REPRODUCTION_ONLY)]  # not the same circuit counted twice
             B += [("p", c.sentence()) for c in compare_targets(headline)]
             if degenerate:
-                B.append(("p", "Not ranked on some task (degenerate: every edge scores the same, or the objective "
-                               "cancels over the batch; see each task's table): " + ", ".join(degenerate) + "."))
+                B.append(("p", "Not ranked on some task (degenerate: every edge scores the same within the tie "
+                               "floor; see each task's table): " + ", ".join(degenerate) + "."))
             B.append(("img", png))
     for task in sorted({r["task"] for r in records}):
         trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"

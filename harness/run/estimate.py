@@ -2,11 +2,12 @@
 
 Each method the task's jobs name is timed once here, on a few examples (its first variant and
 reference among the jobs; a method that loops over patched forwards: one such forward, scaled
-by their count at the task's batch from its `Timing.patched_forwards`), as are the
-reference forwards every ranking's tie floor needs and faithfulness; a job's estimate scales
-those per-example costs to the task's examples and adds what the runner does around the method
-(a second, per-example run where the batch is not chunked; the reset control's `--reset-seeds`
-runs; building random-init models). Small batches use a CPU less well, so the estimate errs
+by their count at the task's batch from its `Timing.patched_forwards`), once in the run's
+precision and once in the other (every ranking runs again there to measure its tie floor,
+`harness.eval.round_off`), as are the reference forwards of the objective's scale and
+faithfulness; a job's estimate scales those per-example costs to the task's examples and adds
+what the runner does around the method (a second, per-example run where the batch is not
+chunked; the reset control's `--reset-seeds` runs; building random-init models). Small batches use a CPU less well, so the estimate errs
 long. The runner prints it only for tasks expected to
 take more than SLOW_SECONDS; tracr tasks take seconds and are not timed.
 """
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.core.engine import Engine
+from harness.eval import round_off
 from harness.eval.faithfulness import faithfulness
 from harness.methods import all_methods
 
@@ -96,6 +99,8 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
     small = data.subset(torch.arange(k))
     est = Estimate(loaded.task.name, len(jobs))
     per_example: dict = {}
+    other_precision: dict = {}  # method -> seconds per example of its round-off run
+    other_engine = None
     ref_cost = None
     for _, m, v, a, _ in jobs:
         spec = methods[m]
@@ -103,13 +108,18 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
             continue
         part = small.with_ablation(a)
         try:
+            if spec.output == "ranking" and spec.objective is not None and other_engine is None:
+                other_engine = Engine(engine.w.to(dtype=round_off.other_precision(engine.w.dtype)))
             loop = _looping(spec, v)
-            if loop is not None:  # patching and ACDC: one patched forward, times their count at n
-                per_forward = _per_patched_forward(engine, part)
-                sweep = len(getattr(data.metric, "acdc_thresholds", None) or [1]) if spec.output == "family" else 1
-                per_example[m] = per_forward * loop.patched_forwards(engine.graph, data.n) * sweep / data.n
-            else:
-                per_example[m] = _timed(lambda: spec.run(engine, part, v, seed=cfg.seed)) / k
+            for eng, into in ((engine, per_example), (other_engine, other_precision)):
+                if into is other_precision and (spec.output != "ranking" or spec.objective is None):
+                    continue
+                if loop is not None:  # patching and ACDC: one patched forward, times their count at n
+                    per_forward = _per_patched_forward(eng, part)
+                    sweep = len(getattr(data.metric, "acdc_thresholds", None) or [1]) if spec.output == "family" else 1
+                    into[m] = per_forward * loop.patched_forwards(engine.graph, data.n) * sweep / data.n
+                else:
+                    into[m] = _timed(lambda: spec.run(eng, part, v, seed=cfg.seed)) / k
             if ref_cost is None and spec.output == "ranking":
                 ref_cost = _timed(lambda: spec.objective_scale(engine, part, v)) / k
         except Exception as e:  # noqa: BLE001  a method that cannot run here fails in its run too
@@ -124,13 +134,14 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
         if m not in per_example:
             continue
         run = per_example[m] * data.n
+        again = other_precision.get(m, 0.0) * data.n
         if control == "reset":
-            s = cfg.reset_seeds * (run + ref_cost * data.n)
+            s = cfg.reset_seeds * (run + again + ref_cost * data.n)
             if loaded.reset_kind == "init":
                 s += (cfg.reset_seeds - 1) * INIT_SECONDS
         elif spec.output == "ranking":
             twice = spec.supports_per_example(v) and not spec.splits(v, data.n, loaded.chunk)
-            s = run * (2 if twice else 1) + ref_cost * data.n
+            s = run * (2 if twice else 1) + again + ref_cost * data.n
             if cfg.faithfulness:
                 s += faith * data.n
                 est.faithfulness_seconds += faith * data.n

@@ -28,8 +28,7 @@ from harness.core.engine import Engine
 from harness.core.loading import MissingWeightsError
 from harness.eval.bootstrap import bootstrap_intervals, ground_truth_masks, score_all
 from harness.eval.faithfulness import faithfulness
-from harness.core.numerics import tie_floor
-from harness.eval.scoring import cancelled_items
+from harness.eval.round_off import measured_floor
 from harness.methods import all_methods
 from harness.methods.memory import ACTIVATION_BUDGET, examples_per_pass
 from harness.methods.registry import as_scores
@@ -143,8 +142,8 @@ def chance_spread(spec, engine, data, variant, task, seed: int) -> dict:
 
 def reset_spread(spec, data, variant, task, cfg: RunConfig, reset_model, chunk=None) -> dict:
     """The method on `cfg.reset_seeds` reset networks (`reset_model(seed)`, seeds seed, seed+1, ...),
-    each scored as a trained run is (tie floor of its own objective; no bootstrap, faithfulness or
-    cancellation check): (ground truth, level) -> n_edges, n_positive, and their mean AUCs and
+    each scored as a trained run is (its own measured tie floor; no bootstrap or faithfulness):
+    (ground truth, level) -> n_edges, n_positive, and their mean AUCs and
     2.5/97.5 percentiles (or the note saying why they are n/a)."""
     draws: dict = {}
     sizes: dict = {}
@@ -152,8 +151,8 @@ def reset_spread(spec, data, variant, task, cfg: RunConfig, reset_model, chunk=N
         eng = Engine(reset_model(s))
         torch.manual_seed(cfg.seed)
         scores = as_scores(spec.run(eng, data, variant, seed=cfg.seed, chunk=chunk))
-        floor = tie_floor(spec.objective_scale(eng, data, variant)) if spec.output == "ranking" else 0.0
-        for key, r in score_all(task, eng.graph, scores, floor).items():
+        measured = measured_floor(spec, eng, data, variant, cfg.seed, scores, chunk)
+        for key, r in score_all(task, eng.graph, measured.ranked(scores), measured.floor).items():
             draws.setdefault(key, []).append((r.auc, r.pessimistic_auc))
             sizes[key] = (r.n_items, r.n_positive, r.note)
         del eng
@@ -239,16 +238,12 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
     scores = as_scores(result)
-    floor, cancelled = 0.0, None
+    floor = 0.0
     if spec.output == "ranking":
-        scale = spec.objective_scale(engine, data, variant)
-        floor = tie_floor(scale)
-        record["objective_scale"], record["tie_floor"] = scale, floor
-        if spec.supports_per_example(variant):
-            if per_ex is None:
-                per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True).detach().double().cpu()
-            cancelled = torch.as_tensor(cancelled_items(per_ex, floor))
-            record["cancelled_edges"] = [engine.graph.edge_names[i] for i in torch.nonzero(cancelled).flatten().tolist()]
+        measured = measured_floor(spec, engine, data, variant, cfg.seed, scores, chunk if chunked else None)
+        floor = measured.floor
+        record.update(measured.as_record())
+        scores = measured.ranked(scores)  # float64's (harness.eval.round_off)
     if spec.output == "family":
         record["thresholds"] = [float(x) for x in result.thresholds]
         record["circuit_sizes"] = scores.sum(1).tolist()
@@ -256,7 +251,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
             record["faithfulness"] = faithfulness(engine, data, scores, examples_per_pass=chunk if chunked else None)
-    scored = score_all(task, engine.graph, scores, floor, cancelled)
+    scored = score_all(task, engine.graph, scores, floor)
     intervals = {}
     if spec.chance:
         intervals = chance_spread(spec, engine, data, variant, task, cfg.seed)

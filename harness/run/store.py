@@ -24,7 +24,7 @@ import pandas as pd
 COLUMNS = [
     "task", "method", "variant", "ground_truth", "level", "auc", "pessimistic_auc", "note", "auc_lo", "auc_hi",
     "pessimistic_auc_lo", "pessimistic_auc_hi", "n_edges", "n_positive", "seconds", "device", "seed", "ablation",
-    "control", "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error",
+    "control", "position_scramble", "dtype", "metric", "tie_floor", "round_off", "split", "status", "error",
 ]
 
 
@@ -142,7 +142,7 @@ class ResultStore:
         rows = []
         for rec in self.records():
             base = {k: rec.get(k) for k in ("task", "method", "variant", "seconds", "device", "seed", "ablation",
-                                            "position_scramble", "dtype", "metric", "tie_floor", "split", "status", "error")}
+                                            "position_scramble", "dtype", "metric", "tie_floor", "round_off", "split", "status", "error")}
             base["control"] = rec.get("control") or "trained"
             base["reset_kind"] = rec.get("reset_kind")  # a reset control's kind (harness.core.reset, or "init")
             faith = rec.get("faithfulness") or {}
