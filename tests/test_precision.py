@@ -108,3 +108,22 @@ def test_float32_and_float64_runs_measure_the_same_floor():
         assert f32.scale == pytest.approx(f64.scale, rel=1e-6)
     rnd = all_methods()["random"]
     assert measured_floor(rnd, engines[0], data, "uniform", 0, rnd.run(engines[0], data, "uniform", seed=0)).floor == 0.0
+
+
+def test_a_float32_run_records_the_float64_ranking_and_its_floor(tmp_path):
+    """End to end: `--dtype float32` and `--dtype float64` store the same scores, floor and AUCs
+    (both rank the float64 scores, harness.eval.round_off), and the record says what was measured."""
+    from harness.core.numerics import FLOAT32_EPS, MARGIN
+    from harness.run.runner import RunConfig, run
+
+    recs = {}
+    for dt in ("float32", "float64"):
+        store = run(RunConfig(tasks=["tracr-xproportion"], methods=["eap"], variants=["noising"], ablations=("resample",),
+                              controls=("trained",), bootstrap=0, faithfulness=False, progress=False, dtype=dt,
+                              out=str(tmp_path / dt)), log=lambda line: None)
+        (recs[dt],) = list(store.records())
+    a, b = recs["float32"], recs["float64"]
+    assert a["dtype"] == "float32" and b["dtype"] == "float64"
+    assert a["scores"] == b["scores"] and a["tie_floor"] == b["tie_floor"] and a["round_off"] == b["round_off"]
+    assert [r["auc"] for r in a["rows"]] == [r["auc"] for r in b["rows"]]
+    assert a["tie_floor"] == max(MARGIN * a["round_off"], FLOAT32_EPS * a["objective_scale"])

@@ -49,8 +49,8 @@ def other_precision(dtype: torch.dtype) -> torch.dtype:
 
 def measured_floor(spec, engine, data, variant: str, seed: int, scores, chunk=None) -> Floor:
     """The tie floor of a run of `variant` on `engine` (float32 or float64) and `data` whose scores
-    were `scores` [n_edges] (run with `seed` and `chunk`, as here), with the float64 scores to
-    rank. Floor() for a method without an objective: random and structure-only scores are not
+    were `scores` [n_edges] (run with `seed` and `chunk` examples per pass; the other precision
+    takes as many as fit the same bytes), with the float64 scores to rank. Floor() for a method without an objective: random and structure-only scores are not
     computed numerically, and rank as they are."""
     if spec.output != "ranking" or spec.objective is None:
         return Floor()
@@ -58,6 +58,8 @@ def measured_floor(spec, engine, data, variant: str, seed: int, scores, chunk=No
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"a ranking's tie floor compares float32 with float64; the model is {dtype}")
     other = Engine(engine.w.to(dtype=other_precision(dtype)))
+    if chunk:  # the same activation bytes per pass: half the examples in float64, twice in float32
+        chunk = max(1, chunk * dtype.itemsize // other.w.dtype.itemsize)
     torch.manual_seed(seed)
     again = torch.as_tensor(spec.run(other, data, variant, seed=seed, chunk=chunk)).detach().double().cpu()
     del other
