@@ -5,8 +5,9 @@ tie (pairwise, never chained: `harness.eval.scoring.pair_counts`), so round-off 
 ranking. The floor is measured, not assumed (`harness.eval.round_off.measured_floor`): the run is
 repeated in the other precision (float32 / float64), and the floor is MARGIN times the largest
 difference of a score between the two, but never under MIN_ULPS float32 ulps of the objective's
-magnitude (a change that small cannot be told from the objective's own round-off in float32). The floor is float32's whatever the run's dtype, so a ranking does not depend on the
-precision it was computed in. A constant floor of 1024 ulps of the objective, calibrated on
+magnitude (a change that small cannot be told from the objective's own round-off in float32).
+The float64 ranking is the one scored, so a ranking does not depend on the precision the run
+was computed in. A constant floor of 1024 ulps of the objective, calibrated on
 tracr's models, tied 58-99.7% of GPT-2's edges, whose scores are small but reproducible
 (docs/scoring.md#ties-round-off-and-degenerate-objectives).
 """

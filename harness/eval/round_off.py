@@ -50,8 +50,9 @@ def other_precision(dtype: torch.dtype) -> torch.dtype:
 def measured_floor(spec, engine, data, variant: str, seed: int, scores, chunk=None) -> Floor:
     """The tie floor of a run of `variant` on `engine` (float32 or float64) and `data` whose scores
     were `scores` [n_edges] (run with `seed` and `chunk` examples per pass; the other precision
-    takes as many as fit the same bytes), with the float64 scores to rank. Floor() for a method without an objective: random and structure-only scores are not
-    computed numerically, and rank as they are."""
+    takes as many as fit the same bytes), with the float64 scores to rank. Floor() for a method
+    without an objective: random and structure-only scores are not computed numerically, and
+    rank as they are."""
     if spec.output != "ranking" or spec.objective is None:
         return Floor()
     dtype = engine.w.dtype
