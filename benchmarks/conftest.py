@@ -34,7 +34,7 @@ import torch
 from harness.bench.cases import cases
 from harness.bench.measure import bench_setup, measure, memory_limit_bytes
 from harness.bench.setups import Setup, make_setup
-from harness.bench.suite import BATCHING_TARGET, EAP_TARGET, BenchConfig, add_ratios, target_rows
+from harness.bench.suite import BATCHING_TARGET, EAP_TARGET, GRAD_WRONG_TARGET, BenchConfig, add_ratios, target_rows
 from harness.core.device import resolve_device
 from harness.report.timing_text import targets_text
 
@@ -117,15 +117,15 @@ def time_case(benchmark, setups):
 
 @pytest.fixture
 def check_targets(benchmark, setups):
-    """Measure the two target ratios in one run (floor, EAP, batched and single-edge patching,
+    """Measure the target ratios in one run (floor, EAP, grad-wrong, batched and single-edge patching,
     interleaved), record them in extra_info, assert them only with CIRCUIT_BENCH_ASSERT_TARGETS=1."""
 
     def run(model, batch, seq_len):
         import pandas as pd
 
         s = setups(model, batch, seq_len)
-        keys = ["forward/no-grad", "forward-backward/activations", "eap/noising", "act-patch-edge/batched",
-                "act-patch-edge/single"]
+        keys = ["forward/no-grad", "forward-backward/activations", "eap/noising", "grad-wrong/logit-diff-mse/activation",
+                "act-patch-edge/batched", "act-patch-edge/single"]
         cfg = BenchConfig(models=[model], device=DEVICE, dtype=DTYPE, batches=[batch], seq_len=seq_len,
                             repeats=ROUNDS, heavy_repeats=1, warmup=1, ig_steps=IG_STEPS, single_edges=SINGLE_EDGES,
                             budget_s=BUDGET_S, progress=False)
@@ -140,6 +140,7 @@ def check_targets(benchmark, setups):
         benchmark.extra_info["summary"] = text
         if ASSERT_TARGETS:
             assert t["eap_over_floor"] <= EAP_TARGET, text
+            assert t["grad_wrong_over_floor"] <= GRAD_WRONG_TARGET, text
             if t["batched_speedup"] != t["batched_speedup"]:  # NaN: a patching case was skipped
                 pytest.skip("batched or single-edge patching was not timed here:\n" + text)
             assert t["batched_speedup"] >= BATCHING_TARGET, text

@@ -22,6 +22,8 @@ from harness.core.device import resolve_device
 
 EAP_TARGET = 1.15  # all-edge EAP seconds <= 1.15 x (one forward+backward + one no-grad forward)
 BATCHING_TARGET = 10.0  # batched act-patch-edge >= 10x faster than one edge per forward
+GRAD_WRONG_TARGET = 1.1  # grad-wrong's seed target at the activation site <= 1.1 x EAP's floor (issue 14)
+GRAD_WRONG_CASE = ("grad-wrong", "logit-diff-mse/activation")
 
 SETUP_KEY = ["model", "device", "dtype", "batch", "seq_len"]
 COLUMNS = [
@@ -105,11 +107,14 @@ def target_rows(df) -> list:
         floor = lookup(g, "forward", "no-grad") + lookup(g, "forward-backward", "activations")
         eap, batched, single = lookup(g, "eap", "noising"), lookup(g, "act-patch-edge", "batched"), lookup(g, "act-patch-edge", "single")
         r_eap, speed = eap / floor, single / batched
+        r_gw = lookup(g, *GRAD_WRONG_CASE) / floor  # same floor: the source run and one traced clean run
         rows.append({"model": model, "device": device, "dtype": dtype, "batch": batch, "seq_len": P,
                      "floor_seconds": floor, "eap_seconds": eap, "eap_over_floor": r_eap,
                      "eap_target": EAP_TARGET, "eap_target_met": bool(r_eap <= EAP_TARGET),
                      "batched_seconds": batched, "single_seconds": single, "batched_speedup": speed,
                      "batching_target": BATCHING_TARGET, "batching_target_met": bool(speed >= BATCHING_TARGET),
+                     "grad_wrong_over_floor": r_gw, "grad_wrong_target": GRAD_WRONG_TARGET,
+                     "grad_wrong_target_met": bool(r_gw <= GRAD_WRONG_TARGET),
                      "loadavg_1m": float(g["loadavg_1m"].median())})
     return rows
 

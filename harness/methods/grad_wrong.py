@@ -20,10 +20,10 @@ Variants are named `<target>/<site>`.
 """
 from __future__ import annotations
 
-from harness.core.references import references
+from harness.core.references import source_cache, source_run
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register
-from harness.methods.targets import TARGETS, target_loss
+from harness.methods.targets import TARGETS, needs_source_logits, target_loss
 from harness.methods.weight_sites import weight_edge_bytes, weight_edge_scores, weight_grads, weight_node_scores
 
 SITES = {
@@ -64,10 +64,16 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
     if per_example and site.startswith("weight"):
         raise ValueError("weight sites sum over examples (dL/dW); per_example is not available")
     freeze = site in FROZEN_BY_DEFAULT if freeze_ln_scale is None else bool(freeze_ln_scale)
-    refs = references(engine, data)
+    # The run being differentiated is the clean run, so its own logits are the clean logits; the
+    # source run is one no-grad forward, made only where the site or the target reads it.
+    source = source_logits = None
+    if needs_source_logits(target, data):
+        source, source_logits = source_run(engine, data)
+    elif site == "activation":
+        source = source_cache(engine, data)
 
     def loss_of(logits):
-        return target_loss(target, logits, data, refs.clean_logits, refs.source_logits)
+        return target_loss(target, logits, data, logits.detach(), source_logits)
 
     if site == "weight-node":
         return weight_node_scores(engine, weight_grads(engine, data.clean, loss_of, freeze))
@@ -76,5 +82,5 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
         return weight_edge_scores(engine, tr, loss_of(tr.logits), taylor=site == "weight-edge-taylor")
     grads = receiver_grads(tr, loss_of(tr.logits))
     here = tr.cache()
-    return contract(engine, grads, here.senders - refs.source.senders, here.qkv - refs.source.qkv,
+    return contract(engine, grads, here.senders - source.senders, here.qkv - source.qkv,
                     per_example=per_example).detach()

@@ -26,6 +26,13 @@ TARGETS = {
 }
 
 
+def needs_source_logits(name: str, data: TaskData) -> bool:
+    """Whether target `name` reads the source run's logits on `data` (`target_loss`)."""
+    if name == "counterfactual":
+        return not data.categorical or data.counterfactual is None
+    return name == "logit-diff-mse" and not data.categorical
+
+
 def target_loss(name: str, logits: torch.Tensor, data: TaskData, clean_logits: torch.Tensor, source_logits: torch.Tensor) -> torch.Tensor:
     """Scalar loss, mean over examples; minimising it moves the model towards the wrong target.
     logits, clean_logits, source_logits: [batch, pos, d_vocab_out] (source: the run patched from,

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from harness.bench.suite import BATCHING_TARGET, EAP_TARGET, SETUP_KEY, lookup
+from harness.bench.suite import BATCHING_TARGET, EAP_TARGET, GRAD_WRONG_CASE, GRAD_WRONG_TARGET, SETUP_KEY, lookup
 
 WHY_BATCHING_MISSED = {
     "cpu-small": ("batching pays only by saving per-call Python and dispatch overhead, which is what a pass of "
@@ -70,6 +70,10 @@ def _setup_text(t, g: pd.DataFrame, bd: Optional[dict]) -> str:
         txt.append(f"All-edge EAP (noising, registry) {t['eap_seconds']:.4g} s = {r_eap:.2f}x the floor "
                    f"({int(lookup(g, 'eap', 'noising', 'forwards'))} forwards + 1 backward; medians of "
                    f"{int(lookup(g, 'eap', 'noising', 'repeats'))} interleaved rounds): {verdict}.")
+    r_gw = t.get("grad_wrong_over_floor", float("nan"))
+    if not np.isnan(r_gw):
+        txt.append(f"grad-wrong ({'/'.join(GRAD_WRONG_CASE[1:])}) {r_gw:.2f}x the same floor: target <= "
+                   f"{t['grad_wrong_target']}x {'met' if r_gw <= t['grad_wrong_target'] else 'MISSED'}.")
     if bd:
         txt += _profile_text(bd, r_eap > eap_t)
     if r_eap > eap_t and floor < 0.05:
@@ -107,7 +111,8 @@ def targets_text(targets: pd.DataFrame, timing: pd.DataFrame, breakdown: Optiona
     parts = [_setup_text(t, timing_of[_key(t)], profile_of.get(_key(t))) for _, t in targets.iterrows()]
     head = (f"Targets (ratios measured in one run; the floor and the methods interleaved round-robin): all-edge EAP "
             f"costs at most {EAP_TARGET}x its floor, one plain forward+backward plus one no-grad forward of the same model "
-            f"and batch; batched act-patch-edge is at least {BATCHING_TARGET:g}x faster than one edge per forward. "
+            f"and batch; batched act-patch-edge is at least {BATCHING_TARGET:g}x faster than one edge per forward; "
+            f"grad-wrong's seed target at the activation site costs at most {GRAD_WRONG_TARGET}x the same floor. "
             f"Models: random weights with the real configurations (timing does not depend on weight values).")
     return "\n\n".join([head] + parts) + "\n"
 
