@@ -23,14 +23,16 @@ def test_estimate_scales_the_timed_costs_as_the_runner_runs(loaded, monkeypatch)
     n, k = lt.data.n, min(estimate_mod.CALIBRATION_EXAMPLES, lt.data.n)
     est = estimate_mod.estimate(lt, jobs, cfg)
     per = n / k  # 1 s on k examples, scaled to the task's n
-    # the run, its per-example rerun, its rerun in the other precision (the tie floor), the reference
-    # forwards, faithfulness
-    trained = 2 * per + per + per + per
+    # the run, its rerun in the other precision (the tie floor), the reference forwards, faithfulness
+    # (no bootstrap here, so no per-example rerun; with one, below, there is)
+    trained = per + per + per + per
     reset = cfg.reset_seeds * (per + per + per)
     assert est.seconds == {"eap": pytest.approx(trained + reset)}  # model-free methods are not timed
     assert est.faithfulness_seconds == pytest.approx(per)
     cheaper = RunConfig(**{**cfg.__dict__, "faithfulness": False, "reset_seeds": 2})
-    assert estimate_mod.estimate(lt, jobs, cheaper).seconds["eap"] == pytest.approx(4 * per + 2 * 3 * per)
+    assert estimate_mod.estimate(lt, jobs, cheaper).seconds["eap"] == pytest.approx(3 * per + 2 * 3 * per)
+    boot = RunConfig(**{**cfg.__dict__, "bootstrap": 1000})
+    assert estimate_mod.estimate(lt, jobs, boot).seconds["eap"] == pytest.approx(trained + per + reset)
     line = est.line()
     assert line.startswith("tracr-xproportion: 3 runs expected to take about") and "eap" in line
     assert "--no-faithfulness" not in line or est.faithfulness_seconds >= 0.1 * est.total
@@ -78,7 +80,7 @@ def test_looping_methods_are_timed_by_one_patched_forward_times_their_count(monk
     timing = estimate_mod._looping(all_methods()["act-patch-node"], "metric")
     count = timing.patched_forwards(lt.engine.graph, lt.data.n)
     n, k = lt.data.n, min(estimate_mod.CALIBRATION_EXAMPLES, lt.data.n)
-    # one patched forward (1 s) x the count, twice (the per-example rerun), once more in the other
-    # precision (the tie floor), plus references and faithfulness
-    assert est.seconds["act-patch-node"] == pytest.approx(3 * count + n / k + n / k)
+    # one patched forward (1 s) x the count, once more in the other precision (the tie floor), plus
+    # references and faithfulness (no bootstrap: no per-example rerun)
+    assert est.seconds["act-patch-node"] == pytest.approx(2 * count + n / k + n / k)
     assert count > 1 and len(calls) == 4  # the forward in each precision, the references, faithfulness: nothing looped

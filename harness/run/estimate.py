@@ -6,9 +6,9 @@ by their count at the task's batch from its `Timing.patched_forwards`), once in 
 precision and once in the other (every ranking runs again there to measure its tie floor,
 `harness.eval.round_off`), as are the reference forwards of the objective's scale and
 faithfulness; a job's estimate scales those per-example costs to the task's examples and adds
-what the runner does around the method (a second, per-example run where the batch is not
-chunked; the reset control's `--reset-seeds` runs; building random-init models). Small batches use a CPU less well, so the estimate errs
-long. The runner prints it only for tasks expected to
+what the runner does around the method (the bootstrap's per-example run where the batch is not
+chunked; the reset control's `--reset-seeds` runs; building random-init models). Small batches
+use a CPU less well, so the estimate errs long. The runner prints it only for tasks expected to
 take more than SLOW_SECONDS; tracr tasks take seconds and are not timed.
 """
 from __future__ import annotations
@@ -140,7 +140,7 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
             if loaded.reset_kind == "init":
                 s += (cfg.reset_seeds - 1) * INIT_SECONDS
         elif spec.output == "ranking":
-            twice = spec.supports_per_example(v) and not spec.splits(v, data.n, loaded.chunk)
+            twice = bool(cfg.bootstrap) and spec.supports_per_example(v) and not spec.splits(v, data.n, loaded.chunk)
             s = run * (2 if twice else 1) + again + ref_cost * data.n
             if cfg.faithfulness:
                 s += faith * data.n
