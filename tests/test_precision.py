@@ -127,3 +127,11 @@ def test_a_float32_run_records_the_float64_ranking_and_its_floor(tmp_path):
     assert a["scores"] == b["scores"] and a["tie_floor"] == b["tie_floor"] and a["round_off"] == b["round_off"]
     assert [r["auc"] for r in a["rows"]] == [r["auc"] for r in b["rows"]]
     assert a["tie_floor"] == max(MARGIN * a["round_off"], FLOAT32_EPS * a["objective_scale"])
+
+
+def test_a_random_reset_is_the_same_network_in_float32_and_float64():
+    from harness.core.reset import reset_weights
+
+    task = get_task("tracr-reverse")
+    w32, w64 = (reset_weights(task.load_model("cpu", dt), "random", 3) for dt in (torch.float32, torch.float64))
+    assert all(torch.equal(w32.params[k].double(), w64.params[k]) for k in w32.params if w32.params[k].is_floating_point())

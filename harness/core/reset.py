@@ -49,7 +49,9 @@ def _random(params: dict, g: torch.Generator) -> dict:
             out[k] = v.clone()
             continue
         noise = torch.randn(v.shape, generator=g, dtype=torch.float64)
-        out[k] = (float(v.double().mean()) + std * noise).to(v.dtype).to(v.device)
+        # rounded through float32, so a float32 and a float64 run reset to the same network and a
+        # control's ranking does not depend on the run's precision (harness.eval.round_off)
+        out[k] = (float(v.double().mean()) + std * noise).float().to(v.dtype).to(v.device)
     return out
 
 
