@@ -13,7 +13,8 @@ the trained model is only evidence of the circuit by the margin above that contr
   an interval.
 - "random": a random model of the same shape, for tracr models (one head per layer, where a head
   permutation changes nothing): each parameter tensor is redrawn from a normal distribution
-  with that tensor's own mean and standard deviation (a constant tensor is kept).
+  with that tensor's own mean and standard deviation (a constant tensor is kept), rounded to
+  float32 values whatever the run's dtype.
 """
 from __future__ import annotations
 
