@@ -117,15 +117,15 @@ def time_case(benchmark, setups):
 
 @pytest.fixture
 def check_targets(benchmark, setups):
-    """Measure the target ratios in one run (floor, EAP, grad-wrong, batched and single-edge patching,
-    interleaved), record them in extra_info, assert them only with CIRCUIT_BENCH_ASSERT_TARGETS=1."""
+    """Measure the target ratios in one run (floor, EAP, grad-wrong, batched, single-edge and
+    dense reference patching, interleaved), record them in extra_info, assert them only with CIRCUIT_BENCH_ASSERT_TARGETS=1."""
 
     def run(model, batch, seq_len):
         import pandas as pd
 
         s = setups(model, batch, seq_len)
         keys = ["forward/no-grad", "forward-backward/activations", "eap/noising", "grad-wrong/logit-diff-mse/activation",
-                "act-patch-edge/batched", "act-patch-edge/single"]
+                "act-patch-edge/batched", "act-patch-edge/single", "act-patch-edge/dense"]
         cfg = BenchConfig(models=[model], device=DEVICE, dtype=DTYPE, batches=[batch], seq_len=seq_len,
                             repeats=ROUNDS, heavy_repeats=1, warmup=1, ig_steps=IG_STEPS, single_edges=SINGLE_EDGES,
                             budget_s=BUDGET_S, progress=False)
@@ -144,6 +144,8 @@ def check_targets(benchmark, setups):
             if t["batched_speedup"] != t["batched_speedup"]:  # NaN: a patching case was skipped
                 pytest.skip("batched or single-edge patching was not timed here:\n" + text)
             assert t["batched_speedup"] >= BATCHING_TARGET, text
+            if t["dense_target"] == t["dense_target"]:  # a target is set for this model
+                assert t["batched_over_dense"] >= t["dense_target"], text
         return t
 
     return run

@@ -18,8 +18,8 @@ class BudgetReached(Exception):
 class CountingEngine(Engine):
     """The engine, counting and time-stamping its forwards.
 
-    Every method reaches the model through `run` (`logits`, `cache` and `run_many` call it), so
-    `forwards` counts all passes, `patched` those with a patch and `rows` the batch rows processed.
+    Every method reaches the model through `run` (`logits` and `cache` call it), `clean_run` or
+    `run_patches` (`run_many` calls those), so `forwards` counts all passes, `patched` those with a patch and `rows` the batch rows processed.
     (grad-wrong's weight sites build a second engine on a copy of the weights; its forward is
     not counted.)"""
 
@@ -36,18 +36,36 @@ class CountingEngine(Engine):
         self.max_patched, self.deadline = max_patched, deadline
         self.stopped = None
 
-    def run(self, tokens, patch=None, source=None, **kw):
-        if patch is not None and self.patched >= 1:
+    def _check_budget(self) -> None:
+        if self.patched >= 1:
             if self.max_patched is not None and self.patched >= self.max_patched:
                 self.stopped = self.clock.mark()
                 raise BudgetReached(f"{self.patched} patched forwards")
             if self.deadline is not None and time.perf_counter() > self.deadline:
                 self.stopped = self.clock.mark()
                 raise BudgetReached("time budget")
-        tr = super().run(tokens, patch, source, **kw)
+
+    def _count(self, rows: int, patched: bool) -> None:
         self.forwards += 1
-        self.rows += int(tokens.shape[0])
-        if patch is not None:
+        self.rows += rows
+        if patched:
             self.patched += 1
-        self.marks.append((patch is not None, self.clock.mark()))
+        self.marks.append((patched, self.clock.mark()))
+
+    def run(self, tokens, patch=None, source=None, **kw):
+        if patch is not None:
+            self._check_budget()
+        tr = super().run(tokens, patch, source, **kw)
+        self._count(int(tokens.shape[0]), patch is not None)
         return tr
+
+    def clean_run(self, tokens, source, positions=None):
+        out = super().clean_run(tokens, source, positions)
+        self._count(int(tokens.shape[0]), False)
+        return out
+
+    def run_patches(self, clean, patches):
+        self._check_budget()
+        out = super().run_patches(clean, patches)
+        self._count(int(patches.shape[0]) * clean.batch, True)
+        return out

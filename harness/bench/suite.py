@@ -24,6 +24,9 @@ EAP_TARGET = 1.15  # all-edge EAP seconds <= 1.15 x (one forward+backward + one 
 BATCHING_TARGET = 10.0  # batched act-patch-edge >= 10x faster than one edge per forward
 GRAD_WRONG_TARGET = 1.1  # grad-wrong's seed target at the activation site <= 1.1 x EAP's floor (issue 14)
 GRAD_WRONG_CASE = ("grad-wrong", "logit-diff-mse/activation")
+# batched act-patch-edge over one edge per full reference forward (the path before the patched
+# forward started at the first touched layer), per edge (issue 14)
+DENSE_TARGETS = {"gpt2": 3.0, "attn-only-4l": 6.0}
 
 SETUP_KEY = ["model", "device", "dtype", "batch", "seq_len"]
 COLUMNS = [
@@ -108,6 +111,8 @@ def target_rows(df) -> list:
         eap, batched, single = lookup(g, "eap", "noising"), lookup(g, "act-patch-edge", "batched"), lookup(g, "act-patch-edge", "single")
         r_eap, speed = eap / floor, single / batched
         r_gw = lookup(g, *GRAD_WRONG_CASE) / floor  # same floor: the source run and one traced clean run
+        over_dense = lookup(g, "act-patch-edge", "dense") / batched
+        dense_target = DENSE_TARGETS.get(model, float("nan"))
         rows.append({"model": model, "device": device, "dtype": dtype, "batch": batch, "seq_len": P,
                      "floor_seconds": floor, "eap_seconds": eap, "eap_over_floor": r_eap,
                      "eap_target": EAP_TARGET, "eap_target_met": bool(r_eap <= EAP_TARGET),
@@ -115,6 +120,8 @@ def target_rows(df) -> list:
                      "batching_target": BATCHING_TARGET, "batching_target_met": bool(speed >= BATCHING_TARGET),
                      "grad_wrong_over_floor": r_gw, "grad_wrong_target": GRAD_WRONG_TARGET,
                      "grad_wrong_target_met": bool(r_gw <= GRAD_WRONG_TARGET),
+                     "dense_seconds": lookup(g, "act-patch-edge", "dense"), "batched_over_dense": over_dense,
+                     "dense_target": dense_target, "dense_target_met": bool(over_dense >= dense_target),
                      "loadavg_1m": float(g["loadavg_1m"].median())})
     return rows
 

@@ -62,7 +62,7 @@ class TaskData:
         other arguments), or None.
     counterfactual: long [batch, pos], the corrupted prompt's right answer, or None.
     rows: further per-example tensors [batch, ...] that the metric reads (e.g. IOI's IO and S
-        tokens).
+        tokens); per example, not per position (`at_positions` keeps them whole).
     categorical: whether outputs are class scores (False: one numerical output per position).
     output_range: for numerical outputs, the range the output lives in.
     ablation: the source patched from: "resample" (the corrupted prompts) or "zero" (ACDC's
@@ -137,6 +137,25 @@ class TaskData:
         field is re-indexed."""
         pick = {name: (None if getattr(self, name) is None else getattr(self, name)[idx]) for name in self.PER_EXAMPLE}
         return replace(self, **pick, rows={k: v[idx] for k, v in self.rows.items()}, info=dict(self.info))
+
+    def scored_positions(self) -> torch.Tensor:
+        """[n] long, sorted: the columns any metric of this data reads (those `pos_mask` marks in
+        some example, and the last, which IOI, Greater-Than and Docstring's metrics index as -1)."""
+        cols = self.pos_mask.any(0).clone()
+        cols[-1] = True
+        return torch.nonzero(cols.cpu()).flatten()
+
+    def at_positions(self, cols: torch.Tensor) -> "TaskData":
+        """This data's per-position fields (tokens, pos_mask, correct, wrong, counterfactual) at
+        columns `cols` only, so a metric can score logits unembedded there alone. The last of
+        `cols` must be the last position. Per-example `rows` are kept whole (no task has a
+        per-position row). Its tokens are not a prompt: score with it, never run a model on it."""
+        cols = torch.as_tensor(cols, dtype=torch.long)
+        if int(cols[-1]) != self.clean.shape[1] - 1:
+            raise ValueError("the last scored column must be the last position (metrics read it as -1)")
+        cut = lambda t: None if t is None else t[:, cols.to(t.device)]  # noqa: E731
+        return replace(self, **{n: cut(getattr(self, n)) for n in self.PER_EXAMPLE}, position_scramble=None,
+                       rows=dict(self.rows), info=dict(self.info))
 
     def with_ablation(self, ablation: str) -> "TaskData":
         return replace(self, ablation=ablation, info=dict(self.info))

@@ -11,7 +11,9 @@ ablation; `harness.core.references` builds it) (docs/graph-and-patching.md#patch
 and a DIRECT edge (q/k/v input -> q/k/v) mixes the head's q/k/v the same way. patch = 0 is the
 clean model; patch = 1 everywhere reproduces the source run. The patch is an ordinary tensor,
 so it can carry gradients (attribution), be fractional (integrated gradients) and be batched
-(one patch per batch row: many circuits per forward, `run_many`).
+(one patch per batch row). Many circuits without gradients go through `run_many`, which runs
+`harness.core.patched_forward`: the same values from a recorded clean run, doing only the work
+the patches change.
 
 Shapes: tokens [batch, pos]; sender outputs [n_senders, batch, pos, d_model]; q/k/v
 [n_layers, 3, batch, pos, n_heads, d_head]; logits [batch, pos, d_vocab_out]; patch [n_edges]
@@ -44,15 +46,6 @@ class SenderCache:
     def tile(self, times: int) -> "SenderCache":
         """The whole batch repeated `times` times (matches tokens.repeat(times, 1))."""
         return SenderCache(self.senders.repeat(1, times, 1, 1), self.qkv.repeat(1, 1, times, 1, 1, 1))
-
-    def tiled(self, times: int) -> "SenderCache":
-        """`tile(times)`, remembered for the last `times` asked (many patched forwards of one
-        size reuse one copy)."""
-        memo = self.__dict__.setdefault("_tiled", {})
-        if times not in memo:
-            memo.clear()
-            memo[times] = self.tile(times)
-        return memo[times]
 
     def rows(self, sl) -> "SenderCache":
         return SenderCache(self.senders[:, sl], self.qkv[:, :, sl])
@@ -245,22 +238,41 @@ class Engine:
         trace.logits = self._norm(final_in, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
         return trace
 
+    def clean_run(self, tokens: torch.Tensor, source: SenderCache, positions: Optional[torch.Tensor] = None):
+        """Record the clean run of `tokens` that `run_patches` starts from (a
+        `harness.core.patched_forward.CleanRun`); `positions`: the columns to unembed (default all)."""
+        from harness.core import patched_forward
+
+        return patched_forward.clean_run(self, tokens, source, positions)
+
+    def run_patches(self, clean, patches: torch.Tensor) -> torch.Tensor:
+        """No grad: patches [c, n_edges] over the clean run `clean` -> logits [c, batch,
+        n_positions, d_vocab_out], one forward of c x batch rows that starts at the first layer the
+        patches touch (`harness.core.patched_forward`). Equal to `run` up to round-off."""
+        from harness.core import patched_forward
+
+        return patched_forward.patched_logits(self, clean, patches)
+
     def run_many(self, tokens: torch.Tensor, patches: torch.Tensor, source: SenderCache, max_rows: int = 256,
-                 chunk: Optional[int] = None):
-        """Many patches over one batch, no grad: yields (first patch index, logits [c, batch, pos,
-        d_vocab_out]) per chunk of c patches. patches [k, n_edges]; a forward's rows are patches
-        x examples (patch-major), `chunk` patches per forward (default: as many as keep rows <=
-        `max_rows`). Every caller that evaluates many circuits goes through here: patching,
-        ACDC, faithfulness."""
-        B = tokens.shape[0]
-        chunk = chunk or max(1, max_rows // B)
+                 chunk: Optional[int] = None, clean=None):
+        """Many patches over one batch, no grad: yields (first patch index, logits [c, batch,
+        n_positions, d_vocab_out]) per chunk of c patches. patches [k, n_edges]; a forward's rows are
+        patches x examples (patch-major), `chunk` patches per forward (default: as many as keep
+        rows <= `max_rows`). `clean`: the `clean_run` to start from (default: recorded here, all
+        positions). Every caller that evaluates many circuits goes through here: patching, ACDC,
+        faithfulness.
+
+        Chunks come in a strided order (0, s, 2s, ..., then 1, 1 + s, ...; s about the square root
+        of their number): a forward costs more the earlier the layer it starts at, so a run cut
+        short by a timing budget has sampled every part of the graph, not its first layers."""
+        clean = clean if clean is not None else self.clean_run(tokens, source)
+        chunk = chunk or max(1, max_rows // clean.batch)
         patches = patches.to(self.w.device, self.w.dtype)
-        with torch.no_grad():
-            for i in range(0, patches.shape[0], chunk):
-                part = patches[i : i + chunk]
-                c = part.shape[0]
-                logits = self.run(tokens.repeat(c, 1), part.repeat_interleave(B, 0), source.tiled(c)).logits
-                yield i, logits.view(c, B, *logits.shape[1:])
+        n = math.ceil(patches.shape[0] / chunk)
+        stride = max(1, math.isqrt(n))
+        for j in (j for first in range(stride) for j in range(first, n, stride)):
+            i = j * chunk
+            yield i, self.run_patches(clean, patches[i : i + chunk])
 
     def input_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input nodes' outputs [n_inputs, batch, pos, d_model]: token+position embedding

@@ -20,8 +20,9 @@ has a kept outgoing edge; a q/k/v input when its DIRECT edge is kept. Nodes left
 inputs keep their outgoing edges (ACDC's default, no `--remove-redundant`).
 
 Thresholds run in parallel: every tau visits the same edges in the same order, so one forward
-evaluates the current edge for all of them (rows = thresholds x examples); groups of
-thresholds are formed so that rows stay <= `max_rows`. Results equal separate runs.
+evaluates the current edge for all of them (rows = thresholds x examples, at most `max_rows`
+per forward), and thresholds whose circuits are identical at a step share one evaluation.
+Results equal separate runs.
 """
 from __future__ import annotations
 
@@ -59,15 +60,24 @@ def visit_order(graph):
 
 
 def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=256):
-    """bool [len(thresholds), n_edges] kept edges, plus the number of forwards used."""
+    """bool [len(thresholds), n_edges] kept edges, plus the number of forwards used.
+
+    Thresholds whose circuits are identical at a step share one evaluation (early on every
+    threshold has the same circuit, late ones differ only where their decisions did), so a step
+    costs one patched row group per distinct circuit, `max_rows // batch` of them per forward."""
     g = engine.graph
     T, E = len(thresholds), g.n_edges
     tau = torch.tensor(thresholds, dtype=torch.float64)
-    ev = PatchedObjective(engine, data, "metric", chunk=T, max_rows=max_rows)
+    ev = PatchedObjective(engine, data, "metric", chunk=chunk, max_rows=max_rows)
     out_edges = [torch.nonzero(g.add_sender == s).flatten() for s in range(len(g.senders))]
     dev = engine.w.device
+
+    def evaluate(removed):  # [T, E] bool -> [T] metric, each distinct circuit evaluated once
+        distinct, which = torch.unique(removed, dim=0, return_inverse=True)
+        return ev(distinct.to(dev).to(engine.w.dtype)).double().cpu()[which]
+
     kept = torch.ones(T, E, dtype=torch.bool)
-    cur = ev((~kept).to(dev).float()).double().cpu()
+    cur = evaluate(~kept)
     for ids, rule in visit_order(g):
         if rule[0] == "always":
             reached = torch.ones(T, dtype=torch.bool)
@@ -79,9 +89,9 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
             if not reached.any():
                 kept[:, e] = False
                 continue
-            trial = (~kept).float()
-            trial[:, e] = 1
-            new = ev(trial).double().cpu()
+            trial = ~kept
+            trial[:, e] = True
+            new = evaluate(trial)
             diff = new - cur
             if abs_value:
                 diff = diff.abs()
@@ -110,7 +120,5 @@ def acdc(engine, data, thresholds=None, abs_value=False, max_rows=256):
     if thresholds is None:
         thresholds = data.metric.acdc_thresholds or DEFAULT_THRESHOLDS
     thresholds = [float(t) for t in thresholds]
-    per = max(1, max_rows // data.n)
-    parts = [acdc_sweep(engine, data, thresholds[i : i + per], abs_value, max_rows=max_rows)[0]
-             for i in range(0, len(thresholds), per)]
-    return CircuitFamily(circuits=torch.cat(parts), thresholds=thresholds)
+    kept, _ = acdc_sweep(engine, data, thresholds, abs_value, max_rows=max_rows)
+    return CircuitFamily(circuits=kept, thresholds=thresholds)

@@ -11,7 +11,9 @@ Scores are signed; rankings use |score|.
 
 Batching: one patch row per patched unit, rows = units x examples in one forward
 (`Engine.run_many`), `chunk` units per forward to bound memory (default: as many as keep
-units x examples <= `max_rows`).
+units x examples <= `max_rows`). Each forward starts at the first layer its units touch, from
+the recorded clean run, and unembeds only the scored positions (`harness.core.patched_forward`);
+the `dense` variant runs every edge through the full reference forward instead.
 
 act-patch-node maps node effects to edges by this rule: an ADDITION edge s -> r gets the effect
 of patching its SENDER s (all of s's outgoing edges, i.e. replacing s's output by its corrupted
@@ -36,12 +38,15 @@ def chunk_for(batch: int, max_rows: int = MAX_ROWS) -> int:
 
 
 def patching_bytes(engine, batch: int, seq_len: int) -> int:
-    """Rough peak of batched patching (chunks of up to MAX_ROWS rows): about 8x the tiled source
-    sender cache [n_senders, rows, pos, d_model] (measured on GPT-2: the cache, the stacked current
-    senders, their difference and the per-group patch terms)."""
-    g = engine.graph
+    """Rough peak of batched patching (chunks of up to MAX_ROWS rows): the clean run and source
+    kept untiled (source and source - clean sender outputs, the residual per layer, the source's
+    q/k/v), about 16 [rows, pos, d_model] activations of one patched forward, and its logits at
+    every position (an upper bound: only scored positions are unembedded)."""
+    g, cfg = engine.graph, engine.cfg
     rows = min(chunk_for(batch), g.n_edges) * batch
-    return 8 * len(g.senders) * rows * seq_len * engine.cfg.d_model * (torch.finfo(engine.w.dtype).bits // 8)
+    per_example = 2 * len(g.senders) + 4 * cfg.n_layers + 1
+    elems = seq_len * cfg.d_model * (batch * per_example + 16 * rows) + rows * seq_len * cfg.vocab_out
+    return elems * (torch.finfo(engine.w.dtype).bits // 8)
 
 
 def edge_sample(n_edges: int, k: int) -> torch.Tensor:
@@ -55,7 +60,8 @@ def edge_sample(n_edges: int, k: int) -> torch.Tensor:
     "activation patching of every edge alone (exact; one patch row per edge)",
     {
         "batched": ({"mode": "batched"}, "many edges per forward (edges x examples rows, chunked)"),
-        "single": ({"mode": "single"}, "one edge per forward: the slow reference"),
+        "single": ({"mode": "single"}, "one edge per forward, on the same path as batched"),
+        "dense": ({"mode": "dense"}, "one edge per forward through the full reference forward: the slow reference"),
         "logit-diff": ({"mode": "batched", "objective": "logit-diff"}, "batched, answer logit difference objective"),
     },
     default_variants=["batched"],
@@ -66,6 +72,8 @@ def edge_sample(n_edges: int, k: int) -> torch.Tensor:
         Timing("batched", patched_forwards=lambda graph, batch: math.ceil(graph.n_edges / chunk_for(batch)),
                memory_bytes=patching_bytes),
         Timing("single", options=lambda graph: {"edges": edge_sample(graph.n_edges, bench.single_edges)},
+               patched_forwards=lambda graph, batch: graph.n_edges, sampled_edges=True),
+        Timing("dense", options=lambda graph: {"edges": edge_sample(graph.n_edges, bench.single_edges)},
                patched_forwards=lambda graph, batch: graph.n_edges, sampled_edges=True),
     ],
 )
@@ -81,10 +89,12 @@ def act_patch_edge(engine, data, mode="batched", objective="metric", chunk=None,
     one_edge[torch.arange(len(ids)), ids.to(one_edge.device)] = 1
     if mode == "batched":
         vals = ev(one_edge, per_example)
-    elif mode == "single":  # the plain path: a 1-d patch, untiled tokens and source
-        vals = torch.stack([ev.one(p, per_example) for p in one_edge])
+    elif mode == "single":
+        vals = ev(one_edge, per_example, chunk=1)
+    elif mode == "dense":  # the reference forward: from the embedding, every receiver and position
+        vals = torch.stack([ev.dense(p, per_example) for p in one_edge])
     else:
-        raise KeyError(f"unknown mode {mode!r} (batched, single)")
+        raise KeyError(f"unknown mode {mode!r} (batched, single, dense)")
     vals = vals - ev.baseline(per_example)  # [k] or [k, batch]
     out = torch.full((E,) + vals.shape[1:], float("nan"), dtype=vals.dtype, device=vals.device)
     out[ids.to(vals.device)] = vals

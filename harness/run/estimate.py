@@ -79,14 +79,20 @@ def _looping(spec, variant: str):
     return None
 
 
-def _per_patched_forward(engine, data) -> float:
+def _per_patched_forward(engine, data, sparse: bool) -> float:
     """Seconds of one patched forward as patching and ACDC run them: `chunk_for(batch)` patches,
-    whose rows (patches x examples) fill one forward."""
+    whose rows (patches x examples) fill one forward. `sparse`: one edge per patch, into the first
+    layer (the most a one-edge patch costs, since a forward starts at the first layer it touches);
+    else every edge patched (ACDC's later steps patch most edges)."""
     from harness.core.evaluator import PatchedObjective
     from harness.methods.patching import chunk_for
 
     objective = PatchedObjective(engine, data, "metric")
-    patches = torch.ones(chunk_for(data.n), engine.graph.n_edges, dtype=engine.w.dtype)
+    k, E = chunk_for(data.n), engine.graph.n_edges
+    if sparse:
+        patches = torch.eye(k, E, dtype=engine.w.dtype)
+    else:
+        patches = torch.ones(k, E, dtype=engine.w.dtype)
     return _timed(lambda: objective(patches))
 
 
@@ -115,7 +121,7 @@ def estimate(loaded, jobs: list, cfg) -> Estimate:
                 if into is other_precision and (spec.output != "ranking" or spec.objective is None):
                     continue
                 if loop is not None:  # patching and ACDC: one patched forward, times their count at n
-                    per_forward = _per_patched_forward(eng, part)
+                    per_forward = _per_patched_forward(eng, part, sparse=spec.output != "family")
                     sweep = len(getattr(data.metric, "acdc_thresholds", None) or [1]) if spec.output == "family" else 1
                     into[m] = per_forward * loop.patched_forwards(engine.graph, data.n) * sweep / data.n
                 else:
