@@ -256,7 +256,8 @@ class Engine:
     def run_many(self, tokens: torch.Tensor, patches: torch.Tensor, source: SenderCache, max_rows: int = 256,
                  chunk: Optional[int] = None, clean=None):
         """Many patches over one batch, no grad: yields (first patch index, logits [c, batch,
-        n_positions, d_vocab_out]) per chunk of c patches. patches [k, n_edges]; a forward's rows are
+        n_positions, d_vocab_out]) per chunk of c patches. patches [k, n_edges] (a tensor, or an
+        object with `shape` and `rows(i, j, device, dtype)`); a forward's rows are
         patches x examples (patch-major), `chunk` patches per forward (default: as many as keep
         rows <= `max_rows`). `clean`: the `clean_run` to start from (default: recorded here, all
         positions). Every caller that evaluates many circuits goes through here: patching, ACDC,
@@ -267,12 +268,15 @@ class Engine:
         short by a timing budget has sampled every part of the graph, not its first layers."""
         clean = clean if clean is not None else self.clean_run(tokens, source)
         chunk = chunk or max(1, max_rows // clean.batch)
-        patches = patches.to(self.w.device, self.w.dtype)
+        if isinstance(patches, torch.Tensor):
+            patches = patches.to(self.w.device, self.w.dtype)
+            take = lambda i: patches[i : i + chunk]  # noqa: E731
+        else:  # rows formed a chunk at a time (`harness.core.patched_forward.OneEdgePatches`)
+            take = lambda i: patches.rows(i, i + chunk, self.w.device, self.w.dtype)  # noqa: E731
         n = math.ceil(patches.shape[0] / chunk)
         stride = max(1, math.isqrt(n))
         for j in (j for first in range(stride) for j in range(first, n, stride)):
-            i = j * chunk
-            yield i, self.run_patches(clean, patches[i : i + chunk])
+            yield j * chunk, self.run_patches(clean, take(j * chunk))
 
     def input_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input nodes' outputs [n_inputs, batch, pos, d_model]: token+position embedding

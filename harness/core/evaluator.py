@@ -50,7 +50,7 @@ class PatchedObjective:
                                               chunk or self.chunk, clean=self.clean):
             self.forwards += 1
             out.update({i + j: self.reduce(self.values(lg), per_example) for j, lg in enumerate(logits)})
-        return torch.stack([out[i] for i in range(len(out))]) if out else patches.new_zeros(0)
+        return torch.stack([out[i] for i in range(len(out))]) if out else torch.zeros(0, dtype=self.engine.w.dtype)
 
     @torch.no_grad()
     def dense(self, patch: torch.Tensor, per_example: bool = False) -> torch.Tensor:

@@ -64,6 +64,24 @@ def _qkv_weights(w, L: int):
     return W, b
 
 
+class OneEdgePatches:
+    """Patches [len(ids), n_edges] whose row i patches edge ids[i] alone, formed a chunk at a time
+    (`rows`): on GPT-2 the whole matrix would be 32,923 x 32,923 (4.3 GB in float32)."""
+
+    def __init__(self, ids: torch.Tensor, n_edges: int):
+        self.ids, self.n_edges = torch.as_tensor(ids, dtype=torch.long).cpu(), n_edges
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self.ids), self.n_edges)
+
+    def rows(self, i: int, j: int, device, dtype) -> torch.Tensor:
+        part = self.ids[i:j]
+        out = torch.zeros(len(part), self.n_edges, device=device, dtype=dtype)
+        out[torch.arange(len(part), device=device), part.to(device)] = 1
+        return out
+
+
 class _Pass:
     """One forward over rows = c x batch from layer `start`; see the module docstring.
 

@@ -27,6 +27,7 @@ import math
 import torch
 
 from harness.core.evaluator import PatchedObjective
+from harness.core.patched_forward import OneEdgePatches
 from harness.methods.registry import Timing, register, task_objective
 
 MAX_ROWS = 256  # rows (patches x examples) per patched forward, by default
@@ -85,14 +86,14 @@ def act_patch_edge(engine, data, mode="batched", objective="metric", chunk=None,
     ev = PatchedObjective(engine, data, objective, chunk, max_rows)
     E = engine.graph.n_edges
     ids = torch.arange(E) if edges is None else torch.as_tensor(edges, dtype=torch.long)
-    one_edge = torch.zeros(len(ids), E, dtype=engine.w.dtype, device=engine.w.device)
-    one_edge[torch.arange(len(ids)), ids.to(one_edge.device)] = 1
+    one_edge = OneEdgePatches(ids, E)
     if mode == "batched":
         vals = ev(one_edge, per_example)
     elif mode == "single":
         vals = ev(one_edge, per_example, chunk=1)
     elif mode == "dense":  # the reference forward: from the embedding, every receiver and position
-        vals = torch.stack([ev.dense(p, per_example) for p in one_edge])
+        vals = torch.stack([ev.dense(one_edge.rows(i, i + 1, engine.w.device, engine.w.dtype)[0], per_example)
+                            for i in range(len(ids))])
     else:
         raise KeyError(f"unknown mode {mode!r} (batched, single, dense)")
     vals = vals - ev.baseline(per_example)  # [k] or [k, batch]
