@@ -8,7 +8,7 @@ import torch
 from harness.core.evaluator import PatchedObjective
 from harness.core.patched_forward import clean_run, patched_logits
 from harness.core.weights import random_weights
-from harness.core.engine import Engine
+from harness.core.engine import Engine, spread_order
 from harness.run.runner import offline_tasks
 from harness.tasks import get_task
 from tests.test_engine_patching import CONFIGS, setup
@@ -99,8 +99,18 @@ def test_scoring_the_scored_positions_alone_equals_scoring_every_position():
     assert seen >= 3 * 2 * (len(offline_tasks()) + len(PRETRAINED))
 
 
-def test_many_chunks_in_strided_order_come_back_in_patch_order():
-    """run_many visits chunks in a strided order; the evaluator puts every value back at its patch."""
+def test_spread_order_visits_every_chunk_and_its_prefixes_cover_the_range():
+    for n in (1, 2, 3, 7, 64, 1029):
+        order = spread_order(n)
+        assert sorted(order) == list(range(n))
+        for k in (2, 4, 8):
+            if n >= 4 * k:  # the first k chunks leave no gap wider than about 2n/k
+                pts = sorted(order[:k]) + [n]
+                assert max(b - a for a, b in zip(pts, pts[1:])) <= 2 * n / k
+
+
+def test_many_chunks_in_spread_order_come_back_in_patch_order():
+    """run_many visits chunks in spread order; the evaluator puts every value back at its patch."""
     e, clean, corr = setup("attn-only", batch=2, pos=4)
     from harness.core.data import Metric, TaskData
     from harness.core import objectives

@@ -79,6 +79,14 @@ def _gelu_new(x):
 _ACTS: dict[str, Callable] = {"gelu_new": _gelu_new, "gelu": F.gelu, "relu": F.relu}
 
 
+def spread_order(n: int) -> list:
+    """0..n-1 in bit-reversed order (0, n/2, n/4, 3n/4, ...): every prefix is spread evenly over
+    the range, so the first k chunks of a run sample all of it."""
+    bits = max(1, (n - 1).bit_length())
+    order = (int(format(i, f"0{bits}b")[::-1], 2) for i in range(1 << bits))
+    return [j for j in order if j < n]
+
+
 class Engine:
     """Runs one model over its graph. See the module docstring for the patching semantics."""
 
@@ -263,9 +271,8 @@ class Engine:
         positions). Every caller that evaluates many circuits goes through here: patching, ACDC,
         faithfulness.
 
-        Chunks come in a strided order (0, s, 2s, ..., then 1, 1 + s, ...; s about the square root
-        of their number): a forward costs more the earlier the layer it starts at, so a run cut
-        short by a timing budget has sampled every part of the graph, not its first layers."""
+        Chunks come in `spread_order`: a forward costs more the earlier the layer it starts at, so a
+        run cut short by a timing budget has sampled every part of the graph, not its first layers."""
         clean = clean if clean is not None else self.clean_run(tokens, source)
         chunk = chunk or max(1, max_rows // clean.batch)
         if isinstance(patches, torch.Tensor):
@@ -273,9 +280,7 @@ class Engine:
             take = lambda i: patches[i : i + chunk]  # noqa: E731
         else:  # rows formed a chunk at a time (`harness.core.patched_forward.OneEdgePatches`)
             take = lambda i: patches.rows(i, i + chunk, self.w.device, self.w.dtype)  # noqa: E731
-        n = math.ceil(patches.shape[0] / chunk)
-        stride = max(1, math.isqrt(n))
-        for j in (j for first in range(stride) for j in range(first, n, stride)):
+        for j in spread_order(math.ceil(patches.shape[0] / chunk)):
             yield j * chunk, self.run_patches(clean, take(j * chunk))
 
     def input_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -19,12 +19,10 @@ WHY_BATCHING_MISSED = {
     "cpu-small": ("batching pays only by saving per-call Python and dispatch overhead, which is what a pass of "
                   "a model this small mostly is; a CPU has no idle parallelism for more rows to fill, and each "
                   "example row still costs its own arithmetic"),
-    "cpu": ("a CPU has no idle parallelism for batching to fill: the patched forward's cost is per example "
-            "row (the same multiply-adds, the unembedding of every position to a full-vocabulary logit "
-            "row although the metric reads only the last one, and one [rows, pos, n_senders, d_model] "
-            "difference per receiver group), so folding edges into rows saves only per-call overhead, "
-            "and the tiled corrupted cache (a copy of every sender output per edge in the chunk) and "
-            "the larger intermediates fall out of cache: a batched row is slower than a single one"),
+    "cpu": ("a CPU has no idle parallelism for batching to fill: a patched forward's cost is per example "
+            "row (the layers from the patched receiver on, the same multiply-adds whether a row shares its "
+            "forward with other edges or not), so folding edges into rows saves only per-call overhead, "
+            "and a chunk's larger intermediates fall out of cache"),
     "gpu": ("at this size the batched forwards are compute- or memory-bound, so folding edges into rows "
             "saves little besides launch overhead"),
 }
