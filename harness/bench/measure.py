@@ -11,8 +11,8 @@ short (or, for one-edge-per-forward patching, run on a sample of edges) its seco
 extrapolated from the measured part: setup (the unpatched reference forwards) + measured work x
 units_total / units_done, with `extrapolated` = True and units_done / units_total in the row.
 
-A case whose known large allocation would not fit (grad-wrong's weight-edge sites on GPT-2 build
-a [n_senders, d_model, d_vocab] tensor, ~24 GB in float32) is skipped, and a case that raises is
+A case whose known large allocation would not fit (a method's `Timing.memory_bytes`: patching's
+caches and rows, the weight-edge sites' sender blocks) is skipped, and a case that raises is
 recorded, with `status` and `note` saying so; the other cases still run.
 
 Every row carries device, dtype, batch, seq_len, torch version, threads (`torch.get_num_threads()`),

@@ -26,6 +26,12 @@ weight-edge-taylor: <share_s, W>. Since <share_s, W> = sum_{b,p} (gamma*center(o
 projection), it equals the `activation` site (gradient x activation, zero reference) on every
 ADDITION edge when both use frozen LN scale, and always on models without LayerNorm. On a DIRECT
 edge it is <dL/dW_Q, W_Q> = sum (q - b_Q) . dL/dq: the activation site minus the bias term.
+
+No share is formed (`weight_edge_scores`): the output receiver's shares alone are
+[n_senders, d_model, d_vocab], 45 GiB on GPT-2. With A_s = lin(out_s) over the N tokens,
+||share_s||^2 = ||A_s^T g||^2 = <A_s A_s^T, g g^T>, two [N, N] Gram matrices, and
+<share_s, W> = <out_s, lin^T(g W^T)>, one [N, d_model] product per receiver. `iter_shares` forms
+the shares themselves: the reference the scores are tested against on small models.
 """
 from __future__ import annotations
 
@@ -37,6 +43,12 @@ from harness.core.engine import Engine
 from harness.core.weights import Weights
 
 
+# working memory of one block of senders in `weight_edge_scores` (their normalised outputs and
+# Gram matrices, or their shares under the direct route), so the sites' memory does not grow with
+# the vocabulary or the number of senders
+SHARE_BLOCK_BYTES = 2**28
+
+
 def weights_with_grad(w: Weights) -> Weights:
     """A copy of the weights whose float tensors are leaves requiring grad."""
     params = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in w.params.items()}
@@ -44,14 +56,13 @@ def weights_with_grad(w: Weights) -> Weights:
 
 
 def weight_edge_bytes(engine, batch: int, seq_len: int) -> int:
-    """The largest tensor the weight-edge sites allocate: one receiver's per-sender shares of
-    dL/dW, [n_upstream, d_model, e] (e = d_head, d_mlp or d_vocab_out for the output, whose
-    receiver reads every sender), twice (the einsum and, for -taylor, shares * W)."""
+    """What the weight-edge sites allocate beside the traced run: the stacked sender outputs
+    [n_senders, tokens, d_model], one block of senders (`SHARE_BLOCK_BYTES`), and a q/k/v group's
+    token Gram matrices [3 n_heads, tokens, tokens] or Taylor products [3 n_heads, tokens, d_model]."""
     cfg, g = engine.cfg, engine.graph
     item = torch.finfo(engine.w.dtype).bits // 8
-    out = len(g.senders) * cfg.d_model * cfg.vocab_out
-    mlp = 0 if cfg.attn_only else max(g.receivers[int(r)].n_upstream for r in g.mlp_receiver) * cfg.d_model * cfg.d_mlp
-    return 2 * item * max(out, mlp)
+    N, R = batch * seq_len, 3 * cfg.n_heads
+    return item * (len(g.senders) * N * cfg.d_model + R * N * max(N, cfg.d_model)) + SHARE_BLOCK_BYTES
 
 
 def weight_grads(engine: Engine, tokens, loss_fn, freeze_ln_scale=False) -> dict:
@@ -122,7 +133,9 @@ def _frozen_ln(engine: Engine, x: torch.Tensor, prefix: str):
 
 def iter_shares(engine: Engine, trace, loss: torch.Tensor):
     """Yield a `Share` for every receiver of an unpatched traced run (`record=True`); the run's
-    `freeze_ln_scale` decides the gradients g, the split itself is exact either way."""
+    `freeze_ln_scale` decides the gradients g, the split itself is exact either way. The
+    materialised reference for `weight_edge_scores` (the output's shares are
+    [n_senders, d_model, d_vocab]: small models only)."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     L_, H = cfg.n_layers, cfg.n_heads
     mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
@@ -167,17 +180,124 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
                 "unembed.W_U", None, None)
 
 
-def weight_edge_scores(engine: Engine, trace, loss, taylor: bool) -> torch.Tensor:
+def _ln_adjoint(engine: Engine, x: torch.Tensor, prefix: str):
+    """(inv [N, 1], gamma [d] or 1.0) of the frozen-scale LayerNorm at `x` [N, d]: its linear
+    part is v -> center(v) * inv * gamma (identity without LayerNorm)."""
+    t = engine.cfg.normalization_type
+    if t is None:
+        return None, 1.0
+    xc = x - x.mean(-1, keepdim=True)
+    inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + engine.cfg.eps).sqrt()
+    return inv, (engine.w[prefix + ".w"] if t == "LN" else 1.0)
+
+
+def _lin(v: torch.Tensor, inv, gamma) -> torch.Tensor:
+    """The frozen LayerNorm's linear part on [..., N, d] (self-adjoint up to where inv and gamma
+    multiply: <lin(v), u> = <v, center(u * inv * gamma)>)."""
+    if inv is None:
+        return v
+    return (v - v.mean(-1, keepdim=True)) * inv * gamma
+
+
+def group_share_values(S: torch.Tensor, inv, gamma, G: torch.Tensor, W: torch.Tensor, taylor: bool,
+                       block_bytes: int = SHARE_BLOCK_BYTES, route: str | None = None) -> torch.Tensor:
+    """[n_senders, R]: ||share_{s,r}||_F (taylor: <share_{s,r}, W_r>) for R receivers that read
+    the same LayerNorm input, share_{s,r} = lin(S_s)^T G_r, without forming any share.
+
+    S: [n_senders, N, d] sender outputs over N tokens; G: [R, N, e] gradients at the receivers'
+    projections y = LN(x) W; W: [R, d, e]. Taylor: <lin(S_s)^T G_r, W_r> = <S_s, lin^T(G_r W_r^T)>,
+    one [N, d] product per receiver. Norm: ||A^T G||^2 = <A A^T, G G^T> over token pairs (the Gram
+    route, N^2 d per sender) or ||A^T G|| itself (the direct route, N d e per sender); the cheaper
+    one runs (`route` forces "gram" or "direct"), over blocks of senders of `block_bytes`. Tokens
+    whose gradient is zero at every receiver (the output's unscored positions) are dropped first.
+    """
+    n, N, d = S.shape
+    R, e = G.shape[0], G.shape[2]
+    item = S.element_size()
+    keep = G.ne(0).any(-1).any(0)
+    if not bool(keep.all()):
+        S, G, N = S[:, keep], G[:, keep], int(keep.sum())
+        inv = None if inv is None else inv[keep]
+    if N == 0:  # no gradient reaches these receivers
+        return S.new_zeros(n, R)
+    if taylor:
+        H = G @ W.transpose(1, 2)  # [R, N, d]
+        if inv is not None:
+            H = H * inv * gamma
+            H = H - H.mean(-1, keepdim=True)
+        return S.reshape(n, -1) @ H.reshape(R, -1).T
+    if route is None:
+        route = "gram" if n * N * N * d + R * N * N * e + n * R * N * N <= n * R * N * d * e else "direct"
+    out = S.new_zeros(n, R)
+    if route == "gram":
+        M = (G @ G.transpose(1, 2)).reshape(R, -1)  # [R, N*N]
+        k = max(1, block_bytes // (item * N * (N + d)))
+        for a in range(0, n, k):
+            A = _lin(S[a : a + k], inv, gamma)
+            K = A @ A.transpose(1, 2)  # [k, N, N]
+            out[a : a + k] = (K.reshape(K.shape[0], -1) @ M.T).clamp_min(0).sqrt()
+    elif route == "direct":
+        k = max(1, block_bytes // (item * d * (N + e)))
+        for a in range(0, n, k):
+            A = _lin(S[a : a + k], inv, gamma)
+            for r in range(R):
+                out[a : a + k, r] = torch.einsum("knd,ne->kde", A, G[r]).reshape(A.shape[0], -1).norm(dim=1)
+    else:
+        raise ValueError(f"route must be 'gram' or 'direct', not {route!r}")
+    return out
+
+
+def weight_edge_scores(engine: Engine, trace, loss, taylor: bool, block_bytes: int = SHARE_BLOCK_BYTES,
+                       route: str | None = None) -> torch.Tensor:
     """[n_edges]: ||share_s|| (taylor: <share_s, W>) per ADDITION edge; DIRECT edges the whole
-    dL/dW of their head's q/k/v (its norm, or <dL/dW, W>)."""
-    out = torch.zeros(engine.graph.n_edges, dtype=torch.float64)
-    for sh in iter_shares(engine, trace, loss):
-        if taylor:
-            vals = (sh.shares * sh.W).sum((1, 2))
-        else:
-            vals = sh.shares.flatten(1).norm(dim=1)
-        out[sh.edge_ids] = vals.detach().double().cpu()
-        if sh.direct_id is not None:
-            full = sh.shares.sum(0) + sh.const
-            out[sh.direct_id] = float((full * sh.W).sum() if taylor else full.norm())
+    dL/dW of their head's q/k/v (its norm, or <dL/dW, W>). Equal to reducing `iter_shares`, but
+    no share is formed: every q/k/v receiver of a layer reads the same residual in an unpatched
+    run, so a layer's 3 x n_heads receivers are one group of `group_share_values`."""
+    cfg, g, w = engine.cfg, engine.graph, engine.w
+    L_, H = cfg.n_layers, cfg.n_heads
+    mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
+    wrt = list(trace.qkv) + mlp_out + [trace.logits]
+    gr = torch.autograd.grad(loss, wrt, allow_unused=True)
+    gr = [torch.zeros_like(t) if x is None else x for x, t in zip(gr, wrt)]
+    g_qkv, g_mlp_out, g_logits = gr[:L_], gr[L_ : L_ + len(mlp_out)], gr[-1]
+    S = torch.stack([s.detach() for s in trace.senders])  # [F, B, P, D]
+    F_, B, P, D = S.shape
+    S = S.reshape(F_, B * P, D)
+    out = torch.zeros(g.n_edges, dtype=torch.float64)
+
+    def score(receivers, x, prefix, G, W):
+        inv, gamma = _ln_adjoint(engine, x, prefix)
+        n_up = g.receivers[receivers[0]].n_upstream
+        vals = group_share_values(S[:n_up], inv, gamma, G, W, taylor, block_bytes, route)
+        for j, r in enumerate(receivers):
+            out[g.dense_index[r, :n_up]] = vals[:, j].detach().double().cpu()
+        return inv, gamma
+
+    for L in range(L_):
+        p = f"blocks.{L}."
+        x = trace.qkv_inputs[L][:, :, 0].detach().reshape(B * P, D)
+        recv = [int(g.qkv_receiver[L, li, h]) for li in range(3) for h in range(H)]
+        G = g_qkv[L].permute(0, 3, 1, 2, 4).reshape(3 * H, B * P, -1)  # [3H, N, d_head], q heads, k, v
+        W = torch.stack([w[p + f"attn.W_{X}"][h] for X in "QKV" for h in range(H)])
+        inv, gamma = score(recv, x, p + "ln1", G, W)
+        # DIRECT edges: the whole dL/dW_X[h] = LN(x)^T g (plus W_pos after LN for shortformer q/k)
+        Z = _lin(x, inv, gamma) + (w[p + "ln1.b"] if cfg.normalization_type == "LN" else 0.0)
+        for li, X in enumerate("QKV"):
+            Zx = Z + w["pos_embed.W_pos"][:P].repeat(B, 1) if cfg.positional_embedding_type == "shortformer" and X != "V" else Z
+            full = torch.einsum("nd,hne->hde", Zx, G[li * H : (li + 1) * H])
+            vals = (full * W[li * H : (li + 1) * H]).sum((1, 2)) if taylor else full.flatten(1).norm(dim=1)
+            for h in range(H):
+                out[g.direct_index(L, "qkv"[li], h)] = float(vals[h])
+        if not cfg.attn_only:
+            xm = trace.mlp_inputs[L].detach().reshape(B * P, D)
+            inv, gamma = _ln_adjoint(engine, xm, p + "ln2")
+            beta = w[p + "ln2.b"] if cfg.normalization_type == "LN" else 0.0
+            pre = (_lin(xm, inv, gamma) + beta) @ w[p + "mlp.W_in"] + w[p + "mlp.b_in"]
+            pre.requires_grad_(True)
+            with torch.enable_grad():
+                post = engine.act_fn(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
+                g_pre = torch.autograd.grad(post, pre, g_mlp_out[L].reshape(B * P, D))[0]
+            score([int(g.mlp_receiver[L])], xm, p + "ln2", g_pre[None], w[p + "mlp.W_in"][None])
+    score([g.output_receiver], trace.output_input.detach().reshape(B * P, D), "ln_final",
+          g_logits.reshape(1, B * P, -1), w["unembed.W_U"][None])
     return out
