@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-runs allowed for methods that must re-run per resample, e.g. ACDC; an interval needs "
                         "--bootstrap of them, so fewer gives none (default 0)")
     r.add_argument("--threads", type=_count, help="torch CPU threads (default: 1 for small models, else torch's choice)")
-    r.add_argument("--chunk", type=_count, help="examples per pass for variants with per-example scores (default: as "
+    r.add_argument("--chunk", type=_count, help="examples per pass of the gradient methods (default: as "
                                                "many as keep a traced run within 1 GiB; results are the same)")
     r.add_argument("--controls", nargs="+", choices=["trained", "reset"],
                    help="trained: the task's model; reset: each method on --reset-seeds reset networks (ACDC's reset "

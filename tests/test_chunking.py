@@ -51,21 +51,45 @@ def test_chunks_of_one_give_the_per_example_terms(setups, m, v):
     assert got.shape == per_ex.shape == (data.n, engine.graph.n_edges) and _close(got, per_ex, scale)
 
 
-def test_variants_without_per_example_scores_see_the_whole_batch(setups, monkeypatch):
+SELF_CHUNKED = [(m, v) for m, spec in all_methods().items() for v in sorted(spec.chunks_itself)]
+
+
+def test_every_model_ranking_variant_can_run_in_chunks():
+    """A ranking variant that runs the model either has per-example scores (split by the
+    registry) or passes chunks itself; none sees the whole batch regardless."""
+    for m, spec in all_methods().items():
+        if spec.output == "ranking" and not spec.model_free:
+            for v in spec.variants:
+                assert spec.supports_per_example(v) != (v in spec.chunks_itself), (m, v)
+    assert {v.split("/")[1] for m, v in SELF_CHUNKED} == {"weight-node", "weight-edge", "weight-edge-taylor"}
+
+
+@pytest.mark.parametrize("model", ["tracr-xproportion", "ln-mlp"])
+def test_weight_sites_in_chunks_equal_one_pass(setups, model, monkeypatch):
+    """The weight sites (norms of batch gradients: not sums of per-example terms) in passes of 4,
+    2 and 1 examples equal one pass, on tracr and on a LayerNorm + MLP model (whose frozen
+    LayerNorm scales concatenate with the tokens), for every target; the passes are real."""
     from harness.core.data import TaskData
+    from test_eap import tiny_task
 
-    engine, data = setups["tracr-xproportion"]
-    spec = all_methods()["grad-wrong"]
-    v = "logit-diff-mse/weight-node"
-    assert not spec.supports_per_example(v)
+    engine, data = setups[model] if model in setups else tiny_task("zero", seed=3)
     d = data.with_ablation("zero")
-    whole = spec.run(engine, d, v)
-
-    def refuse(*a, **k):
-        raise AssertionError("a variant without per-example scores was split")
-
-    monkeypatch.setattr(TaskData, "subset", refuse)
-    assert torch.equal(spec.run(engine, d, v, chunk=1), whole)
+    spec = all_methods()["grad-wrong"]
+    subsets = []
+    real = TaskData.subset
+    monkeypatch.setattr(TaskData, "subset", lambda self, idx: subsets.append(len(idx)) or real(self, idx))
+    nonzero = 0
+    for m, v in SELF_CHUNKED:
+        whole = spec.run(engine, d, v)
+        scale = float(whole.abs().max())
+        nonzero += scale > 1e-6  # task-metric's gradient vanishes at the clean point
+        for chunk in (4, 2, 1):
+            subsets.clear()
+            got = spec.run(engine, d, v, chunk=chunk)
+            assert (sum(subsets), max(subsets, default=d.n)) == ((d.n, chunk) if chunk < d.n else (0, d.n)), (v, chunk)
+            assert _close(got, whole, max(scale, 1e-6)), (v, chunk)  # zero gradients: round-off
+        assert spec.passes_of(v, d.n, 2) == 2 and spec.passes_of(v, d.n, d.n) is None
+    assert nonzero >= len(SELF_CHUNKED) - 3
 
 
 def test_the_chunk_fits_the_budget_and_large_models_are_chunked():

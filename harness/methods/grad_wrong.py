@@ -20,11 +20,13 @@ Variants are named `<target>/<site>`.
 """
 from __future__ import annotations
 
+import torch
+
 from harness.core.references import source_cache, source_run
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register
 from harness.methods.targets import TARGETS, needs_source_logits, target_loss
-from harness.methods.weight_sites import weight_edge_bytes, weight_edge_scores, weight_grads, weight_node_scores
+from harness.methods.weight_sites import ShareFactors, share_factors, weight_edge_bytes, weight_grads, weight_node_scores
 
 SITES = {
     "activation": "gradient x (activation - source activation): the run's reference",
@@ -54,33 +56,69 @@ VARIANTS = {
     references={v: ("zero",) for v in VARIANTS if v.split("/")[1] in ZERO_ONLY},
     gradient=True,
     per_example=[v for v in VARIANTS if not v.split("/")[1].startswith("weight")],  # dL/dW sums over examples
+    chunks_itself=[v for v in VARIANTS if v.split("/")[1].startswith("weight")],
     objective=lambda opts, logits, clean_logits, source_logits, data: target_loss(opts["target"], logits, data, clean_logits, source_logits),
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
                            for site in SITES],
 )
-def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, freeze_ln_scale=None):
+def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, freeze_ln_scale=None,
+               chunk=None):
+    """[n_edges] scores (per_example: [batch, n_edges]). `chunk`: the weight sites pass at most
+    that many examples at a time (the activation sites are split by `MethodSpec.run`)."""
     if site not in SITES:
         raise KeyError(f"unknown gradient site {site!r}; sites: {', '.join(SITES)}")
     if per_example and site.startswith("weight"):
         raise ValueError("weight sites sum over examples (dL/dW); per_example is not available")
     freeze = site in FROZEN_BY_DEFAULT if freeze_ln_scale is None else bool(freeze_ln_scale)
+    if site.startswith("weight"):
+        return _weight_site(engine, data, target, site, freeze, chunk)
     # The run being differentiated is the clean run, so its own logits are the clean logits; the
-    # source run is one no-grad forward, made only where the site or the target reads it.
-    source = source_logits = None
+    # source run is one no-grad forward.
     if needs_source_logits(target, data):
         source, source_logits = source_run(engine, data)
-    elif site == "activation":
-        source = source_cache(engine, data)
-
-    def loss_of(logits):
-        return target_loss(target, logits, data, logits.detach(), source_logits)
-
-    if site == "weight-node":
-        return weight_node_scores(engine, weight_grads(engine, data.clean, loss_of, freeze))
+    else:
+        source, source_logits = source_cache(engine, data), None
     tr = traced_run(engine, data.clean, freeze_ln_scale=freeze)
-    if site.startswith("weight-edge"):
-        return weight_edge_scores(engine, tr, loss_of(tr.logits), taylor=site == "weight-edge-taylor")
-    grads = receiver_grads(tr, loss_of(tr.logits))
+    grads = receiver_grads(tr, target_loss(target, tr.logits, data, tr.logits.detach(), source_logits))
     here = tr.cache()
     return contract(engine, grads, here.senders - source.senders, here.qkv - source.qkv,
                     per_example=per_example).detach()
+
+
+def _passes(data, chunk):
+    """(examples, their share of the batch) for passes of at most `chunk` examples."""
+    if not chunk or data.n <= chunk:
+        return [(data, 1.0)]
+    return [(data.subset(torch.arange(a, min(a + chunk, data.n))), min(chunk, data.n - a) / data.n)
+            for a in range(0, data.n, chunk)]
+
+
+def _weight_site(engine, data, target, site, freeze, chunk):
+    """A weight site in passes of at most `chunk` examples. The targets are batch means, so a
+    pass's loss weighted by its share of the examples makes dL/dW, the Taylor values and the
+    DIRECT edges' dL/dW add over passes, and the shares' factors concatenate over tokens
+    (`ShareFactors.cat`): every site equals its one-pass value. The source run (made only for
+    targets that read its logits) is the pass's own."""
+    dW, taylor, factors = None, None, None
+    for part, share in _passes(data, chunk):
+        source_logits = source_run(engine, part)[1] if needs_source_logits(target, part) else None
+
+        def loss_of(logits):
+            return share * target_loss(target, logits, part, logits.detach(), source_logits)
+
+        if site == "weight-node":
+            grads = weight_grads(engine, part.clean, loss_of, freeze)
+            dW = grads if dW is None else {k: dW[k] + v for k, v in grads.items()}
+            continue
+        tr = traced_run(engine, part.clean, freeze_ln_scale=freeze)
+        f = share_factors(engine, tr, loss_of(tr.logits))
+        del tr  # the pass's autograd graph; only its factors are kept
+        if site == "weight-edge-taylor":  # linear in the loss: add the passes' values
+            vals = f.scores(engine.graph, taylor=True)
+            taylor = vals if taylor is None else taylor + vals
+        else:  # folded in as they come: a pass's weight stacks and DIRECT dL/dW are not kept
+            factors = f if factors is None else ShareFactors.cat([factors, f])
+        del f
+    if site == "weight-node":
+        return weight_node_scores(engine, dW)
+    return taylor if site == "weight-edge-taylor" else factors.scores(engine.graph, taylor=False)

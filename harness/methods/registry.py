@@ -17,7 +17,10 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
   control of it would say nothing and is not run;
 - seeded: it takes `seed=`; per_example: it takes `per_example=True` and then returns
   [batch, n_edges] terms that sum over examples to its scores (True, False, or the variants that
-  do), which makes bootstrap intervals one run instead of one run per resample;
+  do), which makes bootstrap intervals one run instead of one run per resample; a ranking variant
+  with per-example scores is run in passes of `chunk` examples here (`MethodSpec.run`);
+- chunks_itself: variants without per-example scores whose function takes `chunk=` and passes at
+  most that many examples at a time itself, equal to one pass (grad-wrong's weight sites);
 - default_max_edges: skipped by default on larger graphs (cost grows with edges x examples);
 - timings: how `circuit-bench bench` times it (`Timing`, one per timed row), given the bench
   settings;
@@ -107,6 +110,7 @@ class MethodSpec:
     objective: Optional[Callable] = None  # (options, logits, clean_logits, source_logits, data) -> values
     chance: bool = False
     model_free: bool = False
+    chunks_itself: frozenset = frozenset()
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
@@ -141,7 +145,7 @@ class MethodSpec:
         """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported.
         `chunk`: at most that many examples per pass, for variants with per-example scores (their
         terms add over examples, so chunks combine exactly, weighted by their share of the
-        examples); other variants see the whole batch."""
+        examples); variants in `chunks_itself` pass it on; other variants see the whole batch."""
         if chunk and self.splits(variant, data.n, chunk):  # model-free methods may get data without examples
             return self._run_chunked(engine, data, variant, chunk, seed, per_example, overrides)
         accepted = self.references_for(variant)
@@ -150,6 +154,8 @@ class MethodSpec:
                              f"(it accepts: {', '.join(accepted)})")
         opts = self.options(variant)
         opts.update(overrides)
+        if chunk and variant in self.chunks_itself and data.n > chunk:
+            opts["chunk"] = chunk
         if self.seeded and seed is not None:
             opts["seed"] = seed
         absolute = opts.pop("aggregate", "sum") == "abs"
@@ -168,6 +174,11 @@ class MethodSpec:
     def splits(self, variant: str, n_examples: int, chunk: Optional[int]) -> bool:
         """Whether `run(..., chunk=chunk)` on `n_examples` examples runs in chunks."""
         return bool(chunk) and n_examples > chunk and self.output == "ranking" and self.supports_per_example(variant)
+
+    def passes_of(self, variant: str, n_examples: int, chunk: Optional[int]) -> Optional[int]:
+        """The examples per pass of `run(..., chunk=chunk)`, or None where it runs in one pass."""
+        several = bool(chunk) and n_examples > chunk
+        return chunk if several and (self.splits(variant, n_examples, chunk) or variant in self.chunks_itself) else None
 
     def _run_chunked(self, engine, data, variant, chunk, seed, per_example, overrides):
         """A ranking from chunks of `chunk` examples: each chunk's scores are means over its own
@@ -199,7 +210,7 @@ def task_objective(default: str) -> Callable:
 
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
              references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
-             default_max_edges=None, timings=None, objective=None, chance=False, model_free=None):
+             default_max_edges=None, timings=None, objective=None, chance=False, model_free=None, chunks_itself=()):
     """Decorator: declare a method (see the module docstring for each field)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
@@ -212,7 +223,7 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
                                    dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
                                    default_max_edges, timings, objective, chance,
-                                   chance if model_free is None else model_free)
+                                   chance if model_free is None else model_free, frozenset(chunks_itself))
         return fn
 
     return deco

@@ -208,16 +208,11 @@ def group_share_values(S: torch.Tensor, inv, gamma, G: torch.Tensor, W: torch.Te
     projections y = LN(x) W; W: [R, d, e]. Taylor: <lin(S_s)^T G_r, W_r> = <S_s, lin^T(G_r W_r^T)>,
     one [N, d] product per receiver. Norm: ||A^T G||^2 = <A A^T, G G^T> over token pairs (the Gram
     route, N^2 d per sender) or ||A^T G|| itself (the direct route, N d e per sender); the cheaper
-    one runs (`route` forces "gram" or "direct"), over blocks of senders of `block_bytes`. Tokens
-    whose gradient is zero at every receiver (the output's unscored positions) are dropped first.
+    one runs (`route` forces "gram" or "direct"), over blocks of senders of `block_bytes`.
     """
     n, N, d = S.shape
     R, e = G.shape[0], G.shape[2]
     item = S.element_size()
-    keep = G.ne(0).any(-1).any(0)
-    if not bool(keep.all()):
-        S, G, N = S[:, keep], G[:, keep], int(keep.sum())
-        inv = None if inv is None else inv[keep]
     if N == 0:  # no gradient reaches these receivers
         return S.new_zeros(n, R)
     if taylor:
@@ -247,12 +242,70 @@ def group_share_values(S: torch.Tensor, inv, gamma, G: torch.Tensor, W: torch.Te
     return out
 
 
-def weight_edge_scores(engine: Engine, trace, loss, taylor: bool, block_bytes: int = SHARE_BLOCK_BYTES,
-                       route: str | None = None) -> torch.Tensor:
-    """[n_edges]: ||share_s|| (taylor: <share_s, W>) per ADDITION edge; DIRECT edges the whole
-    dL/dW of their head's q/k/v (its norm, or <dL/dW, W>). Equal to reducing `iter_shares`, but
-    no share is formed: every q/k/v receiver of a layer reads the same residual in an unpatched
-    run, so a layer's 3 x n_heads receivers are one group of `group_share_values`."""
+@dataclass
+class ShareGroup:
+    """Receivers that read one LayerNorm input, and what their shares factor into."""
+
+    receivers: list  # receiver ids, in the order of G's first axis
+    n_up: int  # senders upstream of all of them
+    tokens: torch.Tensor | None  # [N'] token rows where some receiver has a nonzero gradient (None: all)
+    inv: torch.Tensor | None  # [N', 1] frozen LayerNorm scale (None: no LayerNorm)
+    gamma: object  # [d_model] LayerNorm weight, or 1.0
+    G: torch.Tensor  # [R, N', e] gradients at the receivers' projections
+    W: torch.Tensor  # [R, d_model, e]
+
+
+@dataclass
+class ShareFactors:
+    """What weight-edge scores read from traced runs: sender outputs over the tokens, the receiver
+    groups, and each DIRECT edge's whole dL/dW. Factors of runs over disjoint examples whose
+    losses add up to the batch's concatenate over tokens (`cat`): the shares, and so their
+    norms, are then the batch's."""
+
+    senders: torch.Tensor  # [n_senders, N, d_model]
+    groups: list
+    direct_ids: list  # per q/k/v group: [3 n_heads] DIRECT edge ids
+    direct_grads: list  # per q/k/v group: [3 n_heads, d_model, d_head] dL/dW_Q/K/V
+    direct_W: list
+
+    @staticmethod
+    def cat(parts: list) -> "ShareFactors":
+        if len(parts) == 1:
+            return parts[0]
+        offsets, n = [], 0
+        for f in parts:
+            offsets.append(n)
+            n += f.senders.shape[1]
+        groups = []
+        for gs in zip(*(f.groups for f in parts)):
+            g0 = gs[0]
+            inv = None if g0.inv is None else torch.cat([g.inv for g in gs])
+            tokens = None
+            if any(g.tokens is not None for g in gs):
+                tokens = torch.cat([(torch.arange(f.senders.shape[1]) if g.tokens is None else g.tokens) + o
+                                    for g, f, o in zip(gs, parts, offsets)])
+            groups.append(ShareGroup(g0.receivers, g0.n_up, tokens, inv, g0.gamma, torch.cat([g.G for g in gs], 1), g0.W))
+        return ShareFactors(torch.cat([f.senders for f in parts], 1), groups, parts[0].direct_ids,
+                            [sum(ds) for ds in zip(*(f.direct_grads for f in parts))], parts[0].direct_W)
+
+    def scores(self, graph, taylor: bool, block_bytes: int = SHARE_BLOCK_BYTES, route: str | None = None) -> torch.Tensor:
+        """[n_edges] float64, as `weight_edge_scores` describes."""
+        out = torch.zeros(graph.n_edges, dtype=torch.float64)
+        for grp in self.groups:
+            S = self.senders[: grp.n_up] if grp.tokens is None else self.senders[: grp.n_up, grp.tokens]
+            vals = group_share_values(S, grp.inv, grp.gamma, grp.G, grp.W, taylor, block_bytes, route)
+            for j, r in enumerate(grp.receivers):
+                out[graph.dense_index[r, : grp.n_up]] = vals[:, j].detach().double().cpu()
+        for ids, full, W in zip(self.direct_ids, self.direct_grads, self.direct_W):
+            vals = (full * W).sum((1, 2)) if taylor else full.flatten(1).norm(dim=1)
+            out[ids] = vals.detach().double().cpu()
+        return out
+
+
+def share_factors(engine: Engine, trace, loss) -> ShareFactors:
+    """The factors of an unpatched traced run's shares under `loss` (one backward). Every q/k/v
+    receiver of a layer reads the same residual in an unpatched run, so a layer's
+    3 x n_heads receivers are one group."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     L_, H = cfg.n_layers, cfg.n_heads
     mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
@@ -262,15 +315,15 @@ def weight_edge_scores(engine: Engine, trace, loss, taylor: bool, block_bytes: i
     g_qkv, g_mlp_out, g_logits = gr[:L_], gr[L_ : L_ + len(mlp_out)], gr[-1]
     S = torch.stack([s.detach() for s in trace.senders])  # [F, B, P, D]
     F_, B, P, D = S.shape
-    S = S.reshape(F_, B * P, D)
-    out = torch.zeros(g.n_edges, dtype=torch.float64)
+    groups, direct_ids, direct_grads, direct_W = [], [], [], []
 
-    def score(receivers, x, prefix, G, W):
+    def group(receivers, x, prefix, G, W):
         inv, gamma = _ln_adjoint(engine, x, prefix)
-        n_up = g.receivers[receivers[0]].n_upstream
-        vals = group_share_values(S[:n_up], inv, gamma, G, W, taylor, block_bytes, route)
-        for j, r in enumerate(receivers):
-            out[g.dense_index[r, :n_up]] = vals[:, j].detach().double().cpu()
+        keep = G.ne(0).any(-1).any(0)  # the output's unscored positions drop out
+        tokens = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+        if tokens is not None:
+            G, inv = G[:, tokens], None if inv is None else inv[tokens]
+        groups.append(ShareGroup(receivers, g.receivers[receivers[0]].n_upstream, tokens, inv, gamma, G.detach(), W))
         return inv, gamma
 
     for L in range(L_):
@@ -279,15 +332,16 @@ def weight_edge_scores(engine: Engine, trace, loss, taylor: bool, block_bytes: i
         recv = [int(g.qkv_receiver[L, li, h]) for li in range(3) for h in range(H)]
         G = g_qkv[L].permute(0, 3, 1, 2, 4).reshape(3 * H, B * P, -1)  # [3H, N, d_head], q heads, k, v
         W = torch.stack([w[p + f"attn.W_{X}"][h] for X in "QKV" for h in range(H)])
-        inv, gamma = score(recv, x, p + "ln1", G, W)
+        inv, gamma = group(recv, x, p + "ln1", G, W)
         # DIRECT edges: the whole dL/dW_X[h] = LN(x)^T g (plus W_pos after LN for shortformer q/k)
         Z = _lin(x, inv, gamma) + (w[p + "ln1.b"] if cfg.normalization_type == "LN" else 0.0)
+        full = []
         for li, X in enumerate("QKV"):
             Zx = Z + w["pos_embed.W_pos"][:P].repeat(B, 1) if cfg.positional_embedding_type == "shortformer" and X != "V" else Z
-            full = torch.einsum("nd,hne->hde", Zx, G[li * H : (li + 1) * H])
-            vals = (full * W[li * H : (li + 1) * H]).sum((1, 2)) if taylor else full.flatten(1).norm(dim=1)
-            for h in range(H):
-                out[g.direct_index(L, "qkv"[li], h)] = float(vals[h])
+            full.append(torch.einsum("nd,hne->hde", Zx, G[li * H : (li + 1) * H]).detach())
+        direct_ids.append(torch.tensor([g.direct_index(L, "qkv"[li], h) for li in range(3) for h in range(H)]))
+        direct_grads.append(torch.cat(full))
+        direct_W.append(W)
         if not cfg.attn_only:
             xm = trace.mlp_inputs[L].detach().reshape(B * P, D)
             inv, gamma = _ln_adjoint(engine, xm, p + "ln2")
@@ -297,7 +351,16 @@ def weight_edge_scores(engine: Engine, trace, loss, taylor: bool, block_bytes: i
             with torch.enable_grad():
                 post = engine.act_fn(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
                 g_pre = torch.autograd.grad(post, pre, g_mlp_out[L].reshape(B * P, D))[0]
-            score([int(g.mlp_receiver[L])], xm, p + "ln2", g_pre[None], w[p + "mlp.W_in"][None])
-    score([g.output_receiver], trace.output_input.detach().reshape(B * P, D), "ln_final",
+            group([int(g.mlp_receiver[L])], xm, p + "ln2", g_pre[None], w[p + "mlp.W_in"][None])
+    group([g.output_receiver], trace.output_input.detach().reshape(B * P, D), "ln_final",
           g_logits.reshape(1, B * P, -1), w["unembed.W_U"][None])
-    return out
+    return ShareFactors(S.reshape(F_, B * P, D), groups, direct_ids, direct_grads, direct_W)
+
+
+def weight_edge_scores(engine: Engine, trace, loss, taylor: bool, block_bytes: int = SHARE_BLOCK_BYTES,
+                       route: str | None = None) -> torch.Tensor:
+    """[n_edges]: ||share_s|| (taylor: <share_s, W>) per ADDITION edge; DIRECT edges the whole
+    dL/dW of their head's q/k/v (its norm, or <dL/dW, W>). Equal to reducing `iter_shares`, but
+    no share is formed (`group_share_values`)."""
+    f = share_factors(engine, trace, loss)
+    return f.scores(engine.graph, taylor, block_bytes, route)

@@ -221,26 +221,29 @@ def _sync(device: str):
 
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk=None) -> dict:
     """One trained run. `chunk`: examples per pass; below the batch, a variant with per-example
-    scores runs once, per example, in chunks, and its scores are their sum."""
+    scores runs once, per example, in chunks, and its scores are their sum; one that chunks itself
+    (`MethodSpec.chunks_itself`) gets `chunk`."""
     spec = all_methods()[method]
     record = {**record_head(task.name, method, variant, data.ablation, "trained", cfg), **_run_facts(spec, engine, data)}
     chunked = spec.splits(variant, data.n, chunk)
+    per_pass = spec.passes_of(variant, data.n, chunk)
     torch.manual_seed(cfg.seed)
     _sync(cfg.device)
     t0 = time.perf_counter()
     per_ex = None
     if chunked:
         per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True, chunk=chunk).detach().double().cpu()
-        record["examples_per_pass"] = chunk
         result = per_ex.sum(0)
     else:
-        result = spec.run(engine, data, variant, seed=cfg.seed)
+        result = spec.run(engine, data, variant, seed=cfg.seed, chunk=per_pass)
+    if per_pass:
+        record["examples_per_pass"] = per_pass
     _sync(cfg.device)
     record["seconds"] = time.perf_counter() - t0
     scores = as_scores(result)
     floor = 0.0
     if spec.output == "ranking":
-        measured = measured_floor(spec, engine, data, variant, cfg.seed, scores, chunk if chunked else None)
+        measured = measured_floor(spec, engine, data, variant, cfg.seed, scores, per_pass)
         floor = measured.floor
         record.update(measured.as_record())
         scores = measured.ranked(scores)  # float64's (harness.eval.round_off)
@@ -250,7 +253,7 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
     else:
         record["scores"] = scores.tolist()
         if cfg.faithfulness:
-            record["faithfulness"] = faithfulness(engine, data, scores, examples_per_pass=chunk if chunked else None)
+            record["faithfulness"] = faithfulness(engine, data, scores, examples_per_pass=per_pass)
     scored = score_all(task, engine.graph, scores, floor)
     intervals = {}
     if spec.chance:
