@@ -59,21 +59,26 @@ def _scores_from_shares(e, tr, loss, taylor):
 def test_scores_without_shares_equal_the_shares(model, route, tracr_tasks):
     """The Gram route, the direct route and the Taylor product give what the shares give, in
     blocks of one sender (block_bytes=1) as in one block; a target reading one position leaves
-    the output's other tokens at zero gradient, which the routes drop."""
+    the output's other tokens at zero gradient, which the routes drop, and a loss on the first
+    position of a causal model leaves every receiver's later tokens at zero gradient."""
     e, data = tiny_task("zero", seed=9)
     if model == "shortformer":
         e = Engine(random_weights(SHORT, seed=9, dtype=torch.float64, init_range=0.15))
     elif model.startswith("tracr"):
         t = tracr_tasks[model]
         e, data = Engine(t.load_model().to(dtype=torch.float64)), t.data().with_ablation("zero")
-    loss_fn = _loss_fn(e, data, "least-likely")
-    for taylor in (False, True):
-        want = _scores_from_shares(e, (tr := traced_run(e, data.clean, freeze_ln_scale=True)), loss_fn(tr.logits), taylor)
-        assert want.abs().max() > 1e-3
-        for block in (1, 2**28):
-            tr = traced_run(e, data.clean, freeze_ln_scale=True)
-            got = weight_edge_scores(e, tr, loss_fn(tr.logits), taylor, block_bytes=block, route=route)
-            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    target = _loss_fn(e, data, "least-likely")
+    losses = [target]
+    if e.cfg.causal:  # a loss on the first position: every receiver's gradient is zero at later tokens
+        losses.append(lambda lg: target(lg) * 0 + lg[:, 0].pow(2).sum())
+    for loss_fn in losses:
+        for taylor in (False, True):
+            want = _scores_from_shares(e, (tr := traced_run(e, data.clean, freeze_ln_scale=True)), loss_fn(tr.logits), taylor)
+            assert want.abs().max() > 1e-3
+            for block in (1, 2**28):
+                tr = traced_run(e, data.clean, freeze_ln_scale=True)
+                got = weight_edge_scores(e, tr, loss_fn(tr.logits), taylor, block_bytes=block, route=route)
+                torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 def test_weight_edge_memory_does_not_grow_with_the_vocabulary():

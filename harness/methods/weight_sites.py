@@ -321,10 +321,10 @@ def share_factors(engine: Engine, trace, loss) -> ShareFactors:
         inv, gamma = _ln_adjoint(engine, x, prefix)
         keep = G.ne(0).any(-1).any(0)  # the output's unscored positions drop out
         tokens = None if bool(keep.all()) else keep.nonzero().squeeze(1)
-        if tokens is not None:
-            G, inv = G[:, tokens], None if inv is None else inv[tokens]
-        groups.append(ShareGroup(receivers, g.receivers[receivers[0]].n_upstream, tokens, inv, gamma, G.detach(), W))
-        return inv, gamma
+        kept_G, kept_inv = (G, inv) if tokens is None else (G[:, tokens], None if inv is None else inv[tokens])
+        groups.append(ShareGroup(receivers, g.receivers[receivers[0]].n_upstream, tokens, kept_inv, gamma,
+                                 kept_G.detach(), W))
+        return inv, gamma  # over every token
 
     for L in range(L_):
         p = f"blocks.{L}."
