@@ -122,3 +122,73 @@ def test_malformed_weights_are_named():
     del w.params["blocks.1.attn.W_K"]
     with pytest.raises(ValueError, match="blocks.1.attn.W_K"):
         Engine(w)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_plain_forward_is_the_per_receiver_forward(name, freeze):
+    """An unpatched, unrecorded run takes the shared-LayerNorm, fused-q/k/v path (`Engine._plain`):
+    its logits, its gradient at the input embeddings and its weight gradients equal the
+    per-receiver forward's (record=True) in float64."""
+    from harness.methods.weight_sites import weights_with_grad
+
+    e, clean, _ = setup(name, seed=3)
+    w = weights_with_grad(e.w)
+    eng = Engine(w)
+    outs = []
+    for record in (False, True):
+        emb = eng.input_embeddings(clean).detach().requires_grad_(True)
+        logits = eng.run(clean, input_embeds=emb, record=record, freeze_ln_scale=freeze).logits
+        loss = (logits.sin() * torch.linspace(-1, 1, logits.shape[-1], dtype=logits.dtype)).sum()
+        names = [k for k, v in w.params.items() if v.requires_grad]
+        grads = torch.autograd.grad(loss, [emb] + [w.params[k] for k in names], allow_unused=True)
+        outs.append((logits.detach(), grads))
+    (a, ga), (b, gb) = outs
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert len(ga) == len(gb)
+    for x, y in zip(ga, gb):
+        assert (x is None) == (y is None)
+        if x is not None:
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_traced_run_shares_one_layernorm_per_position(name, freeze):
+    """An unpatched traced run normalises the residual once per layer (`SharedQKV`); the gradients
+    at every receiver input and q/k/v, and the logits, equal the per-receiver path's (the same run
+    with weights that require grad, which takes it) in float64, and gradcheck passes (for the true
+    derivative: a frozen scale is by design not what finite differences see)."""
+    from harness.core.shared_qkv import SharedQKV
+    from harness.methods.attribution import receiver_grads
+    from harness.methods.weight_sites import weights_with_grad
+
+    e, clean, _ = setup(name, seed=5)
+    per_receiver = Engine(weights_with_grad(e.w))
+    res = []
+    for eng in (e, per_receiver):
+        emb = eng.input_embeddings(clean).detach().requires_grad_(True)
+        tr = eng.run(clean, record=True, input_embeds=emb, freeze_ln_scale=freeze)
+        loss = (tr.logits.sin() * torch.linspace(-1, 1, tr.logits.shape[-1], dtype=tr.logits.dtype)).sum()
+        res.append((tr.logits.detach(), receiver_grads(tr, loss)))
+    (a, ga), (b, gb) = res
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for key in ("qkv_in", "mlp_in", "qkv"):
+        for x, y in zip(ga[key], gb[key]):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    assert float(ga["qkv_in"][0].abs().max()) > 1e-6
+    # per-receiver gradients really differ across receivers of one layer (so sharing is not trivial)
+    assert float((ga["qkv_in"][-1][:, :, 0] - ga["qkv_in"][-1][:, :, -1]).abs().max()) > 1e-8
+    cfg, w = e.cfg, e.w
+    x = torch.randn(2, 3, 1, cfg.d_model, dtype=torch.float64).expand(2, 3, 3 * cfg.n_heads, cfg.d_model).clone()
+    x.requires_grad_(True)
+    W = torch.stack([w["blocks.0.attn.W_Q"], w["blocks.0.attn.W_K"], w["blocks.0.attn.W_V"]])
+    b = torch.stack([w["blocks.0.attn.b_Q"], w["blocks.0.attn.b_K"], w["blocks.0.attn.b_V"]])
+    t = cfg.normalization_type
+    gamma, beta = (w["blocks.0.ln1.w"], w["blocks.0.ln1.b"]) if t == "LN" else (None, None)
+    pos = w["pos_embed.W_pos"][:3] if cfg.positional_embedding_type == "shortformer" else None
+
+    def f(x):  # gradcheck perturbs one copy at a time; the function reads copy 0, so tie them
+        return SharedQKV.apply(x[:, :, :1].expand_as(x), W, b, gamma, beta, pos, cfg.eps, t, freeze)
+    if not freeze:
+        assert torch.autograd.gradcheck(f, (x,))

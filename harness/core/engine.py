@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.graph import Graph
+from harness.core.shared_qkv import SharedQKV
 from harness.core.weights import Weights
 
 
@@ -174,6 +175,10 @@ class Engine:
 
         W_pos = w["pos_embed.W_pos"][:P]
         inputs = list(input_embeds.to(w.device) if input_embeds is not None else self.input_embeddings(tokens))
+        if not (patching or record or zero_senders):
+            return Trace(logits=self._plain(inputs, W_pos, freeze_ln_scale))
+        # an unpatched traced run with constant weights: q/k/v through `SharedQKV`
+        shared = record and not patching and not any(t.requires_grad for t in w.params.values())
         resid = 0
         for x in inputs:
             resid = resid + add_sender(x)
@@ -193,21 +198,19 @@ class Engine:
                 qkv_in = mix_in_source(qkv_in, rows, n_up)
             if record:
                 trace.qkv_inputs.append(qkv_in)
-            normed = self._norm(qkv_in, pre + "ln1", freeze_ln_scale)
-            q_in, k_in, v_in = normed[:, :, :H], normed[:, :, H : 2 * H], normed[:, :, 2 * H :]
-            if cfg.positional_embedding_type == "shortformer":
-                q_in = q_in + W_pos[None, :, None, :]
-                k_in = k_in + W_pos[None, :, None, :]
-            q = torch.einsum("bphd,hde->bphe", q_in, w[pre + "attn.W_Q"]) + w[pre + "attn.b_Q"]
-            k = torch.einsum("bphd,hde->bphe", k_in, w[pre + "attn.W_K"]) + w[pre + "attn.b_K"]
-            v = torch.einsum("bphd,hde->bphe", v_in, w[pre + "attn.W_V"]) + w[pre + "attn.b_V"]
+            if shared:  # every receiver reads the residual: one LayerNorm, one fused product
+                qkv = self._shared_qkv(qkv_in, pre, W_pos, freeze_ln_scale)
+                trace.qkv.append(qkv)
+                q, k, v = qkv.unbind(0)
+            else:
+                q, k, v = self._receiver_qkv(qkv_in, pre, W_pos, freeze_ln_scale)
             if patching:
                 source_qkv = source.qkv[L].to(w.device)  # [3, B, P, H, dh]
                 beta = direct_patch[:, L]  # [b, 3, H]
                 q = q + beta[:, None, 0, :, None] * (source_qkv[0] - q)
                 k = k + beta[:, None, 1, :, None] * (source_qkv[1] - k)
                 v = v + beta[:, None, 2, :, None] * (source_qkv[2] - v)
-            if record:
+            if record and not shared:
                 # Downstream reads the stacked tensor, so gradients w.r.t. it are defined.
                 qkv = torch.stack([q, k, v])
                 trace.qkv.append(qkv)
@@ -245,6 +248,61 @@ class Engine:
             trace.senders = senders
         trace.logits = self._norm(final_in, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
         return trace
+
+    def _receiver_qkv(self, qkv_in, pre: str, W_pos, freeze_ln_scale: bool):
+        """q, k, v [B, P, H, dh] from each receiver's own input qkv_in [B, P, 3H, D]."""
+        w, H = self.w, self.cfg.n_heads
+        normed = self._norm(qkv_in, pre + "ln1", freeze_ln_scale)
+        q_in, k_in, v_in = normed[:, :, :H], normed[:, :, H : 2 * H], normed[:, :, 2 * H :]
+        if self.cfg.positional_embedding_type == "shortformer":
+            q_in = q_in + W_pos[None, :, None, :]
+            k_in = k_in + W_pos[None, :, None, :]
+        q = torch.einsum("bphd,hde->bphe", q_in, w[pre + "attn.W_Q"]) + w[pre + "attn.b_Q"]
+        k = torch.einsum("bphd,hde->bphe", k_in, w[pre + "attn.W_K"]) + w[pre + "attn.b_K"]
+        v = torch.einsum("bphd,hde->bphe", v_in, w[pre + "attn.W_V"]) + w[pre + "attn.b_V"]
+        return q, k, v
+
+    def _shared_qkv(self, qkv_in, pre: str, W_pos, freeze_ln_scale: bool) -> torch.Tensor:
+        """qkv [3, B, P, H, dh] of receivers whose inputs qkv_in [B, P, 3H, D] are all the
+        residual (`harness.core.shared_qkv`)."""
+        w, cfg = self.w, self.cfg
+        W = torch.stack([w[pre + "attn.W_Q"], w[pre + "attn.W_K"], w[pre + "attn.W_V"]])
+        b = torch.stack([w[pre + "attn.b_Q"], w[pre + "attn.b_K"], w[pre + "attn.b_V"]])
+        t = cfg.normalization_type
+        gamma, beta = (w[pre + "ln1.w"], w[pre + "ln1.b"]) if t == "LN" else (None, None)
+        pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
+        return SharedQKV.apply(qkv_in, W, b, gamma, beta, pos, cfg.eps, t, freeze_ln_scale)
+
+    def _plain(self, inputs: list, W_pos: torch.Tensor, freeze_ln_scale: bool) -> torch.Tensor:
+        """Logits [batch, pos, d_vocab_out] of an unpatched, unrecorded run: every receiver of a
+        layer reads the same residual, so one LayerNorm per position, one fused q/k/v product and
+        one output product per layer (what `run` computes per receiver, up to round-off)."""
+        cfg, w = self.cfg, self.w
+        B, P, D = inputs[0].shape
+        H, dh = cfg.n_heads, cfg.d_head
+        resid = sum(inputs[1:], inputs[0])
+        causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril() if cfg.causal else None
+        for L in range(cfg.n_layers):
+            pre = f"blocks.{L}."
+            normed = self._norm(resid, pre + "ln1", freeze_ln_scale)
+            W = torch.stack([w[pre + "attn.W_Q"], w[pre + "attn.W_K"], w[pre + "attn.W_V"]])  # [3, H, D, dh]
+            b = torch.stack([w[pre + "attn.b_Q"], w[pre + "attn.b_K"], w[pre + "attn.b_V"]])
+            if cfg.positional_embedding_type == "shortformer":  # positions enter queries and keys only
+                qk = torch.einsum("bpd,lhde->bplhe", normed + W_pos, W[:2])
+                v = torch.einsum("bpd,hde->bphe", normed, W[2]).unsqueeze(2)
+                qkv = torch.cat([qk, v], 2) + b
+            else:
+                qkv = (normed @ W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh)).view(B, P, 3, H, dh) + b
+            q, k, v = qkv.unbind(2)
+            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
+            if causal is not None:
+                scores = scores.masked_fill(~causal, float("-inf"))
+            z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+            resid = resid + z.reshape(B, P, H * dh) @ w[pre + "attn.W_O"].reshape(H * dh, D) + w[pre + "attn.b_O"]
+            if not cfg.attn_only:
+                hidden = self.act_fn(self._norm(resid, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
+                resid = resid + hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
+        return self._norm(resid, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
 
     def clean_run(self, tokens: torch.Tensor, source: SenderCache, positions: Optional[torch.Tensor] = None):
         """Record the clean run of `tokens` that `run_patches` starts from (a
