@@ -91,6 +91,8 @@ def time_case(benchmark, setups):
     def run(model, batch, seq_len, key):
         s = setups(model, batch, seq_len)
         case = CASES[key]
+        if case.applies is not None and not case.applies(s):
+            pytest.skip(f"{key} does not apply to {model}")
         limit = memory_limit_bytes(s.device)
         need = case.mem_bytes(s) if case.mem_bytes else 0
         if limit is not None and need > limit:
@@ -125,7 +127,7 @@ def check_targets(benchmark, setups):
 
         s = setups(model, batch, seq_len)
         keys = ["forward/no-grad", "forward-backward/activations", "eap/noising", "grad-wrong/logit-diff-mse/activation",
-                "act-patch-edge/batched", "act-patch-edge/single", "act-patch-edge/dense"]
+                "act-patch-edge/batched", "act-patch-edge/single", "act-patch-edge/dense", "forward-backward/hf-gpt2"]
         cfg = BenchConfig(models=[model], device=DEVICE, dtype=DTYPE, batches=[batch], seq_len=seq_len,
                             repeats=ROUNDS, heavy_repeats=1, warmup=1, ig_steps=IG_STEPS, single_edges=SINGLE_EDGES,
                             budget_s=BUDGET_S, progress=False)
@@ -146,6 +148,8 @@ def check_targets(benchmark, setups):
             assert t["batched_speedup"] >= BATCHING_TARGET, text
             if t["dense_target"] == t["dense_target"]:  # a target is set for this model
                 assert t["batched_over_dense"] >= t["dense_target"], text
+            if t["engine_over_hf"] == t["engine_over_hf"]:  # a GPT-2 architecture: HF was timed
+                assert t["engine_over_hf"] <= t["hf_target"], text
         return t
 
     return run

@@ -57,6 +57,7 @@ def test_bench_quick_writes_timing_csv(tmp_path, capsys):
     assert eap["forwards"] == 2 and eap["patched_forwards"] == 0
     targets = pd.read_csv(tmp_path / "timing_targets.csv")
     assert {"eap_over_floor", "batched_speedup", "eap_target_met", "batching_target_met", "batched_over_dense"} <= set(targets.columns)
+    assert ("forward-backward", "hf-gpt2") not in keys and targets["engine_over_hf"].isna().all()  # GPT-2 only
     text = targets_text_for(tmp_path)  # generated from the CSVs, printed by the command
     assert "1.15x" in text and text in capsys.readouterr().out
     report = (tmp_path / "report.md").read_text()
@@ -128,3 +129,32 @@ def test_registered_timing_is_benchmarked():
     finally:
         METHODS.pop("timed-throwaway", None)
     assert "timed-throwaway/zeros-3" not in {c.key for c in cases(BenchConfig(single_edges=3))}
+
+
+def test_hf_gpt2_holds_the_engines_weights_and_times_the_same_floor():
+    """The HF reference of the engine's forward+backward (GPT-2 architectures): HF transformers'
+    GPT-2 built from the engine's weights gives its logits (plus b_U) and, through the
+    `forward-backward/hf-gpt2` case, the floor's gradient (at the token embeddings: the same as
+    at token + position embeddings) in float64; other architectures get no such row."""
+    from harness.bench.cases import forward_backward, hf_forward_backward
+    from harness.bench.counting import CountingEngine
+    from harness.bench.hf_reference import hf_applies, hf_gpt2, hf_logits
+    from harness.bench.setups import Setup
+    from harness.core.weights import ModelConfig, random_weights
+
+    cfg = ModelConfig("tiny-gpt2", 2, 4, 16, 4, 50, 8, d_mlp=32, act_fn="gelu_new")
+    assert hf_applies(cfg) and [m for m, c in ARCHITECTURES.items() if hf_applies(c)] == ["gpt2"]
+    w = random_weights(cfg, seed=2, dtype=torch.float64)
+    eng = CountingEngine(w)
+    dev = torch.device("cpu")
+    s = Setup("tiny-gpt2", dev, torch.float64, 3, 6, eng, random_task_data(cfg, 3, 6, 0, dev), Clock(dev))
+    with torch.no_grad():
+        ours = eng.run(s.data.clean).logits
+        theirs = hf_logits(hf_gpt2(w), w, w["embed.W_E"][s.data.clean])
+    assert ours.abs().max() > 0.1
+    torch.testing.assert_close(theirs, ours, rtol=1e-10, atol=1e-10)
+    g_ours, g_hf = forward_backward(s), hf_forward_backward(s)
+    assert g_ours.shape == (1,) + g_hf.shape and g_hf.abs().max() > 1e-6
+    torch.testing.assert_close(g_hf, g_ours[0], rtol=1e-9, atol=1e-12)
+    case = next(c for c in cases(BenchConfig()) if c.key == "forward-backward/hf-gpt2")
+    assert case.applies(s) and not case.applies(make_setup("tracr-xproportion", 2, 6))

@@ -58,16 +58,41 @@ class Case:
     source: str = "registry"
     mem_bytes: Optional[Callable[[Setup], int]] = None  # a known large allocation, checked before running
     gradient: bool = False  # a gradient method (compared with batched patching)
+    applies: Optional[Callable[[Setup], bool]] = None  # None: every setup; else only where True (no row elsewhere)
 
     @property
     def key(self) -> str:
         return f"{self.method}/{self.variant}"
 
 
+_HF: dict = {}
+
+
+def hf_forward_backward(s: Setup):
+    """The floor's forward+backward (same objective, gradients at the token embeddings) in HF
+    transformers' GPT-2 holding the setup's weights (`harness.bench.hf_reference`)."""
+    from harness.bench.hf_reference import hf_gpt2, hf_logits
+
+    w = s.engine.w
+    if _HF.get("weights") is not w:
+        _HF.clear()  # one model at a time (GPT-2 small is ~500 MB)
+        _HF.update(weights=w, model=hf_gpt2(w))
+    emb = w["embed.W_E"][s.data.clean.to(w.device)].detach().requires_grad_(True)
+    obj = _objective(hf_logits(_HF["model"], w, emb), s.data)
+    return torch.autograd.grad(obj, emb)[0]
+
+
+def _hf_applies(s: Setup) -> bool:
+    from harness.bench.hf_reference import hf_applies
+
+    return hf_applies(s.engine.cfg)
+
+
 FLOOR = [
     Case("forward", "no-grad", plain_forward, source="engine"),
     Case("forward-backward", "activations", forward_backward, source="engine"),
     Case("forward-backward", "weights", forward_backward_weights, source="engine"),
+    Case("forward-backward", "hf-gpt2", hf_forward_backward, source="transformers", applies=_hf_applies),
 ]
 
 

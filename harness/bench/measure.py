@@ -145,7 +145,7 @@ def bench_setup(cfg, s: Setup, case_list=None) -> list:
     `cfg.case_list()`): warm-up, then round-robin repeats. Rows as dicts.
     A case whose known large allocation exceeds `memory_limit_bytes` is skipped, and one that
     raises is recorded as an error (status column); neither stops the others."""
-    case_list = case_list or cfg.case_list()
+    case_list = [c for c in (case_list or cfg.case_list()) if c.applies is None or c.applies(s)]
     samples: dict = {c.key: [] for c in case_list}
     status: dict = {}
     limit = memory_limit_bytes(s.device)

@@ -27,6 +27,7 @@ GRAD_WRONG_CASE = ("grad-wrong", "logit-diff-mse/activation")
 # batched act-patch-edge over one edge per full reference forward (the path before the patched
 # forward started at the first touched layer), per edge (issue 14)
 DENSE_TARGETS = {"gpt2": 3.0, "attn-only-4l": 6.0}
+HF_TARGET = 1.15  # the engine's unpatched forward+backward <= 1.15 x HF transformers' GPT-2 on the same weights (issue 14)
 
 SETUP_KEY = ["model", "device", "dtype", "batch", "seq_len"]
 COLUMNS = [
@@ -122,6 +123,10 @@ def target_rows(df) -> list:
                      "grad_wrong_target_met": bool(r_gw <= GRAD_WRONG_TARGET),
                      "dense_seconds": lookup(g, "act-patch-edge", "dense"), "batched_over_dense": over_dense,
                      "dense_target": dense_target, "dense_target_met": bool(over_dense >= dense_target),
+                     "hf_seconds": lookup(g, "forward-backward", "hf-gpt2"),
+                     "engine_over_hf": lookup(g, "forward-backward", "activations") / lookup(g, "forward-backward", "hf-gpt2"),
+                     "hf_target": HF_TARGET,
+                     "hf_target_met": bool(lookup(g, "forward-backward", "activations") <= HF_TARGET * lookup(g, "forward-backward", "hf-gpt2")),
                      "loadavg_1m": float(g["loadavg_1m"].median())})
     return rows
 

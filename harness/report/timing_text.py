@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from harness.bench.suite import BATCHING_TARGET, DENSE_TARGETS, EAP_TARGET, GRAD_WRONG_CASE, GRAD_WRONG_TARGET, SETUP_KEY, lookup
+from harness.bench.suite import (BATCHING_TARGET, DENSE_TARGETS, EAP_TARGET, GRAD_WRONG_CASE, GRAD_WRONG_TARGET, HF_TARGET,
+                                 SETUP_KEY, lookup)
 
 WHY_BATCHING_MISSED = {
     "cpu-small": ("batching pays only by saving per-call Python and dispatch overhead, which is what a pass of "
@@ -61,6 +62,10 @@ def _setup_text(t, g: pd.DataFrame, bd: Optional[dict]) -> str:
     where = (f"{t['model']} ({t['device']}, {t['dtype']}, batch {t['batch']}, seq_len {t['seq_len']}, "
              f"{int(g['n_edges'].iloc[0])} edges, load {t['loadavg_1m']:.1f})")
     txt = [f"**{where}.** Floor = one forward+backward ({fb:.4g} s) + one no-grad forward ({fwd:.4g} s) = {floor:.4g} s."]
+    r_hf = t.get("engine_over_hf", float("nan"))
+    if not np.isnan(r_hf):
+        txt.append(f"The engine's forward+backward is {r_hf:.2f}x HF transformers' GPT-2 on the same weights and batch "
+                   f"({t['hf_seconds']:.4g} s): target <= {t['hf_target']}x {'met' if r_hf <= t['hf_target'] else 'MISSED'}.")
     if not np.isnan(r_eap):
         verdict = (f"target <= {eap_t}x met" if r_eap <= eap_t else
                    f"target <= {eap_t}x MISSED by {(r_eap / eap_t - 1) * 100:.1f}% "
@@ -119,7 +124,9 @@ def targets_text(targets: pd.DataFrame, timing: pd.DataFrame, breakdown: Optiona
             f"and batch; batched act-patch-edge is at least {BATCHING_TARGET:g}x faster than one edge per forward; "
             f"grad-wrong's seed target at the activation site costs at most {GRAD_WRONG_TARGET}x the same floor; "
             f"batched act-patch-edge is at least {DENSE_TARGETS['gpt2']:g}x (gpt2) and {DENSE_TARGETS['attn-only-4l']:g}x "
-            f"(attn-only-4l) faster than one edge per full reference forward. "
+            f"(attn-only-4l) faster than one edge per full reference forward; the engine's unpatched "
+            f"forward+backward costs at most {HF_TARGET}x HF transformers' GPT-2 on the same weights (GPT-2 "
+            f"architectures). "
             f"Models: random weights with the real configurations (timing does not depend on weight values).")
     return "\n\n".join([head] + parts) + "\n"
 
