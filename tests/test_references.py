@@ -103,3 +103,33 @@ def test_scramble_setting_is_part_of_what_resume_checks(tmp_path, monkeypatch):
     a = run(RunConfig(**cfg)).get("tracr-reverse", "eap", "noising", "resample")
     b = run(RunConfig(**cfg, position_scramble=False)).get("tracr-reverse", "eap", "noising", "resample")
     assert a["position_scramble"] and not b["position_scramble"] and a["scores"] != b["scores"]
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_reference_logits_are_the_references_and_are_remembered_per_weights_and_data(ablation):
+    """`reference_logits` (every ranking's objective scale) gives `references`' clean and source
+    logits; a second call with the same weights and data tensors reuses them, while other data,
+    other weights, or weights that died and left their id behind are computed afresh."""
+    import gc
+
+    from harness.core.references import reference_logits, references
+    from harness.core.weights import random_weights
+
+    e, data = tiny_task(ablation, seed=11)
+    refs = references(e, data)
+    clean, source = reference_logits(e, data)
+    torch.testing.assert_close(clean, refs.clean_logits, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(source, refs.source_logits, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(clean, source)
+    again = reference_logits(e, data.with_ablation(ablation))  # a new TaskData over the same tensors
+    assert again[0] is clean and again[1] is source
+    other = data.subset(torch.tensor([1, 0, 2]))
+    assert reference_logits(e, other)[0] is not clean
+    w2 = random_weights(e.cfg, seed=12, dtype=torch.float64)
+    fresh = reference_logits(Engine(w2), data)
+    assert not torch.allclose(fresh[0], clean)
+    del fresh, w2
+    gc.collect()
+    w3 = random_weights(e.cfg, seed=13, dtype=torch.float64)  # may reuse the freed weights' id
+    want = references(Engine(w3), data).clean_logits
+    torch.testing.assert_close(reference_logits(Engine(w3), data)[0], want, rtol=1e-12, atol=1e-12)

@@ -11,6 +11,7 @@ corrupted prompts' logits; under zero ablation, the fully zero-patched clean run
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -81,3 +82,32 @@ class References:
 def references(engine: Engine, data: TaskData) -> References:
     source, source_logits = source_run(engine, data)
     return References(engine.logits(data.clean), source_logits, source)
+
+
+_LOGITS_CACHE: list = []  # [(key, weights ref, data tensors, result)], most recent last
+_LOGITS_CACHE_SIZE = 4
+_LOGITS_CACHE_BYTES = 2**26  # larger results (pretrained models' vocabularies) are not kept
+
+
+@torch.no_grad()
+def reference_logits(engine: Engine, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(clean logits, source logits), each [batch, pos, d_vocab_out], without recording either
+    run. Small results are remembered for the last few (weights, data) pairs: every ranking's tie
+    floor reads them (`MethodSpec.objective_scale`), and a task's variants share one engine and
+    one data's tensors. The key is the identity of the weights (held weakly: an entry dies with
+    them) and of the data's tensors (held, so no other tensor can take their identity)."""
+    tensors = (data.clean, data.corrupted, data.position_scramble)
+    key = (data.ablation, id(engine.w)) + tuple(id(t) for t in tensors)
+    for i, (k, ref, _, result) in enumerate(_LOGITS_CACHE):
+        if k == key and ref() is engine.w:
+            _LOGITS_CACHE.append(_LOGITS_CACHE.pop(i))
+            return result
+    clean = engine.logits(data.clean)
+    if data.ablation == "zero":
+        source = engine.logits(data.clean, patch_all(engine), engine.cache(data.clean, zero=True))
+    else:
+        source = engine.run(data.corrupted, input_embeds=source_input_embeds(engine, data)).logits
+    if 2 * clean.numel() * clean.element_size() <= _LOGITS_CACHE_BYTES:
+        _LOGITS_CACHE.append((key, weakref.ref(engine.w), tensors, (clean, source)))
+        del _LOGITS_CACHE[:-_LOGITS_CACHE_SIZE]
+    return clean, source

@@ -132,13 +132,13 @@ class MethodSpec:
         and over the source run (`harness.core.references`); 0 for a method without one."""
         if self.objective is None:
             return 0.0
-        from harness.core.references import references
+        from harness.core.references import reference_logits
 
-        refs = references(engine, data)
+        clean, source = reference_logits(engine, data)
         opts = self.options(variant)
         with torch.no_grad():
-            return max(float(torch.as_tensor(self.objective(opts, L, refs.clean_logits, refs.source_logits, data)).abs().double().mean())
-                       for L in (refs.clean_logits, refs.source_logits))
+            return max(float(torch.as_tensor(self.objective(opts, L, clean, source, data)).abs().double().mean())
+                       for L in (clean, source))
 
     def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False,
             chunk: Optional[int] = None, **overrides):
