@@ -142,3 +142,26 @@ def test_model_free_methods_run_on_a_pretrained_task_without_its_weights(tmp_pat
     edges = json.loads((ground_truth_dir() / "ioi.acdc.json").read_text())["edges"]
     assert 0.5 < row["auc"] < 0.7 and row["n_positive"] == len(edges)
     assert st.get("ioi", "eap", "noising", "zero")["status"] == "skipped"
+
+
+def test_a_small_tasks_reset_networks_are_built_once_per_seed(tmp_path, monkeypatch):
+    """Reset networks are seeded, so a small model's are built once per seed and shared by every
+    method and variant of the task (each its own engine); the AUCs are those of networks built
+    afresh per run."""
+    import harness.core.reset as reset
+
+    built = []
+    real = reset.reset_weights
+    monkeypatch.setattr(reset, "reset_weights", lambda w, kind, seed: built.append(seed) or real(w, kind, seed))
+    cfg = dict(methods=["eap", "grad-wrong"], variants=["noising", "uniform/activation"], reset_seeds=2, **FAST)
+    st = run(RunConfig(out=str(tmp_path / "a"), **cfg))
+    resets = [r for r in st.records() if r.get("control") == "reset"]
+    assert len(resets) == 4 and sorted(built) == [0, 1]  # 2 variants x 2 references, 2 seeds
+    import harness.run.runner as runner
+
+    monkeypatch.setattr(runner, "RESET_CACHE_BYTES", 0)  # built per run, as for a large model
+    fresh = {(r["variant"], r["ablation"]): r["rows"] for r in run(RunConfig(out=str(tmp_path / "b"), **cfg)).records()
+             if r.get("control") == "reset"}
+    assert len(built) == 2 + 4 * 2
+    for r in resets:
+        assert r["rows"] == fresh[(r["variant"], r["ablation"])]

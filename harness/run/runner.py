@@ -11,6 +11,7 @@ fails is recorded with its error and the run goes on; Ctrl-C keeps every finishe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import traceback
@@ -127,6 +128,7 @@ def task_data(task, cfg: RunConfig):
 
 
 CHANCE_SEEDS = 20
+RESET_CACHE_BYTES = 2**28  # a task's reset networks are kept for all its methods when they fit this
 
 
 def chance_spread(spec, engine, data, variant, task, seed: int) -> dict:
@@ -398,6 +400,10 @@ def _loaded(task, weights, cfg: RunConfig, meta: dict, log, failure=None, reset_
 
         reset_kind = getattr(task, "reset_kind", None)
         reset_model = (lambda s: reset_weights(weights, reset_kind, s)) if reset_kind else None
+        n_bytes = sum(t.numel() * t.element_size() for t in weights.params.values())
+        if reset_model is not None and n_bytes * cfg.reset_seeds <= RESET_CACHE_BYTES:
+            # small models: each seed's reset network is built once for all the task's methods
+            reset_model = functools.lru_cache(maxsize=None)(reset_model)
     chunk = cfg.chunk or examples_per_pass(weights.cfg, data.clean.shape[1], data.n, weights.dtype)
     if chunk < data.n:
         log(f"task {task.name}: gradient methods run {chunk} of {data.n} examples per pass (to stay within "
