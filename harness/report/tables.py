@@ -48,12 +48,8 @@ def by_method_and_task(sub: pd.DataFrame, cell) -> pd.DataFrame:
     """One row per (method, variant) of `sub`, one column per "task (ground truth)", each cell
     `cell(row)` of the first matching row of `sub`."""
     cols = sorted({(t, g) for t, g in zip(sub["task"], sub["ground_truth"])})
-    rows = []
-    for (m, v), grp in sub.groupby(["method", "variant"], sort=True):
-        row = {"method": m, "variant": v}
-        for t, g in cols:
-            hit = grp[(grp["task"] == t) & (grp["ground_truth"] == g)]
-            if len(hit):
-                row[f"{t} ({g})"] = cell(hit.iloc[0])
-        rows.append(row)
-    return pd.DataFrame(rows, columns=["method", "variant"] + [f"{t} ({g})" for t, g in cols])
+    rows: dict = {}
+    for _, r in sub.groupby(["method", "variant", "task", "ground_truth"], sort=False).head(1).iterrows():
+        rows.setdefault((r["method"], r["variant"]), {"method": r["method"], "variant": r["variant"]})[
+            f"{r['task']} ({r['ground_truth']})"] = cell(r)
+    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=["method", "variant"] + [f"{t} ({g})" for t, g in cols])
