@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.graph import Graph
-from harness.core.shared_qkv import SharedQKV
+from harness.core.shared_qkv import SharedQKV, fused_qkv, qkv_weights
 from harness.core.weights import Weights
 
 
@@ -199,7 +199,7 @@ class Engine:
             if record:
                 trace.qkv_inputs.append(qkv_in)
             if shared:  # every receiver reads the residual: one LayerNorm, one fused product
-                qkv = self._shared_qkv(qkv_in, pre, W_pos, freeze_ln_scale)
+                qkv = self._shared_qkv(qkv_in, L, W_pos, freeze_ln_scale)
                 trace.qkv.append(qkv)
                 q, k, v = qkv.unbind(0)
             else:
@@ -262,12 +262,11 @@ class Engine:
         v = torch.einsum("bphd,hde->bphe", v_in, w[pre + "attn.W_V"]) + w[pre + "attn.b_V"]
         return q, k, v
 
-    def _shared_qkv(self, qkv_in, pre: str, W_pos, freeze_ln_scale: bool) -> torch.Tensor:
+    def _shared_qkv(self, qkv_in, L: int, W_pos, freeze_ln_scale: bool) -> torch.Tensor:
         """qkv [3, B, P, H, dh] of receivers whose inputs qkv_in [B, P, 3H, D] are all the
         residual (`harness.core.shared_qkv`)."""
-        w, cfg = self.w, self.cfg
-        W = torch.stack([w[pre + "attn.W_Q"], w[pre + "attn.W_K"], w[pre + "attn.W_V"]])
-        b = torch.stack([w[pre + "attn.b_Q"], w[pre + "attn.b_K"], w[pre + "attn.b_V"]])
+        w, cfg, pre = self.w, self.cfg, f"blocks.{L}."
+        W, b = qkv_weights(w, L)
         t = cfg.normalization_type
         gamma, beta = (w[pre + "ln1.w"], w[pre + "ln1.b"]) if t == "LN" else (None, None)
         pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
@@ -285,15 +284,9 @@ class Engine:
         for L in range(cfg.n_layers):
             pre = f"blocks.{L}."
             normed = self._norm(resid, pre + "ln1", freeze_ln_scale)
-            W = torch.stack([w[pre + "attn.W_Q"], w[pre + "attn.W_K"], w[pre + "attn.W_V"]])  # [3, H, D, dh]
-            b = torch.stack([w[pre + "attn.b_Q"], w[pre + "attn.b_K"], w[pre + "attn.b_V"]])
-            if cfg.positional_embedding_type == "shortformer":  # positions enter queries and keys only
-                qk = torch.einsum("bpd,lhde->bplhe", normed + W_pos, W[:2])
-                v = torch.einsum("bpd,hde->bphe", normed, W[2]).unsqueeze(2)
-                qkv = torch.cat([qk, v], 2) + b
-            else:
-                qkv = (normed @ W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh)).view(B, P, 3, H, dh) + b
-            q, k, v = qkv.unbind(2)
+            W, b = qkv_weights(w, L)
+            pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
+            q, k, v = fused_qkv(normed, W, b, pos).unbind(2)
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
             if causal is not None:
                 scores = scores.masked_fill(~causal, float("-inf"))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from harness.core.engine import SenderCache
+from harness.core.shared_qkv import fused_qkv, qkv_weights
 
 if TYPE_CHECKING:
     from harness.core.engine import Engine
@@ -54,14 +55,6 @@ class CleanRun:
     @property
     def batch(self) -> int:
         return int(self.tokens.shape[0])
-
-
-def _qkv_weights(w, L: int):
-    """Layer L's q, k, v projections as [3, n_heads, d_model, d_head] and biases [3, n_heads, d_head]."""
-    pre = f"blocks.{L}.attn."
-    W = torch.stack([w[pre + "W_Q"], w[pre + "W_K"], w[pre + "W_V"]])
-    b = torch.stack([w[pre + "b_Q"], w[pre + "b_K"], w[pre + "b_V"]])
-    return W, b
 
 
 class OneEdgePatches:
@@ -152,16 +145,10 @@ class _Pass:
         c, B, P = self.c, self.B, self.P
         R, H, dh, D = c * B, cfg.n_heads, cfg.d_head, cfg.d_model
         pre = f"blocks.{L}."
-        W, b = _qkv_weights(w, L)
+        W, b = qkv_weights(w, L)
         shortformer = cfg.positional_embedding_type == "shortformer"
         W_pos = w["pos_embed.W_pos"][:P]
-        normed = e._norm(resid, pre + "ln1", False)
-        if shortformer:  # positions enter queries and keys only, after the LayerNorm
-            qk = torch.einsum("rpd,lhde->rplhe", normed + W_pos, W[:2]) + b[:2]
-            v = torch.einsum("rpd,hde->rphe", normed, W[2]).unsqueeze(2) + b[2]
-            qkv = torch.cat([qk, v], 2)  # [R, P, 3, H, dh]
-        else:
-            qkv = (normed @ W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh)).view(R, P, 3, H, dh) + b
+        qkv = fused_qkv(e._norm(resid, pre + "ln1", False), W, b, W_pos if shortformer else None)  # [R, P, 3, H, dh]
         recv = g.qkv_receiver[L].reshape(-1)  # [3H], letter-major
         grp, k = self.pairs(recv)
         if grp.numel():  # each patched (group, q/k/v input) pair: its own input, LayerNorm and product
@@ -249,7 +236,7 @@ def clean_run(engine: "Engine", tokens: torch.Tensor, source: SenderCache,
 @torch.no_grad()
 def patched_logits(engine: "Engine", run: CleanRun, patches: torch.Tensor) -> torch.Tensor:
     """patches [c, n_edges] (1 = patched towards run.source) -> logits [c, B, n_positions, V]."""
-    g, cfg = engine.graph, engine.cfg
+    g = engine.graph
     patches = patches.to(engine.w.device, engine.w.dtype)
     if patches.dim() != 2 or patches.shape[-1] != g.n_edges:
         raise ValueError(f"patches must be [k, {g.n_edges}], not {tuple(patches.shape)}")

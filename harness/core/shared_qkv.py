@@ -16,6 +16,28 @@ from typing import Optional
 import torch
 
 
+def qkv_weights(w, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer L's q, k, v projections as [3, n_heads, d_model, d_head] and biases [3, n_heads, d_head]
+    (`w`: a Weights)."""
+    pre = f"blocks.{L}.attn."
+    W = torch.stack([w[pre + "W_Q"], w[pre + "W_K"], w[pre + "W_V"]])
+    b = torch.stack([w[pre + "b_Q"], w[pre + "b_K"], w[pre + "b_V"]])
+    return W, b
+
+
+def fused_qkv(normed: torch.Tensor, W: torch.Tensor, b: torch.Tensor, W_pos: Optional[torch.Tensor]) -> torch.Tensor:
+    """[R, P, 3, H, dh]: every head's q, k, v from one normalised residual normed [R, P, D], one
+    fused product (W, b from `qkv_weights`). W_pos [P, D] (shortformer): positions enter queries
+    and keys only, after the LayerNorm."""
+    R, P, D = normed.shape
+    H, dh = W.shape[1], W.shape[3]
+    if W_pos is None:
+        return (normed @ W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh)).view(R, P, 3, H, dh) + b
+    qk = torch.einsum("rpd,lhde->rplhe", normed + W_pos, W[:2])
+    v = torch.einsum("rpd,hde->rphe", normed, W[2]).unsqueeze(2)
+    return torch.cat([qk, v], 2) + b
+
+
 class SharedQKV(torch.autograd.Function):
     """x [B, P, 3H, D] (equal along dim 2) -> qkv [3, B, P, H, dh]."""
 
@@ -23,8 +45,6 @@ class SharedQKV(torch.autograd.Function):
     def forward(ctx, x, W, b, gamma, beta, W_pos: Optional[torch.Tensor], eps: float, norm: Optional[str], freeze: bool):
         # W [3, H, D, dh], b [3, H, dh]; gamma, beta [D] (LN), W_pos [P, D] (shortformer) or None
         x0 = x[:, :, 0]
-        B, P, D = x0.shape
-        H, dh = W.shape[1], W.shape[3]
         inv = xhat = None
         if norm is None:
             normed = x0
@@ -33,12 +53,7 @@ class SharedQKV(torch.autograd.Function):
             inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
             xhat = xc * inv
             normed = xhat * gamma + beta if norm == "LN" else xhat
-        if W_pos is None:
-            qkv = (normed @ W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh)).view(B, P, 3, H, dh) + b
-        else:  # positions enter queries and keys only, after the LayerNorm
-            qk = torch.einsum("bpd,lhde->bplhe", normed + W_pos, W[:2])
-            v = torch.einsum("bpd,hde->bphe", normed, W[2]).unsqueeze(2)
-            qkv = torch.cat([qk, v], 2) + b
+        qkv = fused_qkv(normed, W, b, W_pos)
         ctx.save_for_backward(W, gamma if norm == "LN" else None, inv, xhat)
         ctx.norm, ctx.freeze = norm, freeze
         return qkv.permute(2, 0, 1, 3, 4)

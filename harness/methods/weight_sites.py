@@ -118,17 +118,53 @@ class Share:
     direct_id: int | None  # the DIRECT edge carrying W (q/k/v receivers)
 
 
+def _ln_adjoint(engine: Engine, x: torch.Tensor, prefix: str):
+    """(inv [N, 1], gamma [d] or 1.0) of the frozen-scale LayerNorm at `x` [N, d]: its linear
+    part is v -> center(v) * inv * gamma (identity without LayerNorm)."""
+    t = engine.cfg.normalization_type
+    if t is None:
+        return None, 1.0
+    xc = x - x.mean(-1, keepdim=True)
+    inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + engine.cfg.eps).sqrt()
+    return inv, (engine.w[prefix + ".w"] if t == "LN" else 1.0)
+
+
+def _lin(v: torch.Tensor, inv, gamma) -> torch.Tensor:
+    """The frozen LayerNorm's linear part on [..., N, d] (self-adjoint up to where inv and gamma
+    multiply: <lin(v), u> = <v, center(u * inv * gamma)>)."""
+    if inv is None:
+        return v
+    return (v - v.mean(-1, keepdim=True)) * inv * gamma
+
+
 def _frozen_ln(engine: Engine, x: torch.Tensor, prefix: str):
     """(lin, beta): LN(x) = lin(x) + beta with the scale frozen at its value for x; `lin`
     applies to any [..., batch, pos, d_model] tensor."""
-    t = engine.cfg.normalization_type
-    if t is None:
-        return (lambda v: v), 0.0
-    xc = x - x.mean(-1, keepdim=True)
-    inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + engine.cfg.eps).sqrt()
-    gamma = engine.w[prefix + ".w"] if t == "LN" else 1.0
-    beta = engine.w[prefix + ".b"] if t == "LN" else 0.0
-    return (lambda v: (v - v.mean(-1, keepdim=True)) * inv * gamma), beta
+    inv, gamma = _ln_adjoint(engine, x, prefix)
+    beta = engine.w[prefix + ".b"] if engine.cfg.normalization_type == "LN" else 0.0
+    return (lambda v: _lin(v, inv, gamma)), beta
+
+
+def _site_grads(engine: Engine, trace, loss):
+    """(g_qkv per layer [3, B, P, H, d_head], g at each MLP's output [B, P, D], g at the logits):
+    one backward of `loss` from an unpatched traced run."""
+    cfg, g = engine.cfg, engine.graph
+    L_ = cfg.n_layers
+    mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
+    wrt = list(trace.qkv) + mlp_out + [trace.logits]
+    gr = torch.autograd.grad(loss, wrt, allow_unused=True)
+    gr = [torch.zeros_like(t) if x is None else x for x, t in zip(gr, wrt)]
+    return gr[:L_], gr[L_ : L_ + len(mlp_out)], gr[-1]
+
+
+def _mlp_pre_grad(engine: Engine, L: int, normed: torch.Tensor, g_out: torch.Tensor) -> torch.Tensor:
+    """The gradient at layer L's MLP pre-activation, from the gradient g_out at its output and its
+    LayerNorm's output `normed` (any [..., D] shape)."""
+    w, p = engine.w, f"blocks.{L}."
+    pre = (normed @ w[p + "mlp.W_in"] + w[p + "mlp.b_in"]).requires_grad_(True)
+    with torch.enable_grad():
+        out = engine.act_fn(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
+        return torch.autograd.grad(out, pre, g_out)[0]
 
 
 def iter_shares(engine: Engine, trace, loss: torch.Tensor):
@@ -138,10 +174,7 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
     [n_senders, d_model, d_vocab]: small models only)."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     L_, H = cfg.n_layers, cfg.n_heads
-    mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
-    gr = torch.autograd.grad(loss, list(trace.qkv) + mlp_out + [trace.logits], allow_unused=True)
-    gr = [torch.zeros_like(t) if x is None else x for x, t in zip(gr, list(trace.qkv) + mlp_out + [trace.logits])]
-    g_qkv, g_mlp_out, g_logits = gr[:L_], gr[L_ : L_ + len(mlp_out)], gr[-1]
+    g_qkv, g_mlp_out, g_logits = _site_grads(engine, trace, loss)
     S = torch.stack([s.detach() for s in trace.senders])  # [F, B, P, D]
     b_O = [w[f"blocks.{L}.attn.b_O"] for L in range(L_)]
     B, P = S.shape[1], S.shape[2]
@@ -170,33 +203,11 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
         if not cfg.attn_only:
             xm = trace.mlp_inputs[L].detach()
             lin, beta = _frozen_ln(engine, xm, p + "ln2")
-            pre = ((lin(xm) + beta) @ w[p + "mlp.W_in"] + w[p + "mlp.b_in"]).requires_grad_(True)
-            with torch.enable_grad():
-                out = engine.act_fn(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
-                g_pre = torch.autograd.grad(out, pre, g_mlp_out[L])[0]
+            g_pre = _mlp_pre_grad(engine, L, lin(xm) + beta, g_mlp_out[L])
             yield split(int(g.mlp_receiver[L]), xm, p + "ln2", sum(b_O[: L + 1], zero), 0.0, w[p + "mlp.W_in"],
                         g_pre, p + "mlp.W_in", None, None)
     yield split(g.output_receiver, trace.output_input, "ln_final", sum(b_O, zero), 0.0, w["unembed.W_U"], g_logits,
                 "unembed.W_U", None, None)
-
-
-def _ln_adjoint(engine: Engine, x: torch.Tensor, prefix: str):
-    """(inv [N, 1], gamma [d] or 1.0) of the frozen-scale LayerNorm at `x` [N, d]: its linear
-    part is v -> center(v) * inv * gamma (identity without LayerNorm)."""
-    t = engine.cfg.normalization_type
-    if t is None:
-        return None, 1.0
-    xc = x - x.mean(-1, keepdim=True)
-    inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + engine.cfg.eps).sqrt()
-    return inv, (engine.w[prefix + ".w"] if t == "LN" else 1.0)
-
-
-def _lin(v: torch.Tensor, inv, gamma) -> torch.Tensor:
-    """The frozen LayerNorm's linear part on [..., N, d] (self-adjoint up to where inv and gamma
-    multiply: <lin(v), u> = <v, center(u * inv * gamma)>)."""
-    if inv is None:
-        return v
-    return (v - v.mean(-1, keepdim=True)) * inv * gamma
 
 
 def group_share_values(S: torch.Tensor, inv, gamma, G: torch.Tensor, W: torch.Tensor, taylor: bool,
@@ -308,11 +319,7 @@ def share_factors(engine: Engine, trace, loss) -> ShareFactors:
     3 x n_heads receivers are one group."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     L_, H = cfg.n_layers, cfg.n_heads
-    mlp_out = [trace.senders[int(g.mlp_sender[L])] for L in range(L_)] if not cfg.attn_only else []
-    wrt = list(trace.qkv) + mlp_out + [trace.logits]
-    gr = torch.autograd.grad(loss, wrt, allow_unused=True)
-    gr = [torch.zeros_like(t) if x is None else x for x, t in zip(gr, wrt)]
-    g_qkv, g_mlp_out, g_logits = gr[:L_], gr[L_ : L_ + len(mlp_out)], gr[-1]
+    g_qkv, g_mlp_out, g_logits = _site_grads(engine, trace, loss)
     S = torch.stack([s.detach() for s in trace.senders])  # [F, B, P, D]
     F_, B, P, D = S.shape
     groups, direct_ids, direct_grads, direct_W = [], [], [], []
@@ -344,13 +351,8 @@ def share_factors(engine: Engine, trace, loss) -> ShareFactors:
         direct_W.append(W)
         if not cfg.attn_only:
             xm = trace.mlp_inputs[L].detach().reshape(B * P, D)
-            inv, gamma = _ln_adjoint(engine, xm, p + "ln2")
-            beta = w[p + "ln2.b"] if cfg.normalization_type == "LN" else 0.0
-            pre = (_lin(xm, inv, gamma) + beta) @ w[p + "mlp.W_in"] + w[p + "mlp.b_in"]
-            pre.requires_grad_(True)
-            with torch.enable_grad():
-                post = engine.act_fn(pre) @ w[p + "mlp.W_out"] + w[p + "mlp.b_out"]
-                g_pre = torch.autograd.grad(post, pre, g_mlp_out[L].reshape(B * P, D))[0]
+            lin, beta = _frozen_ln(engine, xm, p + "ln2")
+            g_pre = _mlp_pre_grad(engine, L, lin(xm) + beta, g_mlp_out[L].reshape(B * P, D))
             group([int(g.mlp_receiver[L])], xm, p + "ln2", g_pre[None], w[p + "mlp.W_in"][None])
     group([g.output_receiver], trace.output_input.detach().reshape(B * P, D), "ln_final",
           g_logits.reshape(1, B * P, -1), w["unembed.W_U"][None])
