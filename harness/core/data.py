@@ -145,6 +145,15 @@ class TaskData:
         cols[-1] = True
         return torch.nonzero(cols.cpu()).flatten()
 
+    def passes(self, chunk: Optional[int]) -> list:
+        """[(examples, their share of the batch)] for passes of at most `chunk` examples in order;
+        [(self, 1.0)] when `chunk` is None or covers the batch. Batch-mean quantities of the
+        passes, weighted by their shares, add up to the batch's."""
+        if not chunk or self.n <= chunk:
+            return [(self, 1.0)]
+        return [(self.subset(torch.arange(a, min(a + chunk, self.n))), min(chunk, self.n - a) / self.n)
+                for a in range(0, self.n, chunk)]
+
     def at_positions(self, cols: torch.Tensor) -> "TaskData":
         """This data's per-position fields (tokens, pos_mask, correct, wrong, counterfactual) at
         columns `cols` only, so a metric can score logits unembedded there alone. The last of

@@ -36,10 +36,9 @@ def faithfulness(engine, data, scores: torch.Tensor, fractions=FRACTIONS, max_ro
     if step < data.n:
         max_rows = min(max_rows, step)
     vals = 0.0
-    for start in range(0, data.n, step):
-        part = data if step == data.n else data.subset(torch.arange(start, min(start + step, data.n)))
+    for part, share in data.passes(step):
         mean = PatchedObjective(engine, part, "metric", max_rows=max_rows)(patches).double().cpu().numpy()
-        vals = vals + mean * (part.n / data.n)
+        vals = vals + mean * share
     m_empty, m_full = vals[0], vals[-1]
     denom = m_full - m_empty
     f = (vals - m_empty) / denom if abs(denom) > 1e-12 else np.full_like(vals, np.nan)

@@ -20,8 +20,6 @@ Variants are named `<target>/<site>`.
 """
 from __future__ import annotations
 
-import torch
-
 from harness.core.references import source_cache, source_run
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register
@@ -85,14 +83,6 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
                     per_example=per_example).detach()
 
 
-def _passes(data, chunk):
-    """(examples, their share of the batch) for passes of at most `chunk` examples."""
-    if not chunk or data.n <= chunk:
-        return [(data, 1.0)]
-    return [(data.subset(torch.arange(a, min(a + chunk, data.n))), min(chunk, data.n - a) / data.n)
-            for a in range(0, data.n, chunk)]
-
-
 def _weight_site(engine, data, target, site, freeze, chunk):
     """A weight site in passes of at most `chunk` examples. The targets are batch means, so a
     pass's loss weighted by its share of the examples makes dL/dW, the Taylor values and the
@@ -100,7 +90,7 @@ def _weight_site(engine, data, target, site, freeze, chunk):
     (`ShareFactors.cat`): every site equals its one-pass value. The source run (made only for
     targets that read its logits) is the pass's own."""
     dW, taylor, factors = None, None, None
-    for part, share in _passes(data, chunk):
+    for part, share in data.passes(chunk):
         source_logits = source_run(engine, part)[1] if needs_source_logits(target, part) else None
 
         def loss_of(logits):

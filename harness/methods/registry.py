@@ -186,10 +186,7 @@ class MethodSpec:
         size; per-example terms (and |terms|, for aggregate="abs") are scaled the same way."""
         absolute = self.options(variant).get("aggregate", "sum") == "abs"
         parts = []
-        for start in range(0, data.n, chunk):
-            idx = torch.arange(start, min(start + chunk, data.n))
-            part = data.subset(idx)
-            weight = len(idx) / data.n
+        for part, weight in data.passes(chunk):
             terms = self.run(engine, part, variant, seed=seed, per_example=per_example or absolute, **overrides)
             parts.append(terms.detach() * weight)
         if per_example:
