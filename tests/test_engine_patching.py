@@ -192,3 +192,32 @@ def test_a_traced_run_shares_one_layernorm_per_position(name, freeze):
         return SharedQKV.apply(x[:, :, :1].expand_as(x), W, b, gamma, beta, pos, cfg.eps, t, freeze)
     if not freeze:
         assert torch.autograd.gradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_unembedding_only_some_positions_changes_nothing_else(name):
+    """`positions` unembeds only those columns, on every path (plain, traced, patched, zero
+    senders): the logits are the full run's columns, the gradients at every receiver of a loss
+    that reads them are the full run's, and an empty set unembeds nothing."""
+    from harness.methods.attribution import receiver_grads, traced_run
+
+    e, clean, corr = setup(name, seed=7)
+    cols = torch.tensor([1, 4])
+    cache = e.cache(corr)
+    half = torch.full((e.graph.n_edges,), 0.5, dtype=torch.float64)
+    for kw in ({}, {"record": True}, {"patch": half, "source": cache}, {"zero_senders": True}):
+        full = e.run(clean, **kw).logits
+        at = e.run(clean, **kw, positions=cols).logits
+        assert at.shape == (clean.shape[0], 2, full.shape[-1])
+        torch.testing.assert_close(at, full[:, cols], rtol=1e-12, atol=1e-12)
+        assert e.run(clean, **kw, positions=torch.zeros(0, dtype=torch.long)).logits.shape[1] == 0
+    grads = []
+    for positions in (None, cols):
+        tr = traced_run(e, clean, half, cache, positions=positions)
+        lg = tr.logits if positions is not None else tr.logits[:, cols]
+        grads.append(receiver_grads(tr, (lg.sin() * torch.linspace(-1, 1, lg.shape[-1], dtype=lg.dtype)).sum()))
+    for key in ("qkv_in", "mlp_in", "qkv"):
+        for x, y in zip(grads[0][key], grads[1][key]):
+            torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[0]["out"], grads[1]["out"], rtol=1e-10, atol=1e-12)
+    assert float(grads[1]["out"].abs().max()) > 1e-6

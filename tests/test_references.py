@@ -108,7 +108,7 @@ def test_scramble_setting_is_part_of_what_resume_checks(tmp_path, monkeypatch):
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
 def test_reference_logits_are_the_references_and_are_remembered_per_weights_and_data(ablation):
     """`reference_logits` (every ranking's objective scale) gives `references`' clean and source
-    logits; a second call with the same weights and data tensors reuses them, while other data,
+    logits at the scored columns; a second call with the same weights and data tensors reuses them, while other data,
     other weights, or weights that died and left their id behind are computed afresh."""
     import gc
 
@@ -118,8 +118,10 @@ def test_reference_logits_are_the_references_and_are_remembered_per_weights_and_
     e, data = tiny_task(ablation, seed=11)
     refs = references(e, data)
     clean, source = reference_logits(e, data)
-    torch.testing.assert_close(clean, refs.clean_logits, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(source, refs.source_logits, rtol=1e-12, atol=1e-12)
+    cols = data.scored_positions()
+    assert clean.shape[1] == len(cols) < data.clean.shape[1]  # only the scored columns are unembedded
+    torch.testing.assert_close(clean, refs.clean_logits[:, cols], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(source, refs.source_logits[:, cols], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(clean, source)
     again = reference_logits(e, data.with_ablation(ablation))  # a new TaskData over the same tensors
     assert again[0] is clean and again[1] is source
@@ -131,5 +133,5 @@ def test_reference_logits_are_the_references_and_are_remembered_per_weights_and_
     del fresh, w2
     gc.collect()
     w3 = random_weights(e.cfg, seed=13, dtype=torch.float64)  # may reuse the freed weights' id
-    want = references(Engine(w3), data).clean_logits
+    want = references(Engine(w3), data).clean_logits[:, cols]
     torch.testing.assert_close(reference_logits(Engine(w3), data)[0], want, rtol=1e-12, atol=1e-12)

@@ -151,8 +151,11 @@ def test_hf_gpt2_holds_the_engines_weights_and_times_the_same_floor():
     with torch.no_grad():
         ours = eng.run(s.data.clean).logits
         theirs = hf_logits(hf_gpt2(w), w, w["embed.W_E"][s.data.clean])
+        cols = torch.tensor([2, 5])
+        theirs_at = hf_logits(hf_gpt2(w), w, w["embed.W_E"][s.data.clean], cols)
     assert ours.abs().max() > 0.1
     torch.testing.assert_close(theirs, ours, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(theirs_at, ours[:, cols], rtol=1e-10, atol=1e-10)
     g_ours, g_hf = forward_backward(s), hf_forward_backward(s)
     assert g_ours.shape == (1,) + g_hf.shape and g_hf.abs().max() > 1e-6
     torch.testing.assert_close(g_hf, g_ours[0], rtol=1e-9, atol=1e-12)

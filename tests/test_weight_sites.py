@@ -81,6 +81,32 @@ def test_scores_without_shares_equal_the_shares(model, route, tracr_tasks):
                 torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("model", ["ln-mlp", "tracr-xproportion"])
+def test_unembedding_only_the_scored_columns_leaves_every_weight_site_unchanged(model, tracr_tasks):
+    """A traced run that unembeds only the scored columns (`TaskData.scored`, what grad-wrong
+    runs) gives the full run's dL/dW, shares and weight-edge(-taylor) scores: the output's
+    factors are placed at those columns' tokens."""
+    e, data = tiny_task("zero", seed=9)
+    if model.startswith("tracr"):
+        t = tracr_tasks[model]
+        e, data = Engine(t.load_model().to(dtype=torch.float64)), t.data().with_ablation("zero")
+    refs = references(e, data)
+    cols, scored = data.scored()
+    assert len(cols) < data.clean.shape[1]
+    full_loss = _loss_fn(e, data, "least-likely")
+    cut_loss = lambda lg: target_loss("least-likely", lg, scored, refs.clean_logits[:, cols], refs.source_logits[:, cols])  # noqa: E731
+    dW, dW_cut = weight_grads(e, data.clean, full_loss), weight_grads(e, data.clean, cut_loss, positions=cols)
+    for k in dW:
+        torch.testing.assert_close(dW_cut[k], dW[k], rtol=1e-9, atol=1e-12)
+    for taylor in (False, True):
+        want = _scores_from_shares(e, (tr := traced_run(e, data.clean, freeze_ln_scale=True)), full_loss(tr.logits), taylor)
+        tr = traced_run(e, data.clean, freeze_ln_scale=True, positions=cols)
+        assert tr.logits.shape[1] == len(cols)
+        torch.testing.assert_close(_scores_from_shares(e, tr, cut_loss(tr.logits), taylor), want, rtol=1e-9, atol=1e-12)
+        tr = traced_run(e, data.clean, freeze_ln_scale=True, positions=cols)
+        torch.testing.assert_close(weight_edge_scores(e, tr, cut_loss(tr.logits), taylor), want, rtol=1e-9, atol=1e-12)
+
+
 def test_weight_edge_memory_does_not_grow_with_the_vocabulary():
     """The estimate (the bench's skip check) is the senders, a q/k/v group's Gram matrices and one
     block: at GPT-2's size it stays far below the 45 GiB the output's shares would need."""

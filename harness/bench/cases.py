@@ -17,13 +17,20 @@ from harness.methods.registry import MethodSpec, Timing, all_methods
 
 
 def _objective(logits, data) -> torch.Tensor:
-    """The scalar the floor differentiates: EAP's objective, the mean answer logit difference."""
-    return objectives.evaluate("logit-diff", logits, logits, data).mean()
+    """The scalar the floor differentiates: EAP's objective, the mean answer logit difference, of
+    logits at the scored columns (`TaskData.scored`)."""
+    scored = data.scored()[1]
+    return objectives.evaluate("logit-diff", logits, logits, scored).mean()
+
+
+def _cols(s: Setup) -> torch.Tensor:
+    """The columns every floor row unembeds: the scored ones, as the methods do."""
+    return s.data.scored_positions()
 
 
 def plain_forward(s: Setup):
     with torch.no_grad():
-        return s.engine.run(s.data.clean).logits
+        return s.engine.run(s.data.clean, positions=_cols(s)).logits
 
 
 def forward_backward(s: Setup, on_phase: Optional[Callable[[str], None]] = None):
@@ -31,7 +38,7 @@ def forward_backward(s: Setup, on_phase: Optional[Callable[[str], None]] = None)
     activation (what attribution needs), no weight gradients. The cost floor of EAP's backward.
     `on_phase("forward")` is called between the two (the profile's mark)."""
     emb = s.engine.input_embeddings(s.data.clean).detach().requires_grad_(True)
-    obj = _objective(s.engine.run(s.data.clean, input_embeds=emb).logits, s.data)
+    obj = _objective(s.engine.run(s.data.clean, input_embeds=emb, positions=_cols(s)).logits, s.data)
     if on_phase:
         on_phase("forward")
     return torch.autograd.grad(obj, emb)[0]
@@ -41,7 +48,7 @@ def forward_backward_weights(s: Setup):
     """One forward and one backward to every weight (a training step's gradient work)."""
     from harness.methods.weight_sites import weight_grads
 
-    return weight_grads(s.engine, s.data.clean, lambda lg: _objective(lg, s.data))
+    return weight_grads(s.engine, s.data.clean, lambda lg: _objective(lg, s.data), positions=_cols(s))
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,9 @@ _HF: dict = {}
 
 
 def hf_forward_backward(s: Setup):
-    """The floor's forward+backward (same objective, gradients at the token embeddings) in HF
-    transformers' GPT-2 holding the setup's weights (`harness.bench.hf_reference`)."""
+    """The floor's forward+backward (same objective, gradients at the token embeddings, the same
+    scored columns unembedded) in HF transformers' GPT-2 holding the setup's weights
+    (`harness.bench.hf_reference`)."""
     from harness.bench.hf_reference import hf_gpt2, hf_logits
 
     w = s.engine.w
@@ -78,7 +86,7 @@ def hf_forward_backward(s: Setup):
         _HF.clear()  # one model at a time (GPT-2 small is ~500 MB)
         _HF.update(weights=w, model=hf_gpt2(w))
     emb = w["embed.W_E"][s.data.clean.to(w.device)].detach().requires_grad_(True)
-    obj = _objective(hf_logits(_HF["model"], w, emb), s.data)
+    obj = _objective(hf_logits(_HF["model"], w, emb, _cols(s)), s.data)
     return torch.autograd.grad(obj, emb)[0]
 
 

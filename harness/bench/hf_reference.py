@@ -60,7 +60,11 @@ def hf_gpt2(w: Weights):
     return hf.to(w.device).eval()
 
 
-def hf_logits(hf, w: Weights, token_embeds: torch.Tensor) -> torch.Tensor:
-    """[batch, pos, d_vocab_out] from token embeddings [batch, pos, d_model] (HF adds the
-    positions itself), plus the engine's b_U."""
-    return hf(inputs_embeds=token_embeds).logits + w["unembed.b_U"]
+def hf_logits(hf, w: Weights, token_embeds: torch.Tensor, positions=None) -> torch.Tensor:
+    """[batch, pos or len(positions), d_vocab_out] from token embeddings [batch, pos, d_model]
+    (HF adds the positions itself), plus the engine's b_U. `positions`: unembed only these columns
+    (HF's transformer body, then its lm_head on them), as `Engine.run` does."""
+    if positions is None:
+        return hf(inputs_embeds=token_embeds).logits + w["unembed.b_U"]
+    hidden = hf.transformer(inputs_embeds=token_embeds).last_hidden_state[:, positions.to(token_embeds.device)]
+    return hf.lm_head(hidden) + w["unembed.b_U"]

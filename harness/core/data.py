@@ -145,6 +145,12 @@ class TaskData:
         cols[-1] = True
         return torch.nonzero(cols.cpu()).flatten()
 
+    def scored(self) -> tuple:
+        """(cols, data at cols): `scored_positions` and `at_positions` of them, what a run that
+        unembeds only the scored columns (`Engine.run(positions=cols)`) is scored with."""
+        cols = self.scored_positions()
+        return cols, self.at_positions(cols)
+
     def passes(self, chunk: Optional[int]) -> list:
         """[(examples, their share of the batch)] for passes of at most `chunk` examples in order;
         [(self, 1.0)] when `chunk` is None or covers the batch. Batch-mean quantities of the

@@ -63,6 +63,7 @@ class Trace:
     """
 
     logits: torch.Tensor
+    positions: Optional[torch.Tensor] = None  # [n] long: the columns `logits` holds (None: all)
     senders: list = field(default_factory=list)
     qkv_inputs: list = field(default_factory=list)
     mlp_inputs: list = field(default_factory=list)
@@ -138,12 +139,15 @@ class Engine:
         zero_senders: bool = False,
         freeze_ln_scale: bool = False,
         input_embeds: Optional[torch.Tensor] = None,
+        positions: Optional[torch.Tensor] = None,
     ) -> Trace:
         """Forward `tokens` [batch, pos]; patch edges by `patch` ([n_edges] or [batch, n_edges],
         1 = patched) towards `source`. `record` keeps senders, receiver inputs and q/k/v in the
         trace. `zero_senders` zeroes every residual writer (how ACDC builds a zero-ablation
         source). `input_embeds` ([n_inputs, batch, pos, d_model]) replaces the input nodes'
-        outputs (used to interpolate embeddings).
+        outputs (used to interpolate embeddings). `positions` ([n] long): unembed only these
+        columns, logits [batch, n, d_vocab_out] (`TaskData.scored`: what the objectives read;
+        empty when only the senders are wanted); None: every position.
         """
         cfg, w, g = self.cfg, self.w, self.graph
         tokens = tokens.to(w.device)
@@ -164,7 +168,7 @@ class Engine:
             source_senders = source.senders.to(w.device)
             if source_senders.shape[1] != B:
                 raise ValueError(f"source cache has batch {source_senders.shape[1]}, tokens have {B}")
-        trace = Trace(logits=None)  # type: ignore[arg-type]
+        trace = Trace(logits=None, positions=positions)  # type: ignore[arg-type]
         senders: list[torch.Tensor] = []
 
         def add_sender(x):
@@ -176,7 +180,7 @@ class Engine:
         W_pos = w["pos_embed.W_pos"][:P]
         inputs = list(input_embeds.to(w.device) if input_embeds is not None else self.input_embeddings(tokens))
         if not (patching or record or zero_senders):
-            return Trace(logits=self._plain(inputs, W_pos, freeze_ln_scale))
+            return Trace(logits=self._plain(inputs, W_pos, freeze_ln_scale, positions), positions=positions)
         # an unpatched traced run with constant weights: q/k/v through `SharedQKV`
         shared = record and not patching and not any(t.requires_grad for t in w.params.values())
         resid = 0
@@ -246,8 +250,15 @@ class Engine:
         if record:
             trace.output_input = final_in
             trace.senders = senders
-        trace.logits = self._norm(final_in, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
+        trace.logits = self.unembed(final_in, positions, freeze_ln_scale)
         return trace
+
+    def unembed(self, final_in, positions: Optional[torch.Tensor] = None, freeze_ln_scale: bool = False) -> torch.Tensor:
+        """Logits [batch, n, d_vocab_out] at columns `positions` of the output's input final_in
+        [batch, pos, d_model] (every column when None)."""
+        if positions is not None:
+            final_in = final_in[:, positions.to(final_in.device)]
+        return self._norm(final_in, "ln_final", freeze_ln_scale) @ self.w["unembed.W_U"] + self.w["unembed.b_U"]
 
     def _receiver_qkv(self, qkv_in, pre: str, W_pos, freeze_ln_scale: bool):
         """q, k, v [B, P, H, dh] from each receiver's own input qkv_in [B, P, 3H, D]."""
@@ -272,8 +283,8 @@ class Engine:
         pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
         return SharedQKV.apply(qkv_in, W, b, gamma, beta, pos, cfg.eps, t, freeze_ln_scale)
 
-    def _plain(self, inputs: list, W_pos: torch.Tensor, freeze_ln_scale: bool) -> torch.Tensor:
-        """Logits [batch, pos, d_vocab_out] of an unpatched, unrecorded run: every receiver of a
+    def _plain(self, inputs: list, W_pos: torch.Tensor, freeze_ln_scale: bool, positions=None) -> torch.Tensor:
+        """Logits [batch, pos or len(positions), d_vocab_out] of an unpatched, unrecorded run: every receiver of a
         layer reads the same residual, so one LayerNorm per position, one fused q/k/v product and
         one output product per layer (what `run` computes per receiver, up to round-off)."""
         cfg, w = self.cfg, self.w
@@ -295,7 +306,7 @@ class Engine:
             if not cfg.attn_only:
                 hidden = self.act_fn(self._norm(resid, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
                 resid = resid + hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
-        return self._norm(resid, "ln_final", freeze_ln_scale) @ w["unembed.W_U"] + w["unembed.b_U"]
+        return self.unembed(resid, positions, freeze_ln_scale)
 
     def clean_run(self, tokens: torch.Tensor, source: SenderCache, positions: Optional[torch.Tensor] = None):
         """Record the clean run of `tokens` that `run_patches` starts from (a
@@ -350,9 +361,11 @@ class Engine:
         return (emb + W_pos).unsqueeze(0)
 
     @torch.no_grad()
-    def cache(self, tokens: torch.Tensor, zero: bool = False) -> SenderCache:
-        """Sender outputs and q/k/v of a run on `tokens` (zero=True: ACDC's zero ablation)."""
-        return self.run(tokens, record=True, zero_senders=zero).cache()
+    def cache(self, tokens: torch.Tensor, zero: bool = False, input_embeds: Optional[torch.Tensor] = None) -> SenderCache:
+        """Sender outputs and q/k/v of a run on `tokens` (zero=True: ACDC's zero ablation;
+        `input_embeds` as in `run`). Nothing is unembedded."""
+        none = torch.zeros(0, dtype=torch.long)
+        return self.run(tokens, record=True, zero_senders=zero, input_embeds=input_embeds, positions=none).cache()
 
-    def logits(self, tokens: torch.Tensor, patch=None, source=None) -> torch.Tensor:
-        return self.run(tokens, patch, source).logits
+    def logits(self, tokens: torch.Tensor, patch=None, source=None, positions=None) -> torch.Tensor:
+        return self.run(tokens, patch, source, positions=positions).logits

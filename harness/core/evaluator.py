@@ -23,8 +23,7 @@ class PatchedObjective:
     def __init__(self, engine: Engine, data: TaskData, objective: str = "metric", chunk: Optional[int] = None,
                  max_rows: int = 256):
         self.engine, self.data, self.objective = engine, data, objective
-        self.positions = data.scored_positions()
-        self.scored = data.at_positions(self.positions)  # the fields at the unembedded columns
+        self.positions, self.scored = data.scored()  # the unembedded columns and the fields there
         self.source = source_cache(engine, data)
         self.clean = engine.clean_run(data.clean, self.source, self.positions)
         self.clean_logits = self.clean.logits  # [batch, n_positions, vocab]
@@ -55,9 +54,9 @@ class PatchedObjective:
     @torch.no_grad()
     def dense(self, patch: torch.Tensor, per_example: bool = False) -> torch.Tensor:
         """The reference path for one patch [n_edges]: `Engine.run` from the embedding, every
-        receiver and position computed (the slow reference)."""
+        receiver computed (the slow reference)."""
         self.forwards += 1
-        logits = self.engine.logits(self.data.clean, patch, self.source)[:, self.positions.to(self.clean_logits.device)]
+        logits = self.engine.logits(self.data.clean, patch, self.source, self.positions)
         return self.reduce(self.values(logits), per_example)
 
     @torch.no_grad()

@@ -203,12 +203,6 @@ class _Pass:
         return self.patched_into(resid, g.output_receiver)
 
 
-def unembed(engine: "Engine", final: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """final residual [R, P, D] -> logits [R, n_positions, d_vocab_out] at `positions`."""
-    x = final[:, positions.to(final.device)]
-    return engine._norm(x, "ln_final", False) @ engine.w["unembed.W_U"] + engine.w["unembed.b_U"]
-
-
 @torch.no_grad()
 def clean_run(engine: "Engine", tokens: torch.Tensor, source: SenderCache,
               positions: Optional[torch.Tensor] = None) -> CleanRun:
@@ -230,7 +224,7 @@ def clean_run(engine: "Engine", tokens: torch.Tensor, source: SenderCache,
     final = p.layers(inputs.sum(0), resid)
     clean = torch.stack([p.fresh[s][1][0] for s in range(len(g.senders))])  # [n_senders, B, P, D]
     src = SenderCache(source.senders.to(w.device), source.qkv.to(w.device))
-    return CleanRun(tokens, resid, src.senders - clean, src, positions, unembed(engine, final, positions))
+    return CleanRun(tokens, resid, src.senders - clean, src, positions, engine.unembed(final, positions))
 
 
 @torch.no_grad()
@@ -251,4 +245,4 @@ def patched_logits(engine: "Engine", run: CleanRun, patches: torch.Tensor) -> to
     start = min(layers)
     p = _Pass(engine, run, add, direct, start, c, B, P)
     final = p.layers(run.resid[start].repeat(c, 1, 1))
-    return unembed(engine, final, run.positions).view(c, B, len(run.positions), -1)
+    return engine.unembed(final, run.positions).view(c, B, len(run.positions), -1)

@@ -46,21 +46,22 @@ def source_input_embeds(engine: Engine, data: TaskData) -> torch.Tensor:
 
 
 def source_cache(engine: Engine, data: TaskData) -> SenderCache:
-    """Sender outputs [n_senders, batch, pos, d_model] and q/k/v of the run patched from."""
+    """Sender outputs [n_senders, batch, pos, d_model] and q/k/v of the run patched from (no
+    position is unembedded: only the senders are wanted)."""
     if data.ablation == "zero":
         return engine.cache(data.clean, zero=True)
-    with torch.no_grad():
-        return engine.run(data.corrupted, record=True, input_embeds=source_input_embeds(engine, data)).cache()
+    return engine.cache(data.corrupted, input_embeds=source_input_embeds(engine, data))
 
 
 @torch.no_grad()
-def source_run(engine: Engine, data: TaskData) -> tuple[SenderCache, torch.Tensor]:
-    """The source's cache and its logits [batch, pos, d_vocab_out]: every edge patched from it.
-    Under resample both come from one recorded forward of the corrupted prompts."""
+def source_run(engine: Engine, data: TaskData, positions=None) -> tuple[SenderCache, torch.Tensor]:
+    """The source's cache and its logits [batch, pos or len(positions), d_vocab_out]: every edge
+    patched from it (`positions`: the columns unembedded, default all). Under resample both come
+    from one recorded forward of the corrupted prompts."""
     if data.ablation == "zero":
         source = engine.cache(data.clean, zero=True)
-        return source, engine.logits(data.clean, patch_all(engine), source)
-    trace = engine.run(data.corrupted, record=True, input_embeds=source_input_embeds(engine, data))
+        return source, engine.logits(data.clean, patch_all(engine), source, positions)
+    trace = engine.run(data.corrupted, record=True, input_embeds=source_input_embeds(engine, data), positions=positions)
     return trace.cache(), trace.logits
 
 
@@ -91,22 +92,23 @@ _LOGITS_CACHE_BYTES = 2**26  # larger results (pretrained models' vocabularies) 
 
 @torch.no_grad()
 def reference_logits(engine: Engine, data: TaskData) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean logits, source logits), each [batch, pos, d_vocab_out], without recording either
-    run. Small results are remembered for the last few (weights, data) pairs: every ranking's tie
+    """(clean logits, source logits), each [batch, n, d_vocab_out] at the n scored columns
+    (`TaskData.scored`: score them with its data), without recording either run. Small results are remembered for the last few (weights, data) pairs: every ranking's tie
     floor reads them (`MethodSpec.objective_scale`), and a task's variants share one engine and
     one data's tensors. The key is the identity of the weights (held weakly: an entry dies with
     them) and of the data's tensors (held, so no other tensor can take their identity)."""
-    tensors = (data.clean, data.corrupted, data.position_scramble)
+    tensors = (data.clean, data.corrupted, data.pos_mask, data.position_scramble)
     key = (data.ablation, id(engine.w)) + tuple(id(t) for t in tensors)
     for i, (k, ref, _, result) in enumerate(_LOGITS_CACHE):
         if k == key and ref() is engine.w:
             _LOGITS_CACHE.append(_LOGITS_CACHE.pop(i))
             return result
-    clean = engine.logits(data.clean)
+    cols = data.scored_positions()
+    clean = engine.logits(data.clean, positions=cols)
     if data.ablation == "zero":
-        source = engine.logits(data.clean, patch_all(engine), engine.cache(data.clean, zero=True))
+        source = engine.logits(data.clean, patch_all(engine), engine.cache(data.clean, zero=True), cols)
     else:
-        source = engine.run(data.corrupted, input_embeds=source_input_embeds(engine, data)).logits
+        source = engine.run(data.corrupted, input_embeds=source_input_embeds(engine, data), positions=cols).logits
     if 2 * clean.numel() * clean.element_size() <= _LOGITS_CACHE_BYTES:
         _LOGITS_CACHE.append((key, weakref.ref(engine.w), tensors, (clean, source)))
         del _LOGITS_CACHE[:-_LOGITS_CACHE_SIZE]

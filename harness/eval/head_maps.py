@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.core.engine import Engine
-from harness.core.references import references
+from harness.core.references import reference_logits
 from harness.methods.targets import target_loss
 from harness.methods.weight_sites import weight_grads
 
@@ -55,7 +55,7 @@ def direct_effects(engine: Engine, data) -> torch.Tensor:
     at the scored positions, with the final LayerNorm's scale frozen at the clean run's."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     with torch.no_grad():
-        tr = engine.run(data.clean, record=True)
+        tr = engine.run(data.clean, record=True, positions=torch.zeros(0, dtype=torch.long))  # no logits needed
         final = tr.output_input  # [B, P, D]
         scale = torch.ones_like(final[..., :1])
         if cfg.normalization_type is not None:
@@ -78,8 +78,9 @@ def direct_effects(engine: Engine, data) -> torch.Tensor:
 
 def head_maps(engine: Engine, data, task=None, target: str = "logit-diff-mse") -> HeadMaps:
     """The five maps for `data`'s clean prompts; ground-truth heads from `task` (first ground truth)."""
-    refs = references(engine, data)
-    dW = weight_grads(engine, data.clean, lambda logits: target_loss(target, logits, data, refs.clean_logits, refs.source_logits))
+    clean, source = reference_logits(engine, data)  # at the scored columns
+    cols, scored = data.scored()
+    dW = weight_grads(engine, data.clean, lambda logits: target_loss(target, logits, scored, clean, source), positions=cols)
     cfg = engine.cfg
     maps = {}
     for X in "QKVO":

@@ -12,13 +12,16 @@ import torch
 from harness.core.engine import Engine, Trace
 
 
-def traced_run(engine: Engine, tokens, patch=None, source=None, input_embeds=None, freeze_ln_scale=False) -> Trace:
-    """A forward whose receiver inputs and q/k/v can be differentiated."""
+def traced_run(engine: Engine, tokens, patch=None, source=None, input_embeds=None, freeze_ln_scale=False,
+               positions=None) -> Trace:
+    """A forward whose receiver inputs and q/k/v can be differentiated; `positions`: the columns
+    unembedded (`TaskData.scored`; default all), the only ones an objective's gradient starts at."""
     if input_embeds is None:
         input_embeds = engine.input_embeddings(tokens)
     # Gradients need a leaf upstream of everything: the input embeddings.
     input_embeds = input_embeds.detach().requires_grad_(True)
-    return engine.run(tokens, patch, source, record=True, input_embeds=input_embeds, freeze_ln_scale=freeze_ln_scale)
+    return engine.run(tokens, patch, source, record=True, input_embeds=input_embeds, freeze_ln_scale=freeze_ln_scale,
+                      positions=positions)
 
 
 def receiver_grads(trace: Trace, objective: torch.Tensor):

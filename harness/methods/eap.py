@@ -42,24 +42,25 @@ def eap(engine, data, form="noising", objective="logit-diff", per_example=False,
     """[n_edges] (per_example: [batch, n_edges]) scores. `on_phase(name)`, when given, is called
     after each phase (the benchmarks' profile of EAP against its floor reads these marks)."""
     mark = on_phase or (lambda name: None)
+    cols, scored = data.scored()  # only the scored columns are unembedded
     if form == "noising":
         other = source_cache(engine, data)  # no-grad forward
         mark("cache_forward")
-        tr = traced_run(engine, data.clean)  # forward + backward
+        tr = traced_run(engine, data.clean, positions=cols)  # forward + backward
         clean_logits = tr.logits.detach()
     elif form == "denoising":
         with torch.no_grad():
-            clean_tr = engine.run(data.clean, record=True)  # no-grad forward
+            clean_tr = engine.run(data.clean, record=True, positions=cols)  # no-grad forward
         other, clean_logits = clean_tr.cache(), clean_tr.logits
         mark("cache_forward")
         if data.ablation == "zero":  # the run at the other end: every edge patched to zero
-            tr = traced_run(engine, data.clean, patch_all(engine), source_cache(engine, data))
+            tr = traced_run(engine, data.clean, patch_all(engine), source_cache(engine, data), positions=cols)
         else:
-            tr = traced_run(engine, data.corrupted, input_embeds=source_input_embeds(engine, data))
+            tr = traced_run(engine, data.corrupted, input_embeds=source_input_embeds(engine, data), positions=cols)
     else:
         raise KeyError(f"unknown EAP form {form!r}")
     mark("traced_forward")
-    grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, data).mean())
+    grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, scored).mean())
     mark("backward")
     here = tr.cache()
     d_senders, d_qkv = other.senders - here.senders, other.qkv - here.qkv

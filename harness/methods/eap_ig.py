@@ -46,15 +46,16 @@ def path_embeddings(engine, data, steps: int):
 def eap_ig(engine, data, steps=5, objective="logit-diff", per_example=False):
     if steps < 1:
         raise ValueError("steps must be >= 1")
+    cols, scored = data.scored()  # only the scored columns are unembedded
     with torch.no_grad():
-        clean_run = engine.run(data.clean, record=True)  # clean logits and cache in one forward
+        clean_run = engine.run(data.clean, record=True, positions=cols)  # clean logits and cache in one forward
     clean, clean_logits = clean_run.cache(), clean_run.logits
     source = source_cache(engine, data)
     d_send, d_qkv = source.senders - clean.senders, source.qkv - clean.qkv
     total = None
     for emb in path_embeddings(engine, data, steps):
-        tr = traced_run(engine, data.clean, input_embeds=emb)
-        grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, data).mean())
+        tr = traced_run(engine, data.clean, input_embeds=emb, positions=cols)
+        grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, scored).mean())
         s = contract(engine, grads, d_send, d_qkv, per_example=per_example).detach()
         total = s if total is None else total + s
     return total / steps

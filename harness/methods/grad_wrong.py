@@ -71,13 +71,14 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
     if site.startswith("weight"):
         return _weight_site(engine, data, target, site, freeze, chunk)
     # The run being differentiated is the clean run, so its own logits are the clean logits; the
-    # source run is one no-grad forward.
+    # source run is one no-grad forward. Both unembed only the scored columns.
+    cols, scored = data.scored()
     if needs_source_logits(target, data):
-        source, source_logits = source_run(engine, data)
+        source, source_logits = source_run(engine, data, cols)
     else:
         source, source_logits = source_cache(engine, data), None
-    tr = traced_run(engine, data.clean, freeze_ln_scale=freeze)
-    grads = receiver_grads(tr, target_loss(target, tr.logits, data, tr.logits.detach(), source_logits))
+    tr = traced_run(engine, data.clean, freeze_ln_scale=freeze, positions=cols)
+    grads = receiver_grads(tr, target_loss(target, tr.logits, scored, tr.logits.detach(), source_logits))
     here = tr.cache()
     return contract(engine, grads, here.senders - source.senders, here.qkv - source.qkv,
                     per_example=per_example).detach()
@@ -91,16 +92,17 @@ def _weight_site(engine, data, target, site, freeze, chunk):
     targets that read its logits) is the pass's own."""
     dW, taylor, factors = None, None, None
     for part, share in data.passes(chunk):
-        source_logits = source_run(engine, part)[1] if needs_source_logits(target, part) else None
+        cols, scored = part.scored()  # only the scored columns are unembedded
+        source_logits = source_run(engine, part, cols)[1] if needs_source_logits(target, part) else None
 
         def loss_of(logits):
-            return share * target_loss(target, logits, part, logits.detach(), source_logits)
+            return share * target_loss(target, logits, scored, logits.detach(), source_logits)
 
         if site == "weight-node":
-            grads = weight_grads(engine, part.clean, loss_of, freeze)
+            grads = weight_grads(engine, part.clean, loss_of, freeze, positions=cols)
             dW = grads if dW is None else {k: dW[k] + v for k, v in grads.items()}
             continue
-        tr = traced_run(engine, part.clean, freeze_ln_scale=freeze)
+        tr = traced_run(engine, part.clean, freeze_ln_scale=freeze, positions=cols)
         f = share_factors(engine, tr, loss_of(tr.logits))
         del tr  # the pass's autograd graph; only its factors are kept
         if site == "weight-edge-taylor":  # linear in the loss: add the passes' values

@@ -134,10 +134,11 @@ class MethodSpec:
             return 0.0
         from harness.core.references import reference_logits
 
-        clean, source = reference_logits(engine, data)
+        clean, source = reference_logits(engine, data)  # at the scored columns
+        scored = data.scored()[1]
         opts = self.options(variant)
         with torch.no_grad():
-            return max(float(torch.as_tensor(self.objective(opts, L, clean, source, data)).abs().double().mean())
+            return max(float(torch.as_tensor(self.objective(opts, L, clean, source, scored)).abs().double().mean())
                        for L in (clean, source))
 
     def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False,

@@ -65,11 +65,12 @@ def weight_edge_bytes(engine, batch: int, seq_len: int) -> int:
     return item * (len(g.senders) * N * cfg.d_model + R * N * max(N, cfg.d_model)) + SHARE_BLOCK_BYTES
 
 
-def weight_grads(engine: Engine, tokens, loss_fn, freeze_ln_scale=False) -> dict:
-    """dL/dW for every parameter: loss_fn(logits) -> scalar, on a copy of the weights."""
+def weight_grads(engine: Engine, tokens, loss_fn, freeze_ln_scale=False, positions=None) -> dict:
+    """dL/dW for every parameter: loss_fn(logits) -> scalar, on a copy of the weights; `positions`:
+    the columns unembedded (`Engine.run`), default all."""
     w = weights_with_grad(engine.w)
     eng = Engine(w, engine.graph)
-    loss = loss_fn(eng.run(tokens, freeze_ln_scale=freeze_ln_scale).logits)
+    loss = loss_fn(eng.run(tokens, freeze_ln_scale=freeze_ln_scale, positions=positions).logits)
     names = [k for k, v in w.params.items() if v.requires_grad]
     grads = torch.autograd.grad(loss, [w.params[k] for k in names], allow_unused=True)
     return {k: (torch.zeros_like(w.params[k]) if g is None else g) for k, g in zip(names, grads)}
@@ -179,11 +180,12 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
     b_O = [w[f"blocks.{L}.attn.b_O"] for L in range(L_)]
     B, P = S.shape[1], S.shape[2]
 
-    def split(r, x, prefix, const_vec, extra, W, grad, param, head, direct_id):
+    def split(r, x, prefix, const_vec, extra, W, grad, param, head, direct_id, cols=None):
         lin, beta = _frozen_ln(engine, x.detach(), prefix)
         n_up = g.receivers[r].n_upstream
-        c_const = lin(const_vec.expand(B, P, -1)) + beta + extra
-        shares = torch.einsum("nbpd,bpe->nde", lin(S[:n_up]), grad)
+        c_const = lin(const_vec.expand(B, x.shape[1], -1)) + beta + extra
+        S_up = S[:n_up] if cols is None else S[:n_up, :, cols]  # cols: the unembedded positions
+        shares = torch.einsum("nbpd,bpe->nde", lin(S_up), grad)
         const = torch.einsum("bpd,bpe->de", c_const, grad)
         return Share(r, param, head, W, shares, const, g.dense_index[r, :n_up], direct_id)
 
@@ -206,8 +208,10 @@ def iter_shares(engine: Engine, trace, loss: torch.Tensor):
             g_pre = _mlp_pre_grad(engine, L, lin(xm) + beta, g_mlp_out[L])
             yield split(int(g.mlp_receiver[L]), xm, p + "ln2", sum(b_O[: L + 1], zero), 0.0, w[p + "mlp.W_in"],
                         g_pre, p + "mlp.W_in", None, None)
-    yield split(g.output_receiver, trace.output_input, "ln_final", sum(b_O, zero), 0.0, w["unembed.W_U"], g_logits,
-                "unembed.W_U", None, None)
+    cols = trace.positions
+    out_x = trace.output_input if cols is None else trace.output_input[:, cols]
+    yield split(g.output_receiver, out_x, "ln_final", sum(b_O, zero), 0.0, w["unembed.W_U"], g_logits,
+                "unembed.W_U", None, None, cols)
 
 
 def group_share_values(S: torch.Tensor, inv, gamma, G: torch.Tensor, W: torch.Tensor, taylor: bool,
@@ -293,7 +297,7 @@ class ShareFactors:
             inv = None if g0.inv is None else torch.cat([g.inv for g in gs])
             tokens = None
             if any(g.tokens is not None for g in gs):
-                tokens = torch.cat([(torch.arange(f.senders.shape[1]) if g.tokens is None else g.tokens) + o
+                tokens = torch.cat([(torch.arange(f.senders.shape[1], device=f.senders.device) if g.tokens is None else g.tokens) + o
                                     for g, f, o in zip(gs, parts, offsets)])
             groups.append(ShareGroup(g0.receivers, g0.n_up, tokens, inv, g0.gamma, torch.cat([g.G for g in gs], 1), g0.W))
         return ShareFactors(torch.cat([f.senders for f in parts], 1), groups, parts[0].direct_ids,
@@ -324,14 +328,19 @@ def share_factors(engine: Engine, trace, loss) -> ShareFactors:
     F_, B, P, D = S.shape
     groups, direct_ids, direct_grads, direct_W = [], [], [], []
 
-    def group(receivers, x, prefix, G, W):
+    def group(receivers, x, prefix, G, W, rows=None):
+        """x [N', D] and G [R, N', e] at token rows `rows` [N'] (None: all N tokens)."""
         inv, gamma = _ln_adjoint(engine, x, prefix)
-        keep = G.ne(0).any(-1).any(0)  # the output's unscored positions drop out
-        tokens = None if bool(keep.all()) else keep.nonzero().squeeze(1)
-        kept_G, kept_inv = (G, inv) if tokens is None else (G[:, tokens], None if inv is None else inv[tokens])
+        keep = G.ne(0).any(-1).any(0)  # tokens no gradient reaches drop out
+        if rows is None and bool(keep.all()):
+            kept_G, kept_inv, tokens = G, inv, None
+        else:
+            at = keep.nonzero().squeeze(1)
+            kept_G, kept_inv = G[:, at], None if inv is None else inv[at]
+            tokens = at if rows is None else rows[at]
         groups.append(ShareGroup(receivers, g.receivers[receivers[0]].n_upstream, tokens, kept_inv, gamma,
                                  kept_G.detach(), W))
-        return inv, gamma  # over every token
+        return inv, gamma  # over x's tokens
 
     for L in range(L_):
         p = f"blocks.{L}."
@@ -354,8 +363,10 @@ def share_factors(engine: Engine, trace, loss) -> ShareFactors:
             lin, beta = _frozen_ln(engine, xm, p + "ln2")
             g_pre = _mlp_pre_grad(engine, L, lin(xm) + beta, g_mlp_out[L].reshape(B * P, D))
             group([int(g.mlp_receiver[L])], xm, p + "ln2", g_pre[None], w[p + "mlp.W_in"][None])
-    group([g.output_receiver], trace.output_input.detach().reshape(B * P, D), "ln_final",
-          g_logits.reshape(1, B * P, -1), w["unembed.W_U"][None])
+    cols = torch.arange(P) if trace.positions is None else trace.positions.cpu()  # the unembedded positions
+    rows = (torch.arange(B)[:, None] * P + cols[None]).flatten()  # their tokens among the B * P
+    group([g.output_receiver], trace.output_input.detach()[:, cols.to(S.device)].reshape(len(rows), D), "ln_final",
+          g_logits.reshape(1, len(rows), -1), w["unembed.W_U"][None], rows.to(S.device))
     return ShareFactors(S.reshape(F_, B * P, D), groups, direct_ids, direct_grads, direct_W)
 
 
