@@ -25,6 +25,27 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Words(argparse.Action):
+    """A list option that takes names separated by spaces or commas (`--tasks a,b c`), checked
+    against `valid` when given, with argparse's own message."""
+
+    def __init__(self, option_strings, dest, valid=None, **kw):
+        kw.setdefault("nargs", "+")
+        self.valid = tuple(valid) if valid else None
+        if self.valid and "metavar" not in kw:
+            kw["metavar"] = "{" + ",".join(self.valid) + "}"
+        super().__init__(option_strings, dest, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        words = [w for v in values for w in v.split(",") if w.strip()]
+        if not words:
+            parser.error(f"argument {option_string}: expected at least one name")
+        bad = [w for w in words if self.valid and w not in self.valid]
+        if bad:
+            parser.error(f"argument {option_string}: invalid choice: {bad[0]!r} (choose from {', '.join(map(repr, self.valid))})")
+        setattr(namespace, self.dest, words)
+
+
 def _int_range(lo: int, hi: int | None = None, what: str = ""):
     def conv(text: str) -> int:
         try:
@@ -115,10 +136,13 @@ def _check_names(kind: str, given, valid) -> list:
 
 
 def cmd_run(args) -> int:
+    import logging
+    import warnings
+
     from harness.report import render as report
     from harness.methods import all_methods
     from harness.run.runner import RunConfig, jobs_for, offline_tasks, run
-    from harness.tasks import TASKS
+    from harness.tasks import TASKS, get_task
 
     tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else offline_tasks()
     _existing_folder(args.weights_dir, "--weights-dir")
@@ -129,7 +153,7 @@ def cmd_run(args) -> int:
     cfg = RunConfig(tasks=tasks, methods=methods, variants=args.variants or [], out=args.out, seed=args.seed,
                     device=args.device, split=args.split, ablations=tuple(args.ablation),
                     position_scramble=not args.no_position_scramble, dtype=args.dtype, fresh=args.fresh,
-                    weights_dir=args.weights_dir, progress=not args.no_progress,
+                    weights_dir=args.weights_dir, progress=not (args.no_progress or args.quiet),
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
                     faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
                     threads=args.threads, metric=args.metric,
@@ -137,19 +161,30 @@ def cmd_run(args) -> int:
                     chunk=args.chunk)
     if args.metric:
         from harness.run.runner import check_metric
-        from harness.tasks import get_task
 
         for t in tasks:
             try:
                 check_metric(get_task(t), args.metric)
             except ValueError as e:
                 _fail(f"{e} (run those tasks without --metric)")
+    from harness.core.ground_truth import GroundTruthError
+
+    for t in tasks:  # a task whose circuit is stored but whose files are missing fails before any run
+        try:
+            get_task(t).ground_truth_paths()
+        except GroundTruthError as e:
+            _fail(str(e))
     if not jobs_for(cfg, log=lambda *a: None):
         _fail(f"nothing to run: no variant of {', '.join(methods)} runs under --ablation {' '.join(args.ablation)}"
               + (f" with --variants {' '.join(args.variants)}" if args.variants else "") + " (see `circuit-bench list`)")
+    if args.variants and args.methods:
+        for m in methods:
+            if not set(args.variants) & set(all_methods()[m].variants):
+                warnings.warn(f"--variants names no variant of {m}, so {m} does not run (its variants: "
+                              f"{', '.join(all_methods()[m].variants)})")
     _writable_folder(args.out)
     try:
-        store = run(cfg)
+        store = run(cfg, log=logging.getLogger("harness.run").info)
     except ValueError as e:
         _fail(str(e))
     records = store.records()
@@ -157,7 +192,7 @@ def cmd_run(args) -> int:
     n_ok = sum(r.get("status") == "ok" for r in records)
     n_failed = sum(r.get("status") == "error" for r in records)
     gt_bad = sorted({(r["task"], k) for r in records for k in (r.get("ground_truth_problems") or {})})
-    print(f"wrote {store.root / 'results.csv'} and {path} ({n_ok} runs ok"
+    print(f"wrote {store.root / 'results.csv'}, {path} and {path.with_suffix('.html')} ({n_ok} runs ok"
           + (f", {n_failed} failed: see the error column of results.csv" if n_failed else "")
           + (f", {len(gt_bad)} ground-truth file(s) left out: see the report" if gt_bad else "") + ")")
     if records and n_ok == 0:
@@ -172,7 +207,8 @@ def cmd_list(args) -> int:
     tasks = [cls().summary() for cls in TASKS.values()]
     methods = [
         {"name": m.name, "description": m.description, "output": m.output,
-         "variants": [{"name": v, "description": d, "default": v in m.default_variants} for v, (_, d) in m.variants.items()]}
+         "variants": [{"name": v, "description": d, "default": v in m.default_variants} for v, (_, d) in m.variants.items()],
+         **({"grid": {"rows": m.grid[0], "columns": m.grid[1]}} if m.grid else {})}
         for m in all_methods().values()
     ]
     if args.json:
@@ -188,10 +224,28 @@ def cmd_list(args) -> int:
     print("Methods:")
     for m in methods:
         print(f"  {m['name']:<16} {m['description']} [{m['output']}]")
+        if "grid" in m:
+            print("\n".join(_grid_lines(m)))
+            continue
         for v in m["variants"]:
             print(f"    {'*' if v['default'] else ' '} {v['name']:<34} {v['description']}")
     print("(* = run by default)")
     return 0
+
+
+def _grid_lines(m: dict) -> list:
+    """A method whose variants are row/column, as a grid of marks, each name described once."""
+    rows, cols = m["grid"]["rows"], m["grid"]["columns"]
+    default = {v["name"] for v in m["variants"] if v["default"]}
+    w = max(map(len, rows)) + 2
+    out = ["    variants are ROW/COLUMN (* run by default, . when named):",
+           f"    {'':<{w}}" + "  ".join(cols),
+           *((f"    {r:<{w}}" + "  ".join(f"{'*' if f'{r}/{c}' in default else '.':^{len(c)}}" for c in cols)).rstrip()
+             for r in rows)]
+    width = max(map(len, [*rows, *cols])) + 2
+    out += [f"    {n:<{width}} {d}" for n, d in rows.items()]
+    out += [f"    {'/' + n:<{width}} {d}" for n, d in cols.items()]
+    return out
 
 
 def cmd_heads(args) -> int:
@@ -266,7 +320,8 @@ def cmd_report(args) -> int:
     from harness.report import render as report
 
     try:
-        print(report.render(args.dir))
+        md = report.render(args.dir)
+        print(f"wrote {md} and {md.with_suffix('.html')}")
     except report.NothingToReport as e:
         _fail(str(e))
     return 0
@@ -277,7 +332,7 @@ def cmd_compare(args) -> int:
     from harness.report.tables import TableError
 
     try:
-        c = compare(args.dir, args.baseline, args.tolerance, args.time_factor)
+        c = compare(args.dir, args.baseline, args.tolerance, args.time_factor, strict=args.strict)
     except TableError as e:
         _fail(str(e))
     print("\n".join(c.lines()))
@@ -304,7 +359,7 @@ def cmd_bench(args) -> int:
                 repeats=args.repeats, heavy_repeats=args.heavy_repeats, warmup=args.warmup, ig_steps=args.ig_steps,
                 single_edges=args.single_edges, acdc_threshold=args.acdc_threshold, budget_s=args.budget_s,
                 max_patched=args.max_patched, threads=args.threads, methods=args.methods,
-                progress=not args.no_progress, fresh=args.fresh)
+                progress=not (args.no_progress or args.quiet), fresh=args.fresh)
     if args.quick:
         cfg = BenchConfig.quick(**opts)
     else:
@@ -317,24 +372,39 @@ def cmd_bench(args) -> int:
         _fail(str(e))
     rep = report.render(args.out)
     print(targets_text_for(path.parent))
-    print(f"wrote {path} and {rep}")
+    print(f"wrote {path}, {rep} and {rep.with_suffix('.html')}")
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("circuit-bench")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        import harness
+
+        return harness.__version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="circuit-bench", description="Benchmark gradient-based circuit discovery.")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="import a module or .py file that registers methods or tasks (repeatable)")
+    p.add_argument("--version", action="version", version=f"circuit-bench {_version()}")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and each command's result line")
+    talk.add_argument("-v", "--verbose", action="store_true", help="also a line per finished run, with its time")
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run methods on tasks, score them against ground truth, write results and a report")
-    r.add_argument("--tasks", nargs="+", help="task names (default: every task that runs offline)")
-    r.add_argument("--methods", nargs="+", help="method names (default: all)")
-    r.add_argument("--variants", nargs="+", help="variant names (default: each method's default variants)")
+    r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline)")
+    r.add_argument("--methods", action=_Words, help="method names (default: all)")
+    r.add_argument("--variants", action=_Words, help="variant names (default: each method's default variants)")
     r.add_argument("--out", default="out", help="output directory (default: out)")
     r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     r.add_argument("--split", default="validation", choices=["validation", "test"])
-    r.add_argument("--ablation", nargs="+", default=["resample", "zero"], choices=["resample", "zero"],
+    r.add_argument("--ablation", action=_Words, default=["resample", "zero"], valid=["resample", "zero"],
                    help="references to run, each result under one (default: both; a variant runs under those it accepts)")
     r.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="model dtype (default: each task's own, float64 for tracr and float32 for pretrained models)")
@@ -352,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_count, help="torch CPU threads (default: 1 for small models, else torch's choice)")
     r.add_argument("--chunk", type=_count, help="examples per pass of the gradient methods (default: as "
                                                "many as keep a traced run within 1 GiB; results are the same)")
-    r.add_argument("--controls", nargs="+", choices=["trained", "reset"],
+    r.add_argument("--controls", action=_Words, valid=["trained", "reset"],
                    help="trained: the task's model; reset: each method on --reset-seeds reset networks (ACDC's reset "
                         "procedure; tracr: random models of the same shape). Default: trained, plus reset on tracr "
                         "tasks for every method that runs the model but ACDC")
@@ -386,13 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--baseline", required=True, help="a results.csv (or a directory holding one)")
     cp.add_argument("--tolerance", type=_float_range(0), default=0.02, help="allowed AUC drop (absolute, default 0.02)")
     cp.add_argument("--time-factor", type=_float_range(0, strict=True), default=1.5, help="allowed growth of a timing ratio (default 1.5x)")
+    cp.add_argument("--strict", action="store_true", help="also fail when a baseline row is missing from DIR "
+                                                        "(default: compare the rows both have, summarise the rest)")
     cp.set_defaults(fn=cmd_compare)
     gt = sub.add_parser("ground-truth", help="derive structural ground truths of tracr programs into ground_truth/")
-    gt.add_argument("--dir", default=None)
+    gt.add_argument("--dir", default=None, help="output folder (default: the package's ground truths: the checkout's "
+                                               "ground_truth/ in an editable install)")
     gt.set_defaults(fn=cmd_ground_truth)
     b = sub.add_parser("bench", help="time every method against one forward+backward and activation patching; "
                                      "writes DIR/timing.csv and the report's speed section")
-    b.add_argument("--models", nargs="+", help="architectures (default: all; --quick: tracr-xproportion)")
+    b.add_argument("--models", action=_Words, help="architectures (default: all; --quick: tracr-xproportion)")
     b.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     b.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16", "float64"], help="default float32")
     b.add_argument("--out", default="reports/timing", help="output directory (default: reports/timing)")
@@ -409,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: 120; 0: no limit)")
     b.add_argument("--max-patched", type=_count, help="patched forwards per looping measurement before it extrapolates")
     b.add_argument("--threads", type=_count, help="torch CPU threads (default: torch's)")
-    b.add_argument("--methods", nargs="+", help="only these methods or method/variant keys (forward rows always run)")
+    b.add_argument("--methods", action=_Words, help="only these methods or method/variant keys (forward rows always run)")
     b.add_argument("--fresh", action="store_true", help="discard DIR's earlier timing rows (default: rows of other "
                                                          "models and sizes are kept, re-measured ones replaced)")
     b.add_argument("--no-progress", action="store_true")
@@ -431,11 +504,19 @@ def main(argv=None) -> int:
             load_plugin(spec)
         except Exception as e:  # the plugin's own error, in one line
             _fail(f"cannot load plugin {spec!r}: {type(e).__name__}: {e}")
+    import logging
     import os
     import warnings
 
     shown = warnings.formatwarning
     warnings.formatwarning = warning_line
+    logger = logging.getLogger("harness")  # what the runner says as it goes, on stdout; -q / -v set how much
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
+    logger.propagate = False
     try:
         return args.fn(args)
     except KeyboardInterrupt:
@@ -450,6 +531,9 @@ def main(argv=None) -> int:
         _fail(f"internal error: {type(e).__name__}: {e} (please report it; CIRCUIT_BENCH_DEBUG=1 shows the traceback)", 3)
     finally:
         warnings.formatwarning = shown
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 if __name__ == "__main__":

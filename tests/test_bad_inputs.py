@@ -175,6 +175,10 @@ CASES = [
      1, "missing key(s)", "out"),
     ("ground-truth-broken-list", lambda t: (_gt_copy(t, "structural", "["), ["list"])[1], 0,
      "ground truth structural cannot be used", "out"),
+    # no ground truth at all for a task that has a circuit (e.g. a broken install): stop before any run
+    ("ground-truth-all-missing", lambda t: ((t / "nogt").mkdir(), os.environ.__setitem__(
+        "CIRCUIT_BENCH_GROUND_TRUTH", str(t / "nogt")), [*RUN, "--out", str(t / "o")])[2], 2,
+     "no ground-truth file tracr-xproportion", "err"),
     # report
     ("report-no-folder", lambda t: ["report", str(t / "nope")], 2, "does not exist", "err"),
     ("report-a-file", lambda t: ["report", str(_file(t))], 2, "is not a folder", "err"),
@@ -196,6 +200,9 @@ CASES = [
     ("compare-no-rows", lambda t: ["compare", str(_run_dir(t)), "--baseline",
                                    str(_results(t, "task,method,variant,ablation,ground_truth,level,auc\n"))],
      2, "nothing to compare", "err"),
+    ("compare-nothing-shared", lambda t: ["compare", str(_run_dir(t)), "--baseline", str(_results(
+        t, "task,method,variant,ablation,ground_truth,level,auc\ntracr-reverse,eap,noising,zero,acdc,edge,0.9\n"))],
+     2, "share no", "err"),
     ("compare-tolerance-negative", lambda t: ["compare", "a", "--baseline", "b", "--tolerance", "-1"], 2,
      "argument --tolerance", "err"),
     ("compare-time-factor-zero", lambda t: ["compare", "a", "--baseline", "b", "--time-factor", "0"], 2,

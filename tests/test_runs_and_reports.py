@@ -183,8 +183,41 @@ def test_compare_passes_on_itself_and_fails_on_a_doctored_baseline(tmp_path, cap
     assert main(["compare", str(tmp_path / "r"), "--baseline", str(tmp_path / "base.csv"), "--tolerance", "0.2"]) == 0
     extra = pd.concat([df, df[df["auc"].notna()].iloc[[0]].assign(variant="a-row-that-vanished")])
     extra.to_csv(tmp_path / "base2.csv", index=False)
-    c = compare(tmp_path / "r", tmp_path / "base2.csv")
+    c = compare(tmp_path / "r", tmp_path / "base2.csv", strict=True)
     assert not c.ok and c.missing and c.missing[0]["variant"] == "a-row-that-vanished"
+    assert compare(tmp_path / "r", tmp_path / "base2.csv").ok  # by default: the rows both have
+
+
+def _auc_rows(tasks=("t1", "t2"), methods=("eap", "grad-wrong")) -> pd.DataFrame:
+    return pd.DataFrame([{"task": t, "method": m, "variant": "v", "ablation": "resample", "control": "trained",
+                          "ground_truth": "gt", "level": lv, "auc": 0.8, "status": "ok", "error": None}
+                         for t in tasks for m in methods for lv in ("edge", "node")])
+
+
+def test_compare_checks_a_subset_run_on_the_rows_both_have(tmp_path):
+    from harness.report.compare import compare_frames
+    from harness.report.tables import TableError
+
+    base = _auc_rows()
+    one = base[base["task"] == "t1"]
+    c = compare_frames(one, base)
+    assert c.ok and c.compared == 4 and len(c.missing) == 4
+    assert "  t2: eap 2, grad-wrong 2" in c.lines()  # what was not compared, per task and method
+    assert not compare_frames(one, base, strict=True).ok
+    worse = one.assign(auc=[0.8, 0.8, 0.7, 0.8])  # one shared row fell by 0.1
+    c = compare_frames(worse, base)
+    assert not c.ok and [r["method"] for r in c.regressions] == ["grad-wrong"]
+    # a unit the run attempted and recorded as failed is a failure, not a missing row
+    failed = pd.concat([one[one["method"] == "eap"], one[one["method"] == "grad-wrong"].iloc[[0]].assign(
+        status="error", error="RuntimeError: boom", auc=float("nan"), level=None)])
+    c = compare_frames(failed, base)
+    assert not c.ok and len(c.failed) == 1 and c.failed[0]["error"] == "RuntimeError: boom"
+    # nothing in common: an error, not a vacuous pass
+    other = _auc_rows(tasks=("t3",))
+    for name, df in (("run", other), ("base", base)):
+        df.to_csv(tmp_path / f"{name}.csv", index=False)
+    with pytest.raises(TableError, match="share no"):
+        compare(tmp_path / "run.csv", tmp_path / "base.csv")
 
 
 def test_unknown_names_exit_2_and_list_valid_ones(capsys):

@@ -1,4 +1,4 @@
-"""Ground-truth circuits stored as data files under `ground_truth/`.
+"""Ground-truth circuits stored as data files under `ground_truth/`, shipped as `harness.ground_truth`.
 
 One JSON file per (task, variant): `ground_truth/<task>.<variant>.json` with keys
 `task`, `variant`, `graph` (architecture name), `source` (provenance), `description`, and
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -25,8 +26,20 @@ class GroundTruthError(ValueError):
 
 
 def ground_truth_dir() -> Path:
+    """The folder of stored ground truths: CIRCUIT_BENCH_GROUND_TRUTH if set, else the package
+    data `harness.ground_truth` (an installed copy, or the checkout's ground_truth/ when installed
+    editable or run from the checkout)."""
     env = os.environ.get("CIRCUIT_BENCH_GROUND_TRUTH")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "ground_truth"
+    if env:
+        return Path(env)
+    try:
+        return Path(str(resources.files("harness.ground_truth")))
+    except ModuleNotFoundError:  # run from a checkout that is not installed (or an old editable install)
+        checkout = Path(__file__).resolve().parents[2] / "ground_truth"
+        if checkout.is_dir():
+            return checkout
+        raise GroundTruthError("the package's ground-truth data (harness.ground_truth) is missing: "
+                               "reinstall circuit-bench, or set CIRCUIT_BENCH_GROUND_TRUTH to a folder of ground truths") from None
 
 
 @dataclass

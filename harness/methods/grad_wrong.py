@@ -55,6 +55,7 @@ VARIANTS = {
     gradient=True,
     per_example=[v for v in VARIANTS if not v.split("/")[1].startswith("weight")],  # dL/dW sums over examples
     chunks_itself=[v for v in VARIANTS if v.split("/")[1].startswith("weight")],
+    grid=(TARGETS, SITES),
     objective=lambda opts, logits, clean_logits, source_logits, data: target_loss(opts["target"], logits, data, clean_logits, source_logits),
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
                            for site in SITES],

@@ -21,6 +21,8 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
   with per-example scores is run in passes of `chunk` examples here (`MethodSpec.run`);
 - chunks_itself: variants without per-example scores whose function takes `chunk=` and passes at
   most that many examples at a time itself, equal to one pass (grad-wrong's weight sites);
+- grid: (rows, columns), each name -> one-line description, when every variant is "row/column"
+  (grad-wrong: targets x gradient sites); `circuit-bench list` then shows a grid, not each line;
 - default_max_edges: skipped by default on larger graphs (cost grows with edges x examples);
 - timings: how `circuit-bench bench` times it (`Timing`, one per timed row), given the bench
   settings;
@@ -111,6 +113,7 @@ class MethodSpec:
     chance: bool = False
     model_free: bool = False
     chunks_itself: frozenset = frozenset()
+    grid: Optional[tuple] = None  # (row name -> description, column name -> description)
 
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
@@ -208,20 +211,24 @@ def task_objective(default: str) -> Callable:
 
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
              references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
-             default_max_edges=None, timings=None, objective=None, chance=False, model_free=None, chunks_itself=()):
+             default_max_edges=None, timings=None, objective=None, chance=False, model_free=None, chunks_itself=(),
+             grid=None):
     """Decorator: declare a method (see the module docstring for each field)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
     unknown = set(default_variants or ()) - set(variants)
     if unknown:
         raise ValueError(f"{name}: default variants {sorted(unknown)} are not variants")
+    if grid is not None and {f"{r}/{c}" for r in grid[0] for c in grid[1]} != set(variants):
+        raise ValueError(f"{name}: the grid's rows x columns are not its variants")
 
     def deco(fn):
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
                                    dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
                                    default_max_edges, timings, objective, chance,
-                                   chance if model_free is None else model_free, frozenset(chunks_itself))
+                                   chance if model_free is None else model_free, frozenset(chunks_itself),
+                                   (dict(grid[0]), dict(grid[1])) if grid is not None else None)
         return fn
 
     return deco

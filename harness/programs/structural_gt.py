@@ -222,10 +222,3 @@ def write_all(directory=None) -> list[Path]:
         if "structural-ablation" not in gts and stale.exists():
             stale.unlink()
     return paths
-
-
-def main_ground_truth(args=None) -> int:
-    """CLI entry: write the structural ground truths and print what was written."""
-    for p in write_all(getattr(args, "directory", None)):
-        print(p)
-    return 0

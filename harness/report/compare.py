@@ -1,12 +1,16 @@
 """Regression check: a run's results against a stored baseline.
 
 A row regresses when its AUC falls by more than `tolerance` (absolute), or, for timing rows, when
-its ratio to one forward+backward grows by more than `time_factor`. Rows present in the
-baseline but missing from the run, and rows the baseline lacks, are reported: a missing row is a
-failure (something stopped running), an extra row is only listed.
+its ratio to one forward+backward grows by more than `time_factor`. By default only the rows both
+sides have are compared, so a run of one task checks against the full baseline; what only one
+side has is summarised as counts per task and method. A (task, method, variant, reference,
+control) the run attempted and recorded as failed, where the baseline has results, is a failure.
+`strict`: every baseline row must be in the run (a missing row means something stopped running),
+and each missing or extra row is listed.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,26 +18,46 @@ import pandas as pd
 
 from harness.report.tables import KEY, TIME_KEY, TableError, read_table
 
+UNIT = ["task", "method", "variant", "ablation", "control"]  # one run of one method: the unit that fails
+
 
 @dataclass
 class Comparison:
     regressions: list = field(default_factory=list)
-    missing: list = field(default_factory=list)
-    extra: list = field(default_factory=list)
+    missing: list = field(default_factory=list)  # baseline rows the run lacks
+    extra: list = field(default_factory=list)  # run rows the baseline lacks
     improved: list = field(default_factory=list)
+    failed: list = field(default_factory=list)  # units the run recorded as failed that the baseline has
     compared: int = 0
+    strict: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.regressions and not self.missing
+        return not self.regressions and not self.failed and not (self.strict and self.missing)
 
     def lines(self) -> list:
-        out = [f"compared {self.compared} rows: {len(self.regressions)} regressed, {len(self.missing)} missing, "
-               f"{len(self.extra)} extra, {len(self.improved)} improved"]
+        out = [f"compared {self.compared} rows: {len(self.regressions)} regressed, {len(self.failed)} failed, "
+               f"{len(self.improved)} improved; {len(self.missing)} only in the baseline, {len(self.extra)} only in the run"]
         out += [f"REGRESSED {r}" for r in self.regressions]
-        out += [f"MISSING   {r}" for r in self.missing]
-        out += [f"extra     {r}" for r in self.extra]
+        out += [f"FAILED    {r}" for r in self.failed]
+        if self.strict:
+            out += [f"MISSING   {r}" for r in self.missing]
+            out += [f"extra     {r}" for r in self.extra]
+        else:
+            out += _summary("only in the baseline (not compared; --strict fails on these)", self.missing)
+            out += _summary("only in the run (not compared)", self.extra)
         return out
+
+
+def _summary(what: str, rows: list) -> list:
+    """One line per task: how many rows of each method (timing rows: per model)."""
+    if not rows:
+        return []
+    by_task: dict = {}
+    for r in rows:
+        by_task.setdefault(r.get("task", r.get("model", "?")), Counter())[r.get("method", "?")] += 1
+    return [f"{what}: {len(rows)} rows"] + [
+        f"  {t}: " + ", ".join(f"{m} {n}" for m, n in sorted(c.items())) for t, c in sorted(by_task.items())]
 
 
 def _load(path) -> pd.DataFrame:
@@ -58,37 +82,65 @@ def _diff(run: pd.Series, base: pd.Series, key, worse, better, c: Comparison) ->
     return c
 
 
+def _with_control(df: pd.DataFrame) -> pd.DataFrame:
+    return df if "control" in df else df.assign(control="trained")  # from before reset controls: trained only
+
+
 def _ok(df: pd.DataFrame) -> pd.DataFrame:
-    if "control" not in df:  # from before reset controls: trained results only
-        df = df.assign(control="trained")
+    df = _with_control(df)
     return df[df["status"].fillna("ok") == "ok"] if "status" in df else df
 
 
+def _failed_units(run: pd.DataFrame, base: pd.DataFrame, c: Comparison) -> set:
+    """Units the run recorded as failed while the baseline has rows for them; returns their keys."""
+    run = _with_control(run)
+    if "status" not in run:
+        return set()
+    bad = run[run["status"].fillna("ok") != "ok"]
+    have = set(_ok(base)[UNIT].itertuples(index=False, name=None))
+    units = sorted({u for u in bad[UNIT].itertuples(index=False, name=None) if u in have}, key=str)
+    errors = bad.drop_duplicates(UNIT).set_index(UNIT)["error"] if "error" in bad else None
+    for u in units:
+        why = errors.get(u) if errors is not None else None
+        c.failed.append({**dict(zip(UNIT, u)), **({"error": str(why)[:200]} if isinstance(why, str) else {})})
+    return set(units)
+
+
 def compare_frames(run: pd.DataFrame, base: pd.DataFrame, tolerance: float = 0.02, key=KEY, value="auc",
-                   c: Comparison | None = None) -> Comparison:
+                   c: Comparison | None = None, strict: bool = False) -> Comparison:
     """AUC rows: worse when they fall by more than `tolerance`."""
+    c = c or Comparison(strict=strict)
+    failed = _failed_units(run, base, c)
     r = _ok(run).dropna(subset=[value]).set_index(key)[value]
-    b = _ok(base).dropna(subset=[value]).set_index(key)[value]
-    return _diff(r, b, key, lambda now, was: now < was - tolerance, lambda now, was: now > was + tolerance, c or Comparison())
+    b = _ok(base).dropna(subset=[value])
+    keep = pd.Series([u not in failed for u in b[UNIT].itertuples(index=False, name=None)], index=b.index, dtype=bool)
+    b = b[keep].set_index(key)[value]
+    return _diff(r, b, key, lambda now, was: now < was - tolerance, lambda now, was: now > was + tolerance, c)
 
 
-def compare_timing(run: pd.DataFrame, base: pd.DataFrame, factor: float = 1.5, c: Comparison | None = None) -> Comparison:
+def compare_timing(run: pd.DataFrame, base: pd.DataFrame, factor: float = 1.5, c: Comparison | None = None,
+                   strict: bool = False) -> Comparison:
     """Timing rows: worse when the ratio to one forward+backward grows by more than `factor`."""
     r = run.set_index(TIME_KEY)["ratio_to_fwd_bwd"]
     b = base.set_index(TIME_KEY)["ratio_to_fwd_bwd"]
-    return _diff(r, b, TIME_KEY, lambda now, was: now > was * factor, lambda now, was: now < was / factor, c or Comparison())
+    return _diff(r, b, TIME_KEY, lambda now, was: now > was * factor, lambda now, was: now < was / factor,
+                 c or Comparison(strict=strict))
 
 
-def compare(run_dir, baseline, tolerance: float = 0.02, time_factor: float = 1.5) -> Comparison:
+def compare(run_dir, baseline, tolerance: float = 0.02, time_factor: float = 1.5, strict: bool = False) -> Comparison:
     """Compare `run_dir/results.csv` with `baseline` (a results.csv or a directory holding one);
-    timing.csv files beside them are compared too when both exist."""
-    c = compare_frames(_load(run_dir), _load(baseline), tolerance)
+    timing.csv files beside them are compared too when both exist. Raises TableError when the two
+    share no row (nothing was checked)."""
+    c = compare_frames(_load(run_dir), _load(baseline), tolerance, strict=strict)
     rp = Path(run_dir)
     rt = (rp if rp.is_dir() else rp.parent) / "timing.csv"
     bp = Path(baseline)
     bt = (bp if bp.is_dir() else bp.parent) / "timing.csv"
     if rt.exists() and bt.exists():
         compare_timing(read_table(rt, "timing"), read_table(bt, "timing"), time_factor, c)
-    if not c.compared and not c.missing:
+    if not c.compared and not c.missing and not c.failed:
         raise TableError(f"nothing to compare: {baseline} has no AUC or timing rows")
+    if not c.compared and not c.failed and not strict:
+        raise TableError(f"nothing to compare: {run_dir} and {baseline} share no (task, method, variant, reference, "
+                         "ground truth, level) row; run the same tasks and methods as the baseline")
     return c

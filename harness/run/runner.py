@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import time
 import traceback
 import types
@@ -36,6 +37,8 @@ from harness.methods.registry import as_scores
 from harness.run.fingerprint import differences, file_digests, fingerprint, task_inputs
 from harness.run.store import ResultStore
 from harness.tasks import TASKS, get_task
+
+_debug = logging.getLogger(__name__).debug  # a line per finished run (`circuit-bench -v`)
 
 
 @dataclass
@@ -417,6 +420,7 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log, want_reset: bool = False
     asked for, so a pretrained task without its weights runs them on random-init models."""
     task = get_task(t)
     dtype = _dtype(cfg, task)
+    log(f"task {t}: {task.loading_line()}")
     try:
         return _loaded(task, task.load_model(cfg.device, dtype, cfg.weights_dir), cfg, meta, log)
     except MissingWeightsError as e:
@@ -541,6 +545,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                 if problems:
                     rec["ground_truth_problems"] = problems
                 store.write(rec)
+                _debug(f"{what}: {rec.get('status', 'ok')} in {rec.get('seconds') or 0:.2f} s")
                 bar.update()
             del loaded  # one task's model in memory at a time
     finally:

@@ -29,6 +29,9 @@ class Task:
     supports_kl: bool = True
     metrics: dict = {}  # name -> harness.core.data.Metric; the first is the default (ACDC's "Loss" metric)
     ground_truth_dir: Optional[Path] = None  # None: the package's ground_truth/ folder
+    # False only for a task that defines no circuit (scores, no AUC); a task that has one and
+    # finds no file for it is an error, not a run with empty AUCs.
+    has_ground_truth: bool = True
     ground_truth_task: Optional[str] = None  # the task whose ground-truth files this one uses (None: its own)
     # Reset-network control (harness.core.reset): how this task's model is reset, and whether a
     # default run includes the control (small models only: it is reset_seeds runs per method).
@@ -41,19 +44,33 @@ class Task:
     def load_model(self, device="cpu", dtype=torch.float32, weights_dir=None):
         raise NotImplementedError
 
+    def loading_line(self) -> str:
+        """What loading this task does, said before it starts (it can take a while)."""
+        return f"loading {self.model} and the task's data"
+
     def data(self, split: str = "validation", seed: int = 0, ablation: str = "resample") -> TaskData:
         raise NotImplementedError
 
     def ground_truth_paths(self) -> list:
-        """The ground-truth files this task reads (their digests are part of every result's fingerprint)."""
-        from harness.core.ground_truth import ground_truth_paths
+        """The ground-truth files this task reads (their digests are part of every result's
+        fingerprint); none found for a task that `has_ground_truth` raises GroundTruthError."""
+        from harness.core.ground_truth import GroundTruthError, ground_truth_dir, ground_truth_paths
 
-        return list(ground_truth_paths(self.ground_truth_task or self.name, self.ground_truth_dir).values())
+        task = self.ground_truth_task or self.name
+        paths = list(ground_truth_paths(task, self.ground_truth_dir).values())
+        if self.has_ground_truth and not paths:
+            where = self.ground_truth_dir or ground_truth_dir()
+            raise GroundTruthError(f"task {self.name}: no ground-truth file {task}.<variant>.json in {where}: "
+                                   "reinstall circuit-bench (its ground truths ship inside the package) "
+                                   "or point CIRCUIT_BENCH_GROUND_TRUTH at a folder that has them")
+        return paths
 
     def read_ground_truths(self) -> tuple:
-        """(variant -> GroundTruth, variant -> one-line problem of a file that cannot be used)."""
+        """(variant -> GroundTruth, variant -> one-line problem of a file that cannot be used);
+        raises like `ground_truth_paths` when the task's files are missing altogether."""
         from harness.core.ground_truth import read_ground_truths
 
+        self.ground_truth_paths()
         return read_ground_truths(self.ground_truth_task or self.name, self.ground_truth_dir)
 
     def ground_truths(self) -> dict:
@@ -62,7 +79,12 @@ class Task:
         return self.read_ground_truths()[0]
 
     def summary(self) -> dict:
-        gts, problems = self.read_ground_truths()
+        from harness.core.ground_truth import GroundTruthError
+
+        try:
+            gts, problems = self.read_ground_truths()
+        except GroundTruthError as e:
+            gts, problems = {}, {"*": str(e)}
         return {
             "name": self.name,
             "model": self.model,

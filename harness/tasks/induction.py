@@ -37,6 +37,7 @@ SHUFFLE_SEED = 42
 @register_task
 class Induction(PretrainedTask):
     name = "induction"
+    has_ground_truth = False  # ACDC defines no induction circuit
     model = "redwood_attn_2l"
     description = "Induction on redwood_attn_2l (ACDC: 300-token OpenWebText rows, masked positions, 50+50; no ground truth)"
     requires = ("redwood_attn_2l", "induction-data")

@@ -43,6 +43,9 @@ class TracrTask(Task):
             self._model = load_tracr(self.program)
         return self._model
 
+    def loading_line(self) -> str:
+        return "compiling its RASP program with tracr (read from the cache after the first run) and building its data"
+
     def load_model(self, device="cpu", dtype=torch.float32, weights_dir=None):
         return self.tracr().weights.to(device, dtype)
 
