@@ -68,3 +68,15 @@ def test_a_task_whose_ground_truth_is_missing_fails_with_the_fix(tmp_path, monke
     listed = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
     assert "reinstall" in listed["tracr-reverse"]["ground_truth_problems"]["*"]
     assert listed["induction"]["ground_truth_problems"] == {}
+
+
+def test_a_task_with_its_own_folder_and_no_files_is_told_how_to_declare_it(tmp_path):
+    from harness.tasks import Task
+
+    class NoFiles(Task):
+        name, model, ground_truth_dir = "no-files", "m", tmp_path
+
+    with pytest.raises(GroundTruthError, match="has_ground_truth = False"):
+        NoFiles().ground_truths()
+    NoFiles.has_ground_truth = False
+    assert NoFiles().ground_truths() == {}

@@ -59,10 +59,11 @@ class Task:
         task = self.ground_truth_task or self.name
         paths = list(ground_truth_paths(task, self.ground_truth_dir).values())
         if self.has_ground_truth and not paths:
+            fix = ("add the task's files there, or set has_ground_truth = False on a task that defines no circuit"
+                   if self.ground_truth_dir else "reinstall circuit-bench (its ground truths ship inside the package) "
+                   "or point CIRCUIT_BENCH_GROUND_TRUTH at a folder that has them")
             where = self.ground_truth_dir or ground_truth_dir()
-            raise GroundTruthError(f"task {self.name}: no ground-truth file {task}.<variant>.json in {where}: "
-                                   "reinstall circuit-bench (its ground truths ship inside the package) "
-                                   "or point CIRCUIT_BENCH_GROUND_TRUTH at a folder that has them")
+            raise GroundTruthError(f"task {self.name}: no ground-truth file {task}.<variant>.json in {where}: {fix}")
         return paths
 
     def read_ground_truths(self) -> tuple:
