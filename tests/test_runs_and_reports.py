@@ -212,6 +212,7 @@ def test_compare_checks_a_subset_run_on_the_rows_both_have(tmp_path):
         status="error", error="RuntimeError: boom", auc=float("nan"), level=None)])
     c = compare_frames(failed, base)
     assert not c.ok and len(c.failed) == 1 and c.failed[0]["error"] == "RuntimeError: boom"
+    assert compare_frames(failed.assign(status=failed["status"].replace("error", "skipped")), base).ok
     # nothing in common: an error, not a vacuous pass
     other = _auc_rows(tasks=("t3",))
     for name, df in (("run", other), ("base", base)):

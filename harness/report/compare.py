@@ -4,7 +4,8 @@ A row regresses when its AUC falls by more than `tolerance` (absolute), or, for 
 its ratio to one forward+backward grows by more than `time_factor`. By default only the rows both
 sides have are compared, so a run of one task checks against the full baseline; what only one
 side has is summarised as counts per task and method. A (task, method, variant, reference,
-control) the run attempted and recorded as failed, where the baseline has results, is a failure.
+control) the run attempted and recorded as an error, where the baseline has results, is a failure
+(a unit skipped because, say, its weights are absent is only missing).
 `strict`: every baseline row must be in the run (a missing row means something stopped running),
 and each missing or extra row is listed.
 """
@@ -96,7 +97,7 @@ def _failed_units(run: pd.DataFrame, base: pd.DataFrame, c: Comparison) -> set:
     run = _with_control(run)
     if "status" not in run:
         return set()
-    bad = run[run["status"].fillna("ok") != "ok"]
+    bad = run[run["status"] == "error"]  # "skipped" (e.g. weights absent) is not a failure: those rows are missing
     have = set(_ok(base)[UNIT].itertuples(index=False, name=None))
     units = sorted({u for u in bad[UNIT].itertuples(index=False, name=None) if u in have}, key=str)
     errors = bad.drop_duplicates(UNIT).set_index(UNIT)["error"] if "error" in bad else None
