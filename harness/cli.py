@@ -496,20 +496,24 @@ def main(argv=None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
-    from harness.methods.registry import load_entry_point_plugins, load_plugin
-
-    load_entry_point_plugins()
-    for spec in args.plugin:
-        try:
-            load_plugin(spec)
-        except Exception as e:  # the plugin's own error, in one line
-            _fail(f"cannot load plugin {spec!r}: {type(e).__name__}: {e}")
     import logging
     import os
     import warnings
 
+    from harness.methods.registry import load_entry_point_plugins, load_plugin
+
     shown = warnings.formatwarning
     warnings.formatwarning = warning_line
+    try:
+        load_entry_point_plugins()
+        for spec in args.plugin:
+            try:
+                load_plugin(spec)
+            except Exception as e:  # the plugin's own error, in one line
+                _fail(f"cannot load plugin {spec!r}: {type(e).__name__}: {e}")
+    except BaseException:
+        warnings.formatwarning = shown
+        raise
     logger = logging.getLogger("harness")  # what the runner says as it goes, on stdout; -q / -v set how much
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from harness.core.references import source_cache, source_run
 from harness.methods.attribution import contract, receiver_grads, traced_run
-from harness.methods.registry import Timing, register
-from harness.methods.targets import TARGETS, needs_source_logits, target_loss
+from harness.methods.registry import METHODS, Timing, register
+from harness.methods.targets import Target, needs_source_logits, on_register, target_loss
 from harness.methods.weight_sites import ShareFactors, share_factors, weight_edge_bytes, weight_grads, weight_node_scores
 
 SITES = {
@@ -37,25 +37,24 @@ FROZEN_BY_DEFAULT = ("weight-edge", "weight-edge-taylor")
 ZERO_ONLY = ("weight-node", "weight-edge", "weight-edge-taylor")  # dL/dW: no source, a zero reference
 TIMED_TARGET = "logit-diff-mse"  # the benchmarks time every site with the seed's target
 
-VARIANTS = {
-    f"{t}/{s}": ({"target": t, "site": "activation", "aggregate": "abs"} if s == "activation-abs" else {"target": t, "site": s},
-                 f"{tdesc}; site: {SITES[s]}")
-    for t, tdesc in TARGETS.items()
-    for s in SITES
-}
+DEFAULT_EXTRA = ("logit-diff-mse/activation-abs", "logit-diff-mse/weight-node", "logit-diff-mse/weight-edge",
+                 "logit-diff-mse/weight-edge-taylor")  # the seed's target at every site, by default
+
+
+def _site_options(target: str, site: str) -> dict:
+    if site == "activation-abs":
+        return {"target": target, "site": "activation", "aggregate": "abs"}
+    return {"target": target, "site": site}
 
 
 @register(
     "grad-wrong",
     "gradient of a loss towards a maximally wrong answer, scored per edge",
-    VARIANTS,
-    default_variants=[f"{t}/activation" for t in TARGETS]
-    + ["logit-diff-mse/activation-abs", "logit-diff-mse/weight-node", "logit-diff-mse/weight-edge", "logit-diff-mse/weight-edge-taylor"],
-    references={v: ("zero",) for v in VARIANTS if v.split("/")[1] in ZERO_ONLY},
+    {},  # one variant per registered target x site, added by `_add_target`
+    references={},
     gradient=True,
-    per_example=[v for v in VARIANTS if not v.split("/")[1].startswith("weight")],  # dL/dW sums over examples
-    chunks_itself=[v for v in VARIANTS if v.split("/")[1].startswith("weight")],
-    grid=(TARGETS, SITES),
+    per_example=(),
+    grid=({}, SITES),
     objective=lambda opts, logits, clean_logits, source_logits, data: target_loss(opts["target"], logits, data, clean_logits, source_logits),
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
                            for site in SITES],
@@ -115,3 +114,20 @@ def _weight_site(engine, data, target, site, freeze, chunk):
     if site == "weight-node":
         return weight_node_scores(engine, dW)
     return taylor if site == "weight-edge-taylor" else factors.scores(engine.graph, taylor=False)
+
+
+def _add_target(target: Target) -> None:
+    """Every gradient site of a registered target becomes a variant `<target>/<site>` (dL/dW sites:
+    zero reference only, no per-example scores, chunked by the site itself)."""
+    spec = METHODS["grad-wrong"]
+    for site, site_desc in SITES.items():
+        weight = site.startswith("weight")
+        name = f"{target.name}/{site}"
+        spec.add_variant(name, _site_options(target.name, site), f"{target.description}; site: {site_desc}",
+                         references=("zero",) if site in ZERO_ONLY else None, per_example=not weight,
+                         chunks_itself=weight, row_description=target.description,
+                         default=site == "activation" and target.default)
+
+
+on_register(_add_target)
+METHODS["grad-wrong"].default_variants += DEFAULT_EXTRA

@@ -115,6 +115,39 @@ class MethodSpec:
     chunks_itself: frozenset = frozenset()
     grid: Optional[tuple] = None  # (row name -> description, column name -> description)
 
+    def add_variant(self, name: str, options: dict, description: str, *, references=None, per_example=None,
+                    chunks_itself: bool = False, default: bool = False, row_description: Optional[str] = None) -> None:
+        """Declare one more variant after registration (grad-wrong's targets registered later, see
+        `harness.methods.targets.register_target`). references: the tuple it accepts (None: every
+        reference); per_example: whether it gives per-example scores (None: as the method
+        declared); a grid method's name is "row/column", column one of its columns, and a new
+        row needs `row_description`."""
+        if name in self.variants:
+            raise ValueError(f"method {self.name!r} already has a variant {name!r}")
+        if self.grid is not None:
+            row, _, col = name.partition("/")
+            if col not in self.grid[1]:
+                raise ValueError(f"{self.name}: variant {name!r} is not ROW/COLUMN with a column of {', '.join(self.grid[1])}")
+            if row not in self.grid[0]:
+                if row_description is None:
+                    raise ValueError(f"{self.name}: new row {row!r} needs a row_description")
+                self.grid[0][row] = row_description
+        if per_example is not None:
+            supported = {v for v in self.variants if self.supports_per_example(v)} | ({name} if per_example else set())
+        if references is not None:
+            if not isinstance(self.references, dict):
+                self.references = {v: self.references for v in self.variants}
+            self.references[name] = tuple(references)
+        elif not isinstance(self.references, dict) and tuple(self.references) != tuple(ABLATIONS):
+            self.references = {v: self.references for v in self.variants}  # keep the others' and let this one take any
+        self.variants[name] = (dict(options), description)
+        if per_example is not None:
+            self.per_example = frozenset(supported)
+        if chunks_itself:
+            self.chunks_itself = self.chunks_itself | {name}
+        if default:
+            self.default_variants = (*self.default_variants, name)
+
     def options(self, variant: str) -> dict:
         if variant not in self.variants:
             raise KeyError(f"method {self.name!r} has no variant {variant!r}; variants: {', '.join(self.variants)}")
@@ -277,8 +310,18 @@ def load_plugin(spec: str) -> None:
 
 
 def load_entry_point_plugins() -> None:
-    """Import the modules installed packages declare under the `circuit_bench.plugins` entry point."""
+    """Import the modules installed packages declare under the `circuit_bench.plugins` entry point
+    (in their pyproject.toml: `[project.entry-points."circuit_bench.plugins"] name = "module"`);
+    each registers methods, tasks or grad-wrong targets as it is imported. One that fails to import
+    is skipped with a one-line warning naming its package, so the rest of the CLI still works."""
+    import warnings
     from importlib.metadata import entry_points
 
     for ep in entry_points(group="circuit_bench.plugins"):
-        ep.load()
+        try:
+            ep.load()
+        except Exception as e:
+            dist = getattr(ep, "dist", None)
+            owner = f" of package {dist.metadata['Name']}" if dist is not None else ""
+            warnings.warn(f"plugin {ep.name!r}{owner} ({ep.value}) was not loaded: {type(e).__name__}: {e}",
+                          stacklevel=2)
