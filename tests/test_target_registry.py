@@ -88,3 +88,20 @@ def test_a_target_that_reads_the_source_without_declaring_it_is_told_how_to_fix_
 def test_the_registry_is_put_back(restored):
     """Guards the fixture the tests above rely on: nothing they register outlives them."""
     assert "twice-ldm" not in TARGETS and not any(v.startswith("twice-ldm/") for v in restored.variants)
+
+
+def test_the_readme_s_target_example_registers_and_runs(restored):
+    import re
+    from pathlib import Path
+
+    from harness.core.engine import Engine
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "register_target" in b)
+    exec(block, {})
+    task = get_task("tracr-reverse")
+    engine = Engine(task.load_model("cpu", torch.float64))
+    for site in SITES:
+        assert f"flat-logits/{site}" in restored.variants
+    scores = restored.run(engine, task.data().with_ablation("zero"), "flat-logits/weight-edge")
+    assert scores.shape == (engine.graph.n_edges,) and scores.abs().max() > 0
