@@ -11,8 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "harness"
 
 # Lower numbers are lower layers; a module may import its own layer and those below. run and
-# bench are siblings: neither imports the other.
-LAYERS = {"core": 0, "programs": 1, "tasks": 2, "methods": 3, "eval": 4, "run": 5, "bench": 5, "report": 6, "cli": 7}
+# bench are siblings: neither imports the other; so are report and api (the Python API).
+LAYERS = {"core": 0, "programs": 1, "tasks": 2, "methods": 3, "eval": 4, "run": 5, "bench": 5, "report": 6, "api": 6,
+          "cli": 7}
 
 
 def layer_of(module: str) -> str | None:

@@ -224,34 +224,55 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
+@dataclass
+class Scored:
+    """One variant's result as a run keeps it: `scores` float64 [n_edges] as they are ranked (the
+    float64 run's, `harness.eval.round_off`) or bool [k, n_edges] for a family; `floor` the tie
+    floor; `per_example` [batch, n_edges] when it ran in chunks; `per_pass` the examples per pass."""
+
+    result: object
+    scores: torch.Tensor
+    floor: float
+    record: dict  # seconds, examples_per_pass, the floor's fields
+    per_example: object = None
+    per_pass: object = None
+
+
+def compute(spec, engine, data, variant: str, seed: int, chunk=None, device: str = "cpu") -> Scored:
+    """Run `variant` as the main job does (seeded, chunked, timed) and measure its tie floor:
+    what both `run_one` and the Python API (`harness.api`) rank and score."""
+    chunked = spec.splits(variant, data.n, chunk)
+    per_pass = spec.passes_of(variant, data.n, chunk)
+    torch.manual_seed(seed)
+    _sync(device)
+    t0 = time.perf_counter()
+    per_ex = None
+    if chunked:
+        per_ex = spec.run(engine, data, variant, seed=seed, per_example=True, chunk=chunk).detach().double().cpu()
+        result = per_ex.sum(0)
+    else:
+        result = spec.run(engine, data, variant, seed=seed, chunk=per_pass)
+    _sync(device)
+    record = {"seconds": time.perf_counter() - t0, **({"examples_per_pass": per_pass} if per_pass else {})}
+    scores = as_scores(result)
+    floor = 0.0
+    if spec.output == "ranking":
+        measured = measured_floor(spec, engine, data, variant, seed, scores, per_pass)
+        floor = measured.floor
+        record.update(measured.as_record())
+        scores = measured.ranked(scores)  # float64's (harness.eval.round_off)
+    return Scored(result, scores, floor, record, per_ex, per_pass)
+
+
 def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk=None) -> dict:
     """One trained run. `chunk`: examples per pass; below the batch, a variant with per-example
     scores runs once, per example, in chunks, and its scores are their sum; one that chunks itself
     (`MethodSpec.chunks_itself`) gets `chunk`."""
     spec = all_methods()[method]
     record = {**record_head(task.name, method, variant, data.ablation, "trained", cfg), **_run_facts(spec, engine, data)}
-    chunked = spec.splits(variant, data.n, chunk)
-    per_pass = spec.passes_of(variant, data.n, chunk)
-    torch.manual_seed(cfg.seed)
-    _sync(cfg.device)
-    t0 = time.perf_counter()
-    per_ex = None
-    if chunked:
-        per_ex = spec.run(engine, data, variant, seed=cfg.seed, per_example=True, chunk=chunk).detach().double().cpu()
-        result = per_ex.sum(0)
-    else:
-        result = spec.run(engine, data, variant, seed=cfg.seed, chunk=per_pass)
-    if per_pass:
-        record["examples_per_pass"] = per_pass
-    _sync(cfg.device)
-    record["seconds"] = time.perf_counter() - t0
-    scores = as_scores(result)
-    floor = 0.0
-    if spec.output == "ranking":
-        measured = measured_floor(spec, engine, data, variant, cfg.seed, scores, per_pass)
-        floor = measured.floor
-        record.update(measured.as_record())
-        scores = measured.ranked(scores)  # float64's (harness.eval.round_off)
+    done = compute(spec, engine, data, variant, cfg.seed, chunk, cfg.device)
+    record.update(done.record)
+    scores, floor, per_ex, per_pass, result = done.scores, done.floor, done.per_example, done.per_pass, done.result
     if spec.output == "family":
         record["thresholds"] = [float(x) for x in result.thresholds]
         record["circuit_sizes"] = scores.sum(1).tolist()
@@ -502,6 +523,8 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
             loaded = _load_task(t, cfg, meta, log, want_reset=any(j[4] == "reset" for j in task_jobs))
             store.root.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
+            if loaded.graph is not None:
+                store.write_edges(t, loaded.graph)
             if loaded.engine is not None and loaded.engine.cfg.d_model > SMALL_D_MODEL:
                 _announce(loaded, [j for j in task_jobs if loaded.runs(methods[j[1]], j[4]) == "model"
                                    and not _reusable(store, loaded, j, cfg)], cfg, log, bar)
@@ -551,6 +574,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
     finally:
         bar.close()
         store.write_csv()
+        store.write_scores()
         if not meta_path.exists():
             meta_path.parent.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))

@@ -1,7 +1,9 @@
 """Results on disk: one JSON record per (task, method, variant, reference, control), written atomically when done.
 
 A run directory holds `records/*.json` (the source of truth: resumable, nothing lost when a run
-is interrupted), `results.csv` (a tidy table regenerated from the records) and the report.
+is interrupted), `results.csv` (a tidy table regenerated from the records), `edges/<task>.json`
+(the names of each task's graph edges, in score order), `scores.parquet` and `scores.csv` (every
+ranking's per-edge scores with the edges' names, regenerated from the records) and the report.
 Writes go through a temporary file of a unique name, then `os.replace`, so concurrent writers
 never collide; `lock()` holds an exclusive lock on the folder for a run, so a second run on it
 refuses (and its `--fresh` cannot delete a live run's records). A record that is not one (empty,
@@ -37,6 +39,30 @@ def _slug(s: str) -> str:
 
 
 KEYS = ("task", "method", "variant", "ablation")
+
+
+SCORE_COLUMNS = ["task", "method", "variant", "ablation", "control", "edge", "sender", "receiver", "edge_type",
+                 "score", "tie_floor"]
+
+
+def scores_frame(rec: dict, endpoints, edge_types) -> pd.DataFrame:
+    """One ranking's scores as rows of SCORE_COLUMNS: edge index, its sender and receiver node
+    names (None where the task's edge file is absent), ADDITION or DIRECT, the score."""
+    scores = rec["scores"]
+    n = len(scores)
+    named = endpoints is not None and len(endpoints) == n
+    frame = pd.DataFrame({
+        "edge": range(n),
+        "sender": [e[0] for e in endpoints] if named else None,
+        "receiver": [e[1] for e in endpoints] if named else None,
+        "edge_type": list(edge_types) if named else None,
+        "score": pd.Series(scores, dtype="float64"),
+    })
+    for k in ("task", "method", "variant", "ablation"):
+        frame.insert(0, k, rec[k])
+    frame.insert(4, "control", rec.get("control") or "trained")
+    frame["tie_floor"] = float(rec.get("tie_floor") or 0.0)
+    return frame[SCORE_COLUMNS]
 
 
 class FolderLocked(ValueError):
@@ -158,6 +184,63 @@ class ResultStore:
                 df[c] = None
         extra = [c for c in df.columns if c not in COLUMNS]
         return df[COLUMNS + extra]
+
+    def edges_path(self, task: str) -> Path:
+        return self.root / "edges" / f"{_slug(task)}.json"
+
+    def write_edges(self, task: str, graph) -> Path:
+        """The task's edge names in score order, once per graph (what names `scores.*`)."""
+        p = self.edges_path(task)
+        text = json.dumps({"task": task, "graph": graph.cfg.name, "edges": [list(e) for e in graph.edge_endpoints],
+                           "edge_types": graph.edge_types})
+        if not (p.exists() and p.read_text(encoding="utf-8", errors="replace") == text):
+            p.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(p, lambda f: f.write(text))
+        return p
+
+    def edges(self, task: str):
+        """(endpoints, edge types) of the task's graph, or (None, None) when not recorded."""
+        p = self.edges_path(task)
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+            return [tuple(e) for e in d["edges"]], d["edge_types"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, None
+
+    def scores(self) -> pd.DataFrame:
+        """Every finished ranking's per-edge scores (trained and graph-only runs; a family such as
+        ACDC's has circuits, not scores), SCORE_COLUMNS, in record order."""
+        names: dict = {}
+        parts = []
+        for rec in self.records():
+            if rec.get("status") != "ok" or not isinstance(rec.get("scores"), list) or not rec["scores"] \
+                    or isinstance(rec["scores"][0], list):
+                continue
+            if rec["task"] not in names:
+                names[rec["task"]] = self.edges(rec["task"])
+            parts.append(scores_frame(rec, *names[rec["task"]]))
+        if not parts:
+            return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("score", "tie_floor") else "object")
+                                 for c in SCORE_COLUMNS})
+        return pd.concat(parts, ignore_index=True)
+
+    def write_scores(self) -> tuple:
+        """`scores.parquet` (string columns as categories) and `scores.csv`, atomically."""
+        df = self.scores()
+        self.root.mkdir(parents=True, exist_ok=True)
+        csv, parquet = self.root / "scores.csv", self.root / "scores.parquet"
+        _atomic_write(csv, lambda f: df.to_csv(f, index=False))
+        compact = df.astype({c: "category" for c in SCORE_COLUMNS if df[c].dtype == object})
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix="scores.parquet.", suffix=".tmp")
+        os.close(fd)
+        try:
+            compact.to_parquet(tmp, index=False)
+            os.replace(tmp, parquet)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return parquet, csv
 
     def write_csv(self) -> Path:
         p = self.root / "results.csv"
