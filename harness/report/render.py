@@ -205,6 +205,7 @@ def _blocks(out: Path) -> list:
     df = store.frame()
     meta = _meta(out)
     B = [("h1", "circuit-bench report")]
+    B += _headline_blocks(df, out)
     if meta:
         B.append(("p", "; ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))))
         for k, v in meta.items():
@@ -321,6 +322,30 @@ def _blocks(out: Path) -> list:
         notes = targets_text_for(out)
         if notes:
             B.append(("p", notes))
+    return B
+
+
+def _headline_blocks(df: pd.DataFrame, out: Path) -> list:
+    """First in the report: each method's best variant per task and reference (figure), and the
+    same numbers in `summary.json`."""
+    from harness.report.headline import headline_frame, plot_headline, write_summary
+
+    if not len(df):
+        return []
+    frame = headline_frame(df, REPRODUCTION_ONLY)
+    write_summary(frame, out / "summary.json")
+    B = []
+    for ref in sorted(frame["ablation"].unique()):
+        png = out / f"headline_{ref}.png"
+        plt, sns = _plt()
+        if plot_headline(frame, ref, png, plt, sns):
+            B += [("h2", f"Headline: each method's best variant, {ref} reference"),
+                  ("p", "Edge AUC of each method's best variant on the trained model (\"best of N\": the highest of "
+                        "its N variants, so a method with many variants is favoured), with its 95% bootstrap "
+                        "interval; grey band: random's spread over 20 seeds; dashed: exact edge patching; dotted: "
+                        "ACDC. One ground truth per task (ACDC's where it has one), headline tasks only. The "
+                        "tables below give every variant; summary.json holds these numbers."),
+                  ("img", png)]
     return B
 
 
