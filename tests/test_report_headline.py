@@ -54,3 +54,18 @@ def test_the_report_opens_with_the_headline_and_summary_json_holds_it(tmp_path):
         for method, grp in edge.groupby("method"):
             assert got[ref]["tracr-xproportion"]["methods"][method]["auc"] == grp["auc"].max()
             assert got[ref]["tracr-xproportion"]["methods"][method]["of"] == grp["variant"].nunique()
+
+
+def test_auc_tables_give_intervals_their_own_column_and_mark_each_column_s_best():
+    from harness.report.tables import auc_table
+
+    df = pd.DataFrame([_row("t", "eap", "noising", 0.7, lo=0.6, hi=0.8), _row("t", "eap", "denoising", 0.9, lo=0.8, hi=0.95),
+                       _row("t", "acdc", "sweep", 0.9), _row("t", "random", "uniform", float("nan"))])
+    df.loc[3, "note"] = "n/a: every edge scores the same"
+    table = auc_table(df, lambda r: f" ({r['note'].removeprefix('n/a: ')})")
+    assert list(table.columns) == ["method", "variant", "t (acdc)", "CI", "pess."]
+    rows = {(r["method"], r["variant"]): list(r)[2:] for _, r in table.iterrows()}
+    assert rows[("eap", "denoising")] == ["**0.900**", "[0.80, 0.95]", "**0.450**"]
+    assert rows[("acdc", "sweep")] == ["**0.900**", "", "**0.450**"]  # a tie at the shown decimals: both bold
+    assert rows[("eap", "noising")] == ["0.700", "[0.60, 0.80]", "0.350"]
+    assert rows[("random", "uniform")][0] == "n/a (every edge scores the same)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 from harness.eval.statistics import compare_targets
 from harness.report.published import SOURCE as PUBLISHED_SOURCE
 from harness.report.published import published_frame
-from harness.report.tables import TableError, by_method_and_task, read_table
+from harness.report.tables import TableError, auc_table, read_table
 from harness.run.store import ResultStore
 from harness.tasks import TASKS
 
@@ -51,17 +52,6 @@ def _reason(row) -> str:
     """' (why)' for an n/a cell: the scorer's note without its 'n/a: ' prefix."""
     note = row.get("note")
     return f" ({str(note).removeprefix('n/a: ')})" if isinstance(note, str) and note else ""
-
-
-def _fmt(x, lo=None, hi=None) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return ""
-    s = f"{x:.3f}"
-    if lo is not None and hi is not None and not (pd.isna(lo) or pd.isna(hi)):
-        s += f" [{lo:.2f}, {hi:.2f}]"
-        if not lo - 1e-12 <= x <= hi + 1e-12:
-            s += " \u2020"
-    return s
 
 
 def _plt():
@@ -223,11 +213,10 @@ def _blocks(out: Path) -> list:
         B.append(("p", REFERENCE_NOTE))
         for ref, by_ref in ok.groupby("ablation", sort=True):
             for level in ("edge", "node"):
-                table = by_method_and_task(
-                    by_ref[by_ref["level"] == level],
-                    lambda h: (_fmt(h["auc"], h["auc_lo"], h["auc_hi"]) + f" / {h['pessimistic_auc']:.3f}"
-                               if pd.notna(h["auc"]) else "n/a" + _reason(h)))
-                B += [("h2", f"AUC by method and task: {ref} reference, {level} level (AUC [95% CI] / pess.)"),
+                table = auc_table(by_ref[by_ref["level"] == level], _reason)
+                B += [("h2", f"AUC by method and task: {ref} reference, {level} level"),
+                      ("p", "Per task (ground truth): AUC, its 95% interval (CI), ACDC's pessimistic AUC (pess.); "
+                            "bold: the best in its column (to the 3 decimals shown)."),
                       ("table", table)]
         B += _control_blocks(with_controls, out)
         pub = published_frame()
@@ -427,7 +416,7 @@ def render(out_dir) -> Path:
             body.append(f"<p>{html.escape(x)}</p>")
         elif kind == "table":
             md.append(_md_table(x) + "\n")
-            body.append(x.to_html(index=False, border=0, na_rep=""))
+            body.append(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", x.to_html(index=False, border=0, na_rep="")))
         elif kind == "img":
             md.append(f"![{x.stem}]({x.name})\n")
             data = base64.b64encode(x.read_bytes()).decode()

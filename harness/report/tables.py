@@ -53,3 +53,34 @@ def by_method_and_task(sub: pd.DataFrame, cell) -> pd.DataFrame:
         rows.setdefault((r["method"], r["variant"]), {"method": r["method"], "variant": r["variant"]})[
             f"{r['task']} ({r['ground_truth']})"] = cell(r)
     return pd.DataFrame([rows[k] for k in sorted(rows)], columns=["method", "variant"] + [f"{t} ({g})" for t, g in cols])
+
+
+def mark_best(values: pd.Series, text: pd.Series) -> pd.Series:
+    """`text` with the cells whose value is the column's highest (to the 3 decimals shown) in
+    **bold** (markdown; the HTML report renders it as <b>)."""
+    shown = values.round(3)
+    top = shown.max()
+    return text.where(~(shown == top) | shown.isna(), "**" + text + "**")
+
+
+def auc_table(sub: pd.DataFrame, reason) -> pd.DataFrame:
+    """One row per (method, variant) of `sub` (one reference, one level), for each "task (ground
+    truth)" three columns: "task (ground truth)", the AUC (the column's best in bold; "n/a (why)" with `reason(row)`), its
+    95% interval, and ACDC's pessimistic AUC (its best in bold)."""
+    first = sub.groupby(["method", "variant", "task", "ground_truth"], sort=False).head(1)
+    keys = sorted({(m, v) for m, v in zip(first["method"], first["variant"])})
+    cols = [("method", [k[0] for k in keys]), ("variant", [k[1] for k in keys])]
+    for task, gt in sorted({(t, g) for t, g in zip(first["task"], first["ground_truth"])}):
+        col = f"{task} ({gt})"
+        q = first[(first["task"] == task) & (first["ground_truth"] == gt)].set_index(["method", "variant"]).reindex(keys)
+        auc, pess = q["auc"].astype(float).reset_index(drop=True), q["pessimistic_auc"].astype(float).reset_index(drop=True)
+        text = pd.Series([f"{a:.3f}" if pd.notna(a) else ("n/a" + reason(r) if pd.notna(r.get("level")) else "")
+                          for a, (_, r) in zip(auc, q.reset_index().iterrows())])
+        lo, hi = q["auc_lo"].astype(float).reset_index(drop=True), q["auc_hi"].astype(float).reset_index(drop=True)
+        ci = [f"[{a:.2f}, {b:.2f}]" + (" \u2020" if not a - 1e-12 <= x <= b + 1e-12 else "")
+              if pd.notna(a) and pd.notna(b) and pd.notna(x) else "" for a, b, x in zip(lo, hi, auc)]
+        cols += [(col, list(mark_best(auc, text))), ("CI", ci),
+                 ("pess.", list(mark_best(pess, pd.Series([f"{p:.3f}" if pd.notna(p) else "" for p in pess]))))]
+    table = pd.DataFrame({i: v for i, (_, v) in enumerate(cols)})
+    table.columns = [name for name, _ in cols]  # "CI" and "pess." follow the task they belong to
+    return table
