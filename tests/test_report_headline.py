@@ -69,3 +69,24 @@ def test_auc_tables_give_intervals_their_own_column_and_mark_each_column_s_best(
     assert rows[("acdc", "sweep")] == ["**0.900**", "", "**0.450**"]  # a tie at the shown decimals: both bold
     assert rows[("eap", "noising")] == ["0.700", "[0.60, 0.80]", "0.350"]
     assert rows[("random", "uniform")][0] == "n/a (every edge scores the same)"
+
+
+def test_roc_panels_take_each_method_s_best_variant_and_merge_identical_curves():
+    from harness.report.roc import best_per_method
+
+    a, b = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0)), ((0.0, 0.5, 1.0), (0.0, 0.5, 1.0))
+    curves = [("eap", "noising", 0.75, *b), ("eap", "denoising", 1.0, *a), ("grad-wrong", "uniform/activation", 1.0, *a),
+              ("random", "uniform", 0.5, *b)]
+    lines = best_per_method(curves)
+    assert [ln[0] for ln in lines] == ["eap = grad-wrong (AUC 1.000)", "random (AUC 0.500)"]
+
+
+def test_the_report_draws_roc_variants_and_faithfulness_for_each_task(tmp_path):
+    from harness.cli import main
+
+    out = tmp_path / "out"
+    assert main(["-q", "run", "--tasks", "tracr-xproportion", "--methods", "eap", "random", "--controls", "trained",
+                 "--bootstrap", "0", "--no-progress", "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    for name in ("roc_tracr-xproportion", "roc_variants_tracr-xproportion", "faithfulness_tracr-xproportion"):
+        assert (out / f"{name}.png").stat().st_size > 0 and f'alt="{name}"' in html

@@ -1,10 +1,12 @@
 """Readable reports, rendered from a run directory alone (a pure function of its files).
 
-`render(out_dir)` writes `report.md` and a self-contained `report.html` (images embedded) with:
-per-task ROC curves, AUC tables (method x task, edge and node level, 95% bootstrap intervals),
-the published ACDC/SP/HISP AUCs beside ours, a chart of AUC per `grad-wrong` target (which
-"maximally wrong" answer ranks the circuit best), the timing section when `timing.csv` is
-present, and the run's metadata. The document is a list of blocks rendered twice.
+`render(out_dir)` writes `report.md`, a self-contained `report.html` (images embedded) and
+`summary.json`, with, in order: the headline (each method's best variant per task and reference,
+`headline`), AUC tables (method x task, edge and node level, interval and pessimistic AUC in their
+own columns, each column's best in bold), the controls, the published ACDC/SP/HISP AUCs beside
+ours, a chart of AUC per `grad-wrong` target, then per task its ROC curves (`roc`: one per method,
+and every variant), faithfulness curves (`faithfulness`), the timing section when `timing.csv`
+is present, and the run's metadata. The document is a list of blocks rendered twice.
 """
 from __future__ import annotations
 
@@ -19,8 +21,12 @@ import numpy as np
 import pandas as pd
 
 from harness.eval.statistics import compare_targets
+from harness.report.faithfulness import plot_faithfulness
+from harness.report.headline import primary_ground_truth
 from harness.report.published import SOURCE as PUBLISHED_SOURCE
 from harness.report.published import published_frame
+from harness.report.roc import CAPTION as ROC_CAPTION
+from harness.report.roc import plot_roc, plot_roc_variants
 from harness.report.tables import TableError, auc_table, read_table
 from harness.run.store import ResultStore
 from harness.tasks import TASKS
@@ -63,32 +69,6 @@ def _plt():
 
     sns.set_theme(style="whitegrid", context="paper")
     return plt, sns
-
-
-def plot_roc(records: list, task: str, path: Path) -> bool:
-    rows = []
-    for rec in records:
-        for r in rec.get("rows", []):
-            if r["level"] == "edge":
-                label = f"{rec['method']}/{rec['variant']}"
-                rows += [{"FPR": x, "TPR": y, "method": label, "gt": r["ground_truth"]} for x, y in zip(r["roc"]["fpr"], r["roc"]["tpr"])]
-    if not rows:
-        return False
-    plt, sns = _plt()
-    df = pd.DataFrame(rows)
-    gts = sorted(df["gt"].unique())
-    fig, axes = plt.subplots(1, len(gts), figsize=(5 * len(gts) + 3.5, 4.6), squeeze=False)
-    for ax, gt in zip(axes[0], gts):
-        sns.lineplot(data=df[df["gt"] == gt], x="FPR", y="TPR", hue="method", drawstyle="steps-post", ax=ax,
-                     estimator=None, sort=False, legend=ax is axes[0][-1])
-        ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
-        ax.set(title=f"{task}: edge ROC vs {gt} ground truth", xlim=(0, 1), ylim=(0, 1.01))
-    if axes[0][-1].get_legend() is not None:
-        sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=7, title=None)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
 
 
 def plot_controls(frame: pd.DataFrame, path: Path) -> bool:
@@ -283,9 +263,19 @@ def _blocks(out: Path) -> list:
                       + "; ".join(f"{k}: {v}" for k, v in sorted(gt_problems.items())) + "."))
         if trecs and not any(r.get("rows") for r in trecs):
             B.append(("p", "This task has no ground-truth circuit, so it has scores but no AUC."))
+        plt, sns = _plt()
         png = out / f"roc_{task}.png"
-        if plot_roc(trecs, task, png):
-            B.append(("img", png))
+        if plot_roc(trecs, task, png, plt, sns):
+            B += [("p", ROC_CAPTION), ("img", png)]
+            gts = sorted({r["ground_truth"] for rec in trecs for r in rec.get("rows", [])})
+            variants_png = out / f"roc_variants_{task}.png"
+            if gts and plot_roc_variants(trecs, task, primary_ground_truth(gts), variants_png, plt, sns):
+                B.append(("img", variants_png))
+        png = out / f"faithfulness_{task}.png"
+        if plot_faithfulness(trecs, task, png, plt, sns):
+            B += [("p", "Faithfulness f(k) of each method's variant with the highest CPR: the task metric with the "
+                        "top-k edges kept and the rest patched from the reference, normalised so 1 is the model and 0 "
+                        "everything patched."), ("img", png)]
         bad = [r for r in records if r["task"] == task and r.get("status") != "ok"]
         if bad:
             B.append(("table", pd.DataFrame([{"method": r["method"], "variant": r["variant"], "status": r.get("status"), "error": r.get("error")} for r in bad])))
