@@ -28,6 +28,7 @@ from harness.report.published import published_frame
 from harness.report.roc import CAPTION as ROC_CAPTION
 from harness.report.roc import plot_roc, plot_roc_variants
 from harness.report.tables import TableError, auc_table, read_table
+from harness.report.timing_plot import plot_timing
 from harness.run.store import ResultStore
 from harness.tasks import TASKS
 
@@ -125,24 +126,6 @@ def plot_targets(df: pd.DataFrame, path: Path) -> bool:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, title="gradient site", title_fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def plot_timing(t: pd.DataFrame, path: Path) -> bool:
-    if t.empty:
-        return False
-    plt, sns = _plt()
-    t = t.copy()
-    t["label"] = t["method"] + "/" + t["variant"].astype(str) + np.where(t["extrapolated"].astype(bool), " (extrap.)", "")
-    models = sorted(t["model"].unique())
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 0.28 * t["label"].nunique() + 1.8), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        sns.barplot(data=t[t["model"] == m], y="label", x="seconds", hue="device", ax=ax, errorbar=None)
-        ax.set(xscale="log", title=f"{m}", ylabel="")
-        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -294,7 +277,8 @@ def _blocks(out: Path) -> list:
                             "ratio_to_fwd_bwd", "speedup_vs_act_patch", "extrapolated"] if c in t.columns]
         B.append(("table", t[cols].round(4)))
         png = out / "timing.png"
-        if plot_timing(t, png):
+        plt, sns = _plt()
+        if plot_timing(t, png, plt, sns):
             B.append(("img", png))
         from harness.report.timing_text import targets_text_for
 
