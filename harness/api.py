@@ -21,7 +21,7 @@ from harness.core.graph import Graph
 from harness.eval.bootstrap import score_all
 from harness.methods import get_method
 from harness.methods.memory import examples_per_pass
-from harness.run.runner import DTYPES, check_metric, compute
+from harness.run.runner import RunConfig, compute, task_dtype, task_data
 from harness.run.store import scores_frame
 from harness.tasks import Task, get_task
 
@@ -55,12 +55,10 @@ def load(task: str, *, reference: str = "resample", device: str = "cpu", dtype: 
     """Load `task` (a name from `circuit-bench list`) as `circuit-bench run` does with the same
     options: its default dtype unless `dtype` ("float32"/"float64"), its ACDC metric unless `metric`."""
     t = get_task(task)
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    weights = t.load_model(device, DTYPES[dtype] if dtype else t.default_dtype, weights_dir)
-    check_metric(t, metric)
-    other = metric is not None and metric != next(iter(t.metrics))
-    data = t.data(split, seed, **({"metric": metric} if other else {}))
+    cfg = RunConfig(tasks=[task], methods=[], dtype=dtype, metric=metric, split=split, seed=seed, device=device,
+                    weights_dir=weights_dir, position_scramble=position_scramble)
+    weights = t.load_model(device, task_dtype(cfg, t), weights_dir)  # in the run's order: weights, then data
+    data = task_data(t, cfg)
     if not position_scramble:
         data = dataclasses.replace(data, position_scramble=None)
     chunk = examples_per_pass(weights.cfg, data.clean.shape[1], data.n, weights.dtype)

@@ -108,7 +108,8 @@ def jobs_for(cfg: RunConfig, log=print) -> list:
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _dtype(cfg: RunConfig, task) -> torch.dtype:
+def task_dtype(cfg: RunConfig, task) -> torch.dtype:
+    """The dtype a run of `cfg` loads `task` in: `cfg.dtype`, else the task's default."""
     if cfg.dtype is None:
         return task.default_dtype
     if cfg.dtype not in DTYPES:
@@ -440,7 +441,7 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log, want_reset: bool = False
     """Load one task; a task that cannot be loaded fails alone. `want_reset`: reset controls are
     asked for, so a pretrained task without its weights runs them on random-init models."""
     task = get_task(t)
-    dtype = _dtype(cfg, task)
+    dtype = task_dtype(cfg, task)
     log(f"task {t}: {task.loading_line()}")
     try:
         return _loaded(task, task.load_model(cfg.device, dtype, cfg.weights_dir), cfg, meta, log)

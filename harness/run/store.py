@@ -82,11 +82,11 @@ def _problem(rec) -> str | None:
     return None
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write, binary: bool = False) -> None:
     """`write(file)` into a uniquely named temporary beside `path`, then replace `path` with it."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
@@ -231,15 +231,7 @@ class ResultStore:
         csv, parquet = self.root / "scores.csv", self.root / "scores.parquet"
         _atomic_write(csv, lambda f: df.to_csv(f, index=False))
         compact = df.astype({c: "category" for c in SCORE_COLUMNS if df[c].dtype == object})
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix="scores.parquet.", suffix=".tmp")
-        os.close(fd)
-        try:
-            compact.to_parquet(tmp, index=False)
-            os.replace(tmp, parquet)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        _atomic_write(parquet, lambda f: compact.to_parquet(f, index=False), binary=True)
         return parquet, csv
 
     def write_csv(self) -> Path:
