@@ -17,9 +17,10 @@ Counted edges are numbered ADDITION first (receiver-major), then DIRECT.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 
@@ -38,6 +39,29 @@ def node_name(hook: str, head: int | None = None) -> str:
 
 def edge_name(sender: str, receiver: str) -> str:
     return f"{sender} -> {receiver}"
+
+
+class NodePlace(NamedTuple):
+    """Where a node sits: `layer` (-1 for the inputs), `head` (None for non-head nodes) and its
+    `role`: embed, pos_embed, resid_pre, q_input, k_input, v_input, q, k, v, result, mlp_in,
+    mlp_out or resid_post."""
+
+    layer: int
+    head: int | None
+    role: str
+
+
+_NODE = re.compile(r"(?:blocks\.(\d+)\.)?(?:attn\.)?hook_(\w+?)(?:\[:, :, (\d+)\]|\[:\])")
+
+
+def node_place(name: str) -> NodePlace:
+    """The layer, head and role of a node named as the graph names it (`node_name`)."""
+    m = _NODE.fullmatch(name)
+    if m is None:
+        raise ValueError(f"{name!r} is not a node name of ACDC's graph")
+    layer, role, head = m.groups()
+    inputs = role in ("embed", "pos_embed", "resid_pre")
+    return NodePlace(-1 if inputs else int(layer), None if head is None else int(head), role)
 
 
 @dataclass(frozen=True)

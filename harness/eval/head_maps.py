@@ -10,18 +10,17 @@ edge touches. Shapes: every map is [n_layers, n_heads].
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
 
 from harness.core.engine import Engine
+from harness.core.graph import node_place
 from harness.core.references import reference_logits
 from harness.methods.targets import target_loss
 from harness.methods.weight_sites import weight_grads
 
 MAPS = ("dL/dW_Q", "dL/dW_K", "dL/dW_V", "dL/dW_O", "direct effect")
-_HEAD_NODE = re.compile(r"blocks\.(\d+)\.(?:attn\.hook_(?:result|q|k|v)|hook_(?:q|k|v)_input)\[:, :, (\d+)\]")
 
 
 @dataclass
@@ -42,12 +41,8 @@ class HeadMaps:
 def ground_truth_heads(graph, edge_mask: torch.Tensor) -> set:
     """{(layer, head)} of heads with a node touched by the ground truth's edges."""
     touched = graph.nodes_touched(edge_mask)
-    out = set()
-    for name, on in zip(graph.roc_nodes, touched.tolist()):
-        m = _HEAD_NODE.fullmatch(name)
-        if on and m:
-            out.add((int(m.group(1)), int(m.group(2))))
-    return out
+    places = (node_place(name) for name, on in zip(graph.roc_nodes, touched.tolist()) if on)
+    return {(p.layer, p.head) for p in places if p.head is not None}
 
 
 def direct_effects(engine: Engine, data) -> torch.Tensor:

@@ -44,9 +44,10 @@ def control_frame(ok: pd.DataFrame) -> pd.DataFrame:
         out["best_structure"], out["best_structure_rule"] = np.nan, None
     out["delta"] = out["auc"] - out["reset_auc"]
     has = out["auc"].notna()
-    out["above_reset"] = np.where(has & out["reset_hi"].notna(), out["auc"] > out["reset_hi"], np.nan)
     low = out["auc_lo"].where(out["auc_lo"].notna(), out["auc"])
-    out["above_structure"] = np.where(has & out["best_structure"].notna(), low > out["best_structure"], np.nan)
+    with np.errstate(invalid="ignore"):  # comparisons with n/a are masked out by np.where
+        out["above_reset"] = np.where(has & out["reset_hi"].notna(), out["auc"] > out["reset_hi"], np.nan)
+        out["above_structure"] = np.where(has & out["best_structure"].notna(), low > out["best_structure"], np.nan)
     return out.reset_index(drop=True)
 
 

@@ -5,7 +5,9 @@
 `headline`), AUC tables (method x task, edge and node level, interval and pessimistic AUC in their
 own columns, each column's best in bold), the controls, the published ACDC/SP/HISP AUCs beside
 ours, a chart of AUC per `grad-wrong` target, then per task its ROC curves (`roc`: one per method,
-and every variant), faithfulness curves (`faithfulness`), the timing section when `timing.csv`
+and every variant), its circuit drawings against the ground truth (`circuits`: Graphviz SVG inline,
+PNG beside the report) and layer x head map of node scores (`head_scores`), faithfulness curves
+(`faithfulness`), the timing section when `timing.csv`
 is present, and the run's metadata. The document is a list of blocks rendered twice.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.core.graph import node_place
 from harness.eval.statistics import compare_targets
 from harness.report.faithfulness import plot_faithfulness
 from harness.report.headline import primary_ground_truth
@@ -132,6 +135,10 @@ def plot_targets(df: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+# Drawn against the ground truth per task: the method under study and its exact, matched baseline.
+CIRCUIT_METHODS = ("grad-wrong", "act-patch-edge")
+
+
 class NothingToReport(ValueError):
     """A folder without records or timing rows."""
 
@@ -230,6 +237,7 @@ def _blocks(out: Path) -> list:
                 B.append(("p", "Not ranked on some task (degenerate: every edge scores the same within the tie "
                                "floor; see each task's table): " + ", ".join(degenerate) + "."))
             B.append(("img", png))
+    chosen = _best_variants(df)
     for task in sorted({r["task"] for r in records}):
         trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"
                  and r.get("control", "trained") == "trained"]
@@ -254,6 +262,7 @@ def _blocks(out: Path) -> list:
             variants_png = out / f"roc_variants_{task}.png"
             if gts and plot_roc_variants(trecs, task, primary_ground_truth(gts), variants_png, plt, sns):
                 B.append(("img", variants_png))
+        B += _circuit_blocks(task, trecs, chosen, store, out)
         png = out / f"faithfulness_{task}.png"
         if plot_faithfulness(trecs, task, png, plt, sns):
             B += [("p", "Faithfulness f(k) of each method's variant with the highest CPR: the task metric with the "
@@ -306,9 +315,69 @@ def _headline_blocks(df: pd.DataFrame, out: Path) -> list:
                   ("p", "Edge AUC of each method's best variant on the trained model (\"best of N\": the highest of "
                         "its N variants, so a method with many variants is favoured), with its 95% bootstrap "
                         "interval; grey band: random's spread over 20 seeds; dashed: exact edge patching; dotted: "
-                        "ACDC. One ground truth per task (ACDC's where it has one), headline tasks only. The "
-                        "tables below give every variant; summary.json holds these numbers."),
+                        "ACDC. One ground truth per task (ACDC's where it has one), headline tasks only. structure's "
+                        "best rule is chosen with the ground truth, so its dot is an upper bound on what structure "
+                        "alone gives, not a method's result. The tables below give every variant; summary.json holds "
+                        "these numbers."),
                   ("img", png)]
+    return B
+
+
+def _best_variants(df: pd.DataFrame) -> dict:
+    """(task, reference, method) -> its best variant by edge AUC on the task's primary ground
+    truth (the headline's choice, reproduction tasks included)."""
+    from harness.report.headline import headline_frame
+
+    if not len(df):
+        return {}
+    return {(r.task, r.ablation, r.method): r.variant for r in headline_frame(df).itertuples()}
+
+
+def _circuit_blocks(task: str, trecs: list, chosen: dict, store: ResultStore, out: Path) -> list:
+    """The task's circuit drawings (CIRCUIT_METHODS against the primary ground truth, per
+    reference) and its layer x head map of every ranking method's node scores."""
+    from harness.report.circuits import CAPTION, INSTALL_DOT, MAX_DRAWN_EDGES, draw_circuit
+    from harness.report.head_scores import CAPTION as MAP_CAPTION
+    from harness.report.head_scores import head_scores, plot_head_scores, touched_slots
+
+    edges = store.edge_file(task) or {}
+    truths = edges.get("ground_truth") or {}
+    if not truths:
+        return []
+    endpoints = [tuple(e) for e in edges["edges"]]
+    gt = primary_ground_truth(truths)
+    gt_edges = truths[gt]
+    places = [node_place(n) for e in endpoints for n in e]
+    n_layers = 1 + max(p.layer for p in places)
+    n_heads = 1 + max(p.head for p in places if p.head is not None)
+    mlp = any(p.role == "mlp_out" for p in places)
+    ranked = {(r["ablation"], r["method"], r["variant"]): r for r in trecs if r.get("scores") is not None}
+    drawings, panels, too_big = [], {}, []
+    for (t, ref, method), variant in sorted(chosen.items()):
+        rec = ranked.get((ref, method, variant))
+        if t != task or rec is None or method == "random":
+            continue
+        panels[(ref, method)] = (variant, head_scores(endpoints, rec["scores"], n_layers, n_heads, mlp))
+        if method in CIRCUIT_METHODS:
+            stem = out / f"circuit_{task}_{ref}_{method}"
+            d = draw_circuit(endpoints, rec["scores"], gt_edges, stem, f"{task}: {method} {variant} ({ref} reference)",
+                             floor=float(rec.get("tie_floor") or 0.0))
+            (drawings.append(d) if d is not None else too_big.append(f"{method} ({ref})"))
+    B = []
+    if drawings or too_big:
+        B += [("p", f"{CAPTION} Ground truth: {gt} ({len(gt_edges)} edges).")]
+    if too_big:
+        B.append(("p", f"Not drawn (over {MAX_DRAWN_EDGES} edges to draw, too many to read): {', '.join(too_big)}; "
+                       "the layer x head map below shows where their scores sit."))
+    if drawings and any(d.svg is None for d in drawings):
+        B.append(("p", f"{INSTALL_DOT} ({', '.join(d.dot_path.name for d in drawings)})."))
+    elif drawings:
+        B.append(("drawings", drawings))
+    plt, sns = _plt()
+    png = out / f"head_scores_{task}.png"
+    if plot_head_scores(panels, touched_slots(endpoints, gt_edges, n_heads), n_heads, mlp,
+                        f"{task}: node scores per layer and head ({gt} ground truth boxed)", png, plt, sns):
+        B += [("p", MAP_CAPTION), ("img", png)]
     return B
 
 
@@ -391,6 +460,9 @@ def render(out_dir) -> Path:
         elif kind == "table":
             md.append(_md_table(x) + "\n")
             body.append(re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", x.to_html(index=False, border=0, na_rep="")))
+        elif kind == "drawings":
+            md.extend(f"![{d.png_path.stem}]({d.png_path.name})\n" for d in x)
+            body.append('<div class="circuits">' + "".join(f"<figure>{d.svg}</figure>" for d in x) + "</div>")
         elif kind == "img":
             md.append(f"![{x.stem}]({x.name})\n")
             data = base64.b64encode(x.read_bytes()).decode()
@@ -398,7 +470,8 @@ def render(out_dir) -> Path:
     (out / "report.md").write_text("\n".join(md), encoding="utf-8")
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}"
-             "img{max-width:100%}")
+             "img{max-width:100%}.circuits{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}"
+             ".circuits figure{margin:0}.circuits svg{max-width:560px;height:auto}")
     (out / "report.html").write_text(f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>circuit-bench report</title>"
                                      f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n",
                                      encoding="utf-8")

@@ -525,7 +525,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
             store.root.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
             if loaded.graph is not None:
-                store.write_edges(t, loaded.graph)
+                store.write_edges(t, loaded.graph, ground_truth_masks(loaded.task, loaded.graph)[0])
             if loaded.engine is not None and loaded.engine.cfg.d_model > SMALL_D_MODEL:
                 _announce(loaded, [j for j in task_jobs if loaded.runs(methods[j[1]], j[4]) == "model"
                                    and not _reusable(store, loaded, j, cfg)], cfg, log, bar)

@@ -188,23 +188,33 @@ class ResultStore:
     def edges_path(self, task: str) -> Path:
         return self.root / "edges" / f"{_slug(task)}.json"
 
-    def write_edges(self, task: str, graph) -> Path:
-        """The task's edge names in score order, once per graph (what names `scores.*`)."""
+    def write_edges(self, task: str, graph, ground_truth: dict | None = None) -> Path:
+        """The task's edge names in score order, once per graph (what names `scores.*`), and the
+        edge indices of each usable ground truth (`ground_truth`: name -> bool [n_edges]), so the
+        report can draw circuits from the run folder alone."""
         p = self.edges_path(task)
+        gt = {name: mask.nonzero().flatten().tolist() for name, mask in sorted((ground_truth or {}).items())}
         text = json.dumps({"task": task, "graph": graph.cfg.name, "edges": [list(e) for e in graph.edge_endpoints],
-                           "edge_types": graph.edge_types})
+                           "edge_types": graph.edge_types, "ground_truth": gt})
         if not (p.exists() and p.read_text(encoding="utf-8", errors="replace") == text):
             p.parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(p, lambda f: f.write(text))
         return p
 
+    def edge_file(self, task: str) -> dict | None:
+        """The task's edges file as written by `write_edges`, or None when absent or unreadable."""
+        try:
+            d = json.loads(self.edges_path(task).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) else None
+
     def edges(self, task: str):
         """(endpoints, edge types) of the task's graph, or (None, None) when not recorded."""
-        p = self.edges_path(task)
+        d = self.edge_file(task) or {}
         try:
-            d = json.loads(p.read_text(encoding="utf-8"))
             return [tuple(e) for e in d["edges"]], d["edge_types"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):
             return None, None
 
     def scores(self) -> pd.DataFrame:
