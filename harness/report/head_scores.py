@@ -8,6 +8,7 @@ different units, and the map compares places, not methods' magnitudes.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ CAPTION = ("Where each method's ranking puts its weight: per layer and head (and
            "(a sweep of circuits, not scores) are not shown.")
 
 
+@lru_cache(maxsize=1 << 14)  # a graph has few nodes (GPT-2: ~1,200) and many edges
 def _slot(node: str, n_heads: int):
     """(layer, column) of a node in the map, or None for inputs and the output."""
     p = node_place(node)

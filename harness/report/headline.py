@@ -95,8 +95,9 @@ def plot_headline(frame: pd.DataFrame, ref: str, path: Path, plt, sns) -> bool:
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
-    fig.suptitle(f"Best variant per method, {ref} reference (dot: edge AUC, bar: 95% interval)", fontsize=9)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    fig.suptitle(f"Best variant per method, {ref} reference\n(dot: edge AUC, bar: 95% interval where computed)",
+                 fontsize=9)  # two lines: one panel's width holds neither half alone at this size
+    fig.tight_layout(rect=(0, 0.04, 1, 0.94))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
