@@ -17,8 +17,9 @@ from harness.core.graph import node_place
 
 CAPTION = ("Where each method's ranking puts its weight: per layer and head (and MLP, last column), the largest "
            "|score| of any edge touching that head's nodes, scaled to each panel's largest; red boxes: heads and MLPs "
-           "the ground truth touches. Best variant of each method by edge AUC, as in the headline; random and ACDC "
-           "(a sweep of circuits, not scores) are not shown.")
+           "the ground truth touches. Best variant of each method by edge AUC, as in the headline; random and "
+           "structure (scores that measure nothing in the model) and ACDC (a sweep of circuits, not scores) are not "
+           "shown.")
 
 
 @lru_cache(maxsize=1 << 14)  # a graph has few nodes (GPT-2: ~1,200) and many edges
@@ -63,7 +64,8 @@ def plot_head_scores(panels: dict, truth: set, n_heads: int, mlp: bool, title: s
     n_layers, n_cols = next(iter(panels.values()))[1].shape
     w = max(1.6, 0.22 * n_cols + 0.9)
     h = max(1.5, 0.22 * n_layers + 0.9)
-    fig, axes = plt.subplots(len(refs), len(labels), figsize=(w * len(labels), h * len(refs) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(refs), len(labels), figsize=(w * len(labels), (h + 0.5) * len(refs) + 0.6),
+                             squeeze=False, constrained_layout=True)  # room for each panel's three-line title
     cols = [str(i) for i in range(n_heads)] + (["mlp"] if mlp else [])
     for i, ref in enumerate(refs):
         for j, lab in enumerate(labels):
@@ -83,7 +85,6 @@ def plot_head_scores(panels: dict, truth: set, n_heads: int, mlp: bool, title: s
             ax.set_xlabel("head" if j == 0 and i == len(refs) - 1 else "", fontsize=6)
             ax.set_ylabel("layer" if j == 0 else "", fontsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -137,6 +137,8 @@ def plot_targets(df: pd.DataFrame, path: Path) -> bool:
 
 # Drawn against the ground truth per task: the method under study and its exact, matched baseline.
 CIRCUIT_METHODS = ("grad-wrong", "act-patch-edge")
+# Not in the head maps: scores that measure nothing in the model (a seeded draw, a rule of position).
+NOT_MAPPED = ("random", "structure")
 
 
 class NothingToReport(ValueError):
@@ -355,7 +357,7 @@ def _circuit_blocks(task: str, trecs: list, chosen: dict, store: ResultStore, ou
     drawings, panels, too_big = [], {}, []
     for (t, ref, method), variant in sorted(chosen.items()):
         rec = ranked.get((ref, method, variant))
-        if t != task or rec is None or method == "random":
+        if t != task or rec is None or method in NOT_MAPPED:
             continue
         panels[(ref, method)] = (variant, head_scores(endpoints, rec["scores"], n_layers, n_heads, mlp))
         if method in CIRCUIT_METHODS:
@@ -376,7 +378,7 @@ def _circuit_blocks(task: str, trecs: list, chosen: dict, store: ResultStore, ou
     plt, sns = _plt()
     png = out / f"head_scores_{task}.png"
     if plot_head_scores(panels, touched_slots(endpoints, gt_edges, n_heads), n_heads, mlp,
-                        f"{task}: node scores per layer and head ({gt} ground truth boxed)", png, plt, sns):
+                        f"{task}: node scores per layer and head\n({gt} ground truth boxed)", png, plt, sns):
         B += [("p", MAP_CAPTION), ("img", png)]
     return B
 
