@@ -327,6 +327,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_draw(args) -> int:
+    from harness.report.circuits import INSTALL_DOT, WORDS, CannotDraw, draw_from_run
+
+    try:
+        d = draw_from_run(args.dir, args.task, args.method, args.variant, args.reference, args.ground_truth, args.k)
+    except CannotDraw as e:
+        _fail(str(e))
+    counts = ", ".join(f"{WORDS[k]} {v}" for k, v in d.counts.items())
+    if d.svg is None:
+        print(f"wrote {d.dot_path} ({counts}); {INSTALL_DOT}")
+    else:
+        print(f"wrote {d.png_path} and {d.png_path.with_suffix('.svg')} ({counts})")
+    return 0
+
+
 def cmd_compare(args) -> int:
     from harness.report.compare import compare
     from harness.report.tables import TableError
@@ -451,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="render DIR/report.md from a run's results")
     rp.add_argument("dir")
     rp.set_defaults(fn=cmd_report)
+    dr = sub.add_parser("draw", help="draw a stored ranking's top-k edges against a ground truth (Graphviz)")
+    dr.add_argument("dir", help="a run's --out folder")
+    dr.add_argument("--task", required=True)
+    dr.add_argument("--method", required=True)
+    dr.add_argument("--variant", help="default: the method's best by edge AUC")
+    dr.add_argument("--reference", help="resample or zero (default: resample where the method ran under it)")
+    dr.add_argument("--ground-truth", help="default: acdc where the task has it, else its first")
+    dr.add_argument("--k", type=int, help="edges to keep (default: the ground truth's size)")
+    dr.set_defaults(fn=cmd_draw)
     cp = sub.add_parser("compare", help="exit 1 if DIR's results regressed against a baseline results.csv")
     cp.add_argument("dir")
     cp.add_argument("--baseline", required=True, help="a results.csv (or a directory holding one)")

@@ -161,3 +161,31 @@ def test_the_report_embeds_circuit_svgs_and_head_maps_per_task(tmp_path):
     p = predicted(rec["scores"], k, rec["tie_floor"])
     tp = int(p[edges["ground_truth"]["acdc"]].sum())
     assert f"in both {tp}</text>" in html.split('id="circuit_tracr-xproportion_zero_act-patch-edge_graph0"')[1]
+
+
+@needs_dot
+def test_draw_takes_any_stored_ranking_and_refuses_what_the_run_cannot_give(tmp_path, capsys):
+    import json
+
+    from harness.cli import main
+
+    out = tmp_path / "out"
+    assert main(["-q", "run", "--tasks", "tracr-reverse", "--methods", "eap", "--variants", "noising", "denoising",
+                 "--ablation", "zero", "--controls", "trained", "--bootstrap", "0", "--no-faithfulness",
+                 "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["draw", str(out), "--task", "tracr-reverse", "--method", "eap", "--variant", "noising", "--k", "3"]) == 0
+    stem = out / "circuit_tracr-reverse_zero_eap_noising_k3"
+    assert stem.with_suffix(".png").stat().st_size > 0 and stem.with_suffix(".svg").stat().st_size > 0
+    rec = json.loads((out / "records" / "tracr-reverse__eap__noising__zero.json").read_text())
+    truth = json.loads((out / "edges" / "tracr-reverse.json").read_text())["ground_truth"]["acdc"]
+    p = predicted(rec["scores"], 3, rec["tie_floor"])
+    assert f"in both {int(p[truth].sum())}, predicted only {int(p.sum() - p[truth].sum())}" in capsys.readouterr().out
+    for args, says in [(["--variant", "nope"], "no eap variant 'nope'"), (["--reference", "resample"], "under the resample"),
+                       (["--ground-truth", "made-up"], "no ground truth 'made-up'"), (["--k", "0"], "at least 1")]:
+        with pytest.raises(SystemExit) as e:
+            main(["draw", str(out), "--task", "tracr-reverse", "--method", "eap", *args])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["draw", str(tmp_path / "none"), "--task", "tracr-reverse", "--method", "eap"])
+    assert "run `circuit-bench run --tasks tracr-reverse" in capsys.readouterr().err

@@ -163,3 +163,64 @@ def inline_svg(svg: str, prefix: str) -> str:
     svg = svg[svg.index("<svg"):]
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", prefix)
     return re.sub(r'\bid="', f'id="{safe}_', svg)
+
+
+class CannotDraw(ValueError):
+    """A drawing the run folder cannot give (one line, naming what is missing)."""
+
+
+def draw_from_run(out_dir, task: str, method: str, variant: str | None = None, reference: str | None = None,
+                  ground_truth: str | None = None, k: int | None = None) -> Drawing:
+    """Draw one stored ranking of a run folder against one of its task's ground truths:
+    `variant` defaults to the method's best by edge AUC (as in the headline), `reference` to the
+    only one or resample, `ground_truth` to the primary one, `k` to its size. Writes
+    OUT/circuit_<task>_<reference>_<method>_<variant>_k<k>.{gv,svg,png}."""
+    from harness.report.headline import primary_ground_truth
+    from harness.run.store import ResultStore
+
+    store = ResultStore(out_dir)
+    edges = store.edge_file(task)
+    if edges is None:
+        raise CannotDraw(f"no edges file for task {task} in {out_dir} (run `circuit-bench run --tasks {task} "
+                         f"--out {out_dir}` first)")
+    truths = edges.get("ground_truth") or {}
+    if not truths:
+        raise CannotDraw(f"the run folder holds no ground truth of task {task} (a task without a circuit, or a run "
+                         f"from before drawings: re-run `circuit-bench run --tasks {task} --out {out_dir}`)")
+    gt = ground_truth or primary_ground_truth(truths)
+    if gt not in truths:
+        raise CannotDraw(f"task {task} has no ground truth {gt!r} in this run; it has: {', '.join(sorted(truths))}")
+    recs = [r for r in store.records() if r.get("task") == task and r.get("method") == method
+            and r.get("status") == "ok" and r.get("control", "trained") == "trained"]
+    if not recs:
+        raise CannotDraw(f"no finished {method} run of task {task} in {out_dir}")
+    if all(r.get("scores") is None for r in recs):
+        raise CannotDraw(f"{method} gives circuits, not a ranking of edges: nothing to take the top k of")
+    refs = sorted({r["ablation"] for r in recs})
+    ref = reference or ("resample" if "resample" in refs else refs[0])
+    recs = [r for r in recs if r["ablation"] == ref and r.get("scores") is not None]
+    if not recs:
+        raise CannotDraw(f"no {method} run of task {task} under the {ref} reference; it ran under: {', '.join(refs)}")
+    if variant is None:
+        def auc(r):
+            rows = [x for x in r.get("rows", []) if x.get("ground_truth") == gt and x.get("level") == "edge"]
+            a = rows[0].get("auc") if rows else None
+            return -1.0 if a is None or a != a else a
+        rec = sorted(recs, key=lambda r: (-auc(r), r["variant"]))[0]
+    else:
+        found = [r for r in recs if r["variant"] == variant]
+        if not found:
+            raise CannotDraw(f"no {method} variant {variant!r} of task {task} under {ref}; it has: "
+                             f"{', '.join(sorted(r['variant'] for r in recs))}")
+        rec = found[0]
+    n = len(truths[gt]) if k is None else k
+    if n < 1:
+        raise CannotDraw(f"k must be at least 1 (got {n})")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", f"circuit_{task}_{ref}_{method}_{rec['variant']}_k{n}")
+    d = draw_circuit([tuple(e) for e in edges["edges"]], rec["scores"], truths[gt], Path(out_dir) / name,
+                     f"{task}: {method} {rec['variant']} ({ref} reference), top {n} against {gt}", k=n,
+                     floor=float(rec.get("tie_floor") or 0.0))
+    if d is None:
+        raise CannotDraw(f"over {MAX_DRAWN_EDGES} edges would be drawn (ground truth {len(truths[gt])}, k {n}): "
+                         "too many to read; use a smaller --k or the report's layer x head map")
+    return d

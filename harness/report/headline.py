@@ -68,7 +68,8 @@ def plot_headline(frame: pd.DataFrame, ref: str, path: Path, plt, sns) -> bool:
     methods = sorted(m for m in sub["method"].unique() if m != BAND)
     ncol = min(3, len(tasks))
     nrow = int(np.ceil(len(tasks) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 0.32 * len(methods) * nrow + 1.4 * nrow), squeeze=False)
+    height = 0.32 * len(methods) * nrow + 1.4 * nrow + 0.6  # + the two-line title and the legend
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, height), squeeze=False)
     colors = dict(zip(methods, sns.color_palette("tab10", n_colors=max(len(methods), 1))))
     for ax, task in zip(axes.flat, tasks):
         p = sub[sub["task"] == task].set_index("method")
@@ -97,7 +98,7 @@ def plot_headline(frame: pd.DataFrame, ref: str, path: Path, plt, sns) -> bool:
         fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
     fig.suptitle(f"Best variant per method, {ref} reference\n(dot: edge AUC, bar: 95% interval where computed)",
                  fontsize=9)  # two lines: one panel's width holds neither half alone at this size
-    fig.tight_layout(rect=(0, 0.04, 1, 0.94))
+    fig.tight_layout(rect=(0, 0.3 / height, 1, 1 - 0.45 / height))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
