@@ -37,6 +37,25 @@ def test_nothing_patched_is_clean_everything_patched_is_corrupted(name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_zero_cache_equals_a_zero_ablated_run(name):
+    e, clean, _ = setup(name, batch=3, pos=6)
+    made = e.zero_cache(3, 6)
+    ran = e.run(clean, record=True, zero_senders=True, positions=torch.zeros(0, dtype=torch.long)).cache()
+    assert made.senders.shape == ran.senders.shape and made.qkv.shape == ran.qkv.shape
+    assert not made.senders.any()
+    torch.testing.assert_close(made.qkv, ran.qkv, rtol=0, atol=1e-12)
+    assert made.qkv.is_contiguous()
+    # not trivially equal: the q/k/v differ between layers (the biases add up), and with
+    # shortformer positions between positions
+    assert (made.qkv[1] - made.qkv[0]).abs().max() > 1e-3
+    if e.cfg.positional_embedding_type == "shortformer":
+        assert (made.qkv[:, 0, :, 0] - made.qkv[:, 0, :, 1]).abs().max() > 1e-3
+    # and every zero-reference patch reads it: all edges patched from it is the zero-ablated model
+    ones = torch.ones(e.graph.n_edges, dtype=torch.float64)
+    torch.testing.assert_close(e.logits(clean, ones, made), e.logits(clean, ones, ran), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_per_row_masks_equal_separate_runs(name):
     e, clean, corr = setup(name, batch=2)
     cache = e.cache(corr)

@@ -362,10 +362,32 @@ class Engine:
 
     @torch.no_grad()
     def cache(self, tokens: torch.Tensor, zero: bool = False, input_embeds: Optional[torch.Tensor] = None) -> SenderCache:
-        """Sender outputs and q/k/v of a run on `tokens` (zero=True: ACDC's zero ablation;
-        `input_embeds` as in `run`). Nothing is unembedded."""
+        """Sender outputs and q/k/v of a run on `tokens` (zero=True: ACDC's zero ablation, made
+        without a forward by `zero_cache`; `input_embeds` as in `run`). Nothing is unembedded."""
+        if zero:
+            return self.zero_cache(*tokens.shape)
         none = torch.zeros(0, dtype=torch.long)
-        return self.run(tokens, record=True, zero_senders=zero, input_embeds=input_embeds, positions=none).cache()
+        return self.run(tokens, record=True, input_embeds=input_embeds, positions=none).cache()
+
+    @torch.no_grad()
+    def zero_cache(self, batch: int, pos: int) -> SenderCache:
+        """The zero-ablated run's cache without running it: every sender's output is zero, so
+        layer L's receivers all read the attention output biases of layers < L, the same vector at
+        every token, and its q/k/v follow from that vector alone (plus W_pos in queries and keys
+        of shortformer models). Equal to `run(tokens, record=True, zero_senders=True).cache()`
+        (tests/test_engine_patching.py); a forward's cost saved wherever a zero reference is
+        patched from or attributed against."""
+        cfg, w = self.cfg, self.w
+        W_pos = w["pos_embed.W_pos"][:pos] if cfg.positional_embedding_type == "shortformer" else None
+        resid = torch.zeros(1, pos if W_pos is not None else 1, cfg.d_model, dtype=w.dtype, device=w.device)
+        qkv = []
+        for L in range(cfg.n_layers):
+            W, b = qkv_weights(w, L)
+            layer = fused_qkv(self._norm(resid, f"blocks.{L}.ln1", False), W, b, W_pos)  # [1, 1 or P, 3, H, dh]
+            qkv.append(layer.permute(2, 0, 1, 3, 4).expand(3, batch, pos, cfg.n_heads, cfg.d_head))
+            resid = resid + w[f"blocks.{L}.attn.b_O"]
+        senders = torch.zeros(len(self.graph.senders), batch, pos, cfg.d_model, dtype=w.dtype, device=w.device)
+        return SenderCache(senders, torch.stack(qkv))
 
     def logits(self, tokens: torch.Tensor, patch=None, source=None, positions=None) -> torch.Tensor:
         return self.run(tokens, patch, source, positions=positions).logits
