@@ -181,6 +181,11 @@ def test_draw_takes_any_stored_ranking_and_refuses_what_the_run_cannot_give(tmp_
     truth = json.loads((out / "edges" / "tracr-reverse.json").read_text())["ground_truth"]["acdc"]
     p = predicted(rec["scores"], 3, rec["tie_floor"])
     assert f"in both {int(p[truth].sum())}, predicted only {int(p.sum() - p[truth].sum())}" in capsys.readouterr().out
+    # without --variant: the headline's choice (summary.json), k = the ground truth's size
+    best = json.loads((out / "summary.json").read_text())["headline"]["zero"]["tracr-reverse"]["methods"]["eap"]
+    assert main(["draw", str(out), "--task", "tracr-reverse", "--method", "eap"]) == 0
+    assert (out / f"circuit_tracr-reverse_zero_eap_{best['best_variant']}_k{len(truth)}.png").exists()
+    capsys.readouterr()
     for args, says in [(["--variant", "nope"], "no eap variant 'nope'"), (["--reference", "resample"], "under the resample"),
                        (["--ground-truth", "made-up"], "no ground truth 'made-up'"), (["--k", "0"], "at least 1")]:
         with pytest.raises(SystemExit) as e:

@@ -175,7 +175,7 @@ def draw_from_run(out_dir, task: str, method: str, variant: str | None = None, r
     `variant` defaults to the method's best by edge AUC (as in the headline), `reference` to the
     only one or resample, `ground_truth` to the primary one, `k` to its size. Writes
     OUT/circuit_<task>_<reference>_<method>_<variant>_k<k>.{gv,svg,png}."""
-    from harness.report.headline import primary_ground_truth
+    from harness.report.headline import best_variant_row, primary_ground_truth
     from harness.run.store import ResultStore
 
     store = ResultStore(out_dir)
@@ -201,12 +201,13 @@ def draw_from_run(out_dir, task: str, method: str, variant: str | None = None, r
     recs = [r for r in recs if r["ablation"] == ref and r.get("scores") is not None]
     if not recs:
         raise CannotDraw(f"no {method} run of task {task} under the {ref} reference; it ran under: {', '.join(refs)}")
-    if variant is None:
-        def auc(r):
-            rows = [x for x in r.get("rows", []) if x.get("ground_truth") == gt and x.get("level") == "edge"]
-            a = rows[0].get("auc") if rows else None
-            return -1.0 if a is None or a != a else a
-        rec = sorted(recs, key=lambda r: (-auc(r), r["variant"]))[0]
+    if variant is None:  # the headline's rule, on this ground truth
+        df = store.frame()
+        scored = df[(df["task"] == task) & (df["method"] == method) & (df["ablation"] == ref)
+                    & (df["control"].fillna("trained") == "trained") & (df["ground_truth"] == gt)
+                    & (df["level"] == "edge") & df["auc"].notna() & df["variant"].isin({r["variant"] for r in recs})]
+        best = best_variant_row(scored)["variant"] if len(scored) else min(r["variant"] for r in recs)
+        rec = next(r for r in recs if r["variant"] == best)
     else:
         found = [r for r in recs if r["variant"] == variant]
         if not found:

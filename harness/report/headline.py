@@ -24,6 +24,11 @@ def primary_ground_truth(names) -> str:
     return "acdc" if "acdc" in names else names[0]
 
 
+def best_variant_row(rows: pd.DataFrame) -> pd.Series:
+    """The row of the highest AUC among one method's variants (ties: the first variant by name)."""
+    return rows.sort_values(["auc", "variant"], ascending=[False, True]).iloc[0]
+
+
 def headline_frame(df: pd.DataFrame, skip_tasks=()) -> pd.DataFrame:
     """COLUMNS: one row per (reference, task, method): the variant with the highest edge AUC."""
     ok = df[(df["status"] == "ok") & (df["control"].fillna("trained") == "trained") & (df["level"] == "edge")
@@ -33,7 +38,7 @@ def headline_frame(df: pd.DataFrame, skip_tasks=()) -> pd.DataFrame:
         gt = primary_ground_truth(by_task["ground_truth"])
         sub = by_task[by_task["ground_truth"] == gt]
         for (ref, method), grp in sub.groupby(["ablation", "method"], sort=True):
-            best = grp.sort_values(["auc", "variant"], ascending=[False, True]).iloc[0]
+            best = best_variant_row(grp)
             rows.append({**{k: best[k] for k in COLUMNS if k in best}, "ground_truth": gt,
                          "n_variants": int(grp["variant"].nunique())})
     return pd.DataFrame(rows, columns=COLUMNS)
