@@ -39,17 +39,19 @@ class SenderCache:
 
     senders: torch.Tensor  # [n_senders, batch, pos, d_model]
     qkv: torch.Tensor  # [n_layers, 3, batch, pos, n_heads, d_head]
+    zero_senders: bool = False  # every sender output is zero (`senders` may be a broadcast view): a difference is a copy
 
     def repeat_interleave(self, times: int) -> "SenderCache":
         """Each batch row repeated `times` times in a row (matches tokens.repeat_interleave)."""
-        return SenderCache(self.senders.repeat_interleave(times, dim=1), self.qkv.repeat_interleave(times, dim=2))
+        return SenderCache(self.senders.repeat_interleave(times, dim=1), self.qkv.repeat_interleave(times, dim=2),
+                           self.zero_senders)
 
     def tile(self, times: int) -> "SenderCache":
         """The whole batch repeated `times` times (matches tokens.repeat(times, 1))."""
-        return SenderCache(self.senders.repeat(1, times, 1, 1), self.qkv.repeat(1, 1, times, 1, 1, 1))
+        return SenderCache(self.senders.repeat(1, times, 1, 1), self.qkv.repeat(1, 1, times, 1, 1, 1), self.zero_senders)
 
     def rows(self, sl) -> "SenderCache":
-        return SenderCache(self.senders[:, sl], self.qkv[:, :, sl])
+        return SenderCache(self.senders[:, sl], self.qkv[:, :, sl], self.zero_senders)
 
 
 @dataclass
@@ -386,8 +388,10 @@ class Engine:
             layer = fused_qkv(self._norm(resid, f"blocks.{L}.ln1", False), W, b, W_pos)  # [1, 1 or P, 3, H, dh]
             qkv.append(layer.permute(2, 0, 1, 3, 4).expand(3, batch, pos, cfg.n_heads, cfg.d_head))
             resid = resid + w[f"blocks.{L}.attn.b_O"]
-        senders = torch.zeros(len(self.graph.senders), batch, pos, cfg.d_model, dtype=w.dtype, device=w.device)
-        return SenderCache(senders, torch.stack(qkv))
+        # one zero broadcast to every sender: nothing is written (a [n_senders, B, P, D] fill was
+        # a tenth of grad-wrong's zero-reference time on GPT-2)
+        senders = torch.zeros((), dtype=w.dtype, device=w.device).expand(len(self.graph.senders), batch, pos, cfg.d_model)
+        return SenderCache(senders, torch.stack(qkv), zero_senders=True)
 
     def logits(self, tokens: torch.Tensor, patch=None, source=None, positions=None) -> torch.Tensor:
         return self.run(tokens, patch, source, positions=positions).logits

@@ -17,7 +17,7 @@ import torch
 
 from harness.core import objectives
 from harness.core.references import patch_all, source_cache, source_input_embeds
-from harness.methods.attribution import contract, receiver_grads, traced_run
+from harness.methods.attribution import contract, differences, receiver_grads, traced_run
 from harness.methods.registry import Timing, register, task_objective
 
 
@@ -62,8 +62,7 @@ def eap(engine, data, form="noising", objective="logit-diff", per_example=False,
     mark("traced_forward")
     grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, scored).mean())
     mark("backward")
-    here = tr.cache()
-    d_senders, d_qkv = other.senders - here.senders, other.qkv - here.qkv
+    d_senders, d_qkv = differences(tr, other)
     mark("stack_and_difference")
     scores = contract(engine, grads, d_senders, d_qkv, per_example=per_example).detach()
     mark("contract")

@@ -21,7 +21,7 @@ Variants are named `<target>/<site>`.
 from __future__ import annotations
 
 from harness.core.references import source_cache, source_run
-from harness.methods.attribution import contract, receiver_grads, traced_run
+from harness.methods.attribution import contract, differences, receiver_grads, traced_run
 from harness.methods.registry import METHODS, Timing, register
 from harness.methods.targets import Target, needs_source_logits, on_register, target_loss
 from harness.methods.weight_sites import ShareFactors, share_factors, weight_edge_bytes, weight_grads, weight_node_scores
@@ -79,9 +79,8 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
         source, source_logits = source_cache(engine, data), None
     tr = traced_run(engine, data.clean, freeze_ln_scale=freeze, positions=cols)
     grads = receiver_grads(tr, target_loss(target, tr.logits, scored, tr.logits.detach(), source_logits))
-    here = tr.cache()
-    return contract(engine, grads, here.senders - source.senders, here.qkv - source.qkv,
-                    per_example=per_example).detach()
+    d_senders, d_qkv = differences(tr, source, towards_source=False)
+    return contract(engine, grads, d_senders, d_qkv, per_example=per_example).detach()
 
 
 def _weight_site(engine, data, target, site, freeze, chunk):
