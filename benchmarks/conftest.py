@@ -19,7 +19,9 @@ Environment: CIRCUIT_BENCH_DEVICE (cpu | cuda | auto; default cpu), CIRCUIT_BENC
 (default float32), CIRCUIT_BENCH_ROUNDS (rounds per cheap case, default 3),
 CIRCUIT_BENCH_BUDGET_S (seconds per looping measurement before it extrapolates, default 60),
 CIRCUIT_BENCH_SINGLE_EDGES (sample for one-edge-per-forward patching, default 100),
-CIRCUIT_BENCH_IG_STEPS (EAP-IG steps, default 5), CIRCUIT_BENCH_THREADS (torch CPU threads; on a
+CIRCUIT_BENCH_IG_STEPS (EAP-IG steps, default 5), CIRCUIT_BENCH_SYSTEM_MALLOC=1 (leave glibc's
+malloc settings as they are; by default freed memory is kept, as `circuit-bench` does:
+`harness.core.allocator`), CIRCUIT_BENCH_THREADS (torch CPU threads; on a
 shared, oversubscribed machine 1 thread avoids OpenMP barrier stalls that make 2-thread timings
 erratic).
 """
@@ -35,6 +37,7 @@ from harness.bench.cases import cases
 from harness.bench.measure import bench_setup, measure, memory_limit_bytes
 from harness.bench.setups import Setup, make_setup
 from harness.bench.suite import BATCHING_TARGET, EAP_TARGET, GRAD_WRONG_TARGET, BenchConfig, add_ratios, target_rows
+from harness.core.allocator import keep_freed_memory
 from harness.core.device import resolve_device
 from harness.report.timing_text import targets_text
 
@@ -42,6 +45,7 @@ from harness.report.timing_text import targets_text
 def pytest_configure(config):
     config.addinivalue_line("markers", "quick: the smallest models at the smallest batch (CI proof that the suite runs)")
     config.addinivalue_line("markers", "bench_model(name): the model architecture a benchmark file times")
+    keep_freed_memory()  # as circuit-bench bench does, so the suites and the CLI time the same process set-up
 
 
 def _env(name, default, cast=str):

@@ -524,8 +524,10 @@ def main(argv=None) -> int:
     import os
     import warnings
 
+    from harness.core.allocator import keep_freed_memory
     from harness.methods.registry import load_entry_point_plugins, load_plugin
 
+    keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting (CIRCUIT_BENCH_SYSTEM_MALLOC=1: off)
     shown = warnings.formatwarning
     warnings.formatwarning = warning_line
     try:

@@ -16,6 +16,7 @@ caches and rows, the weight-edge sites' sender blocks) is skipped, and a case th
 recorded, with `status` and `note` saying so; the other cases still run.
 
 Every row carries device, dtype, batch, seq_len, torch version, threads (`torch.get_num_threads()`),
+whether glibc keeps freed memory (`harness.core.allocator`, malloc_keeps_freed),
 repeats and the 1-minute load average (other processes on a shared machine slow every figure;
 ratios measured in one run suffer less).
 """
@@ -32,6 +33,7 @@ import torch
 from harness.bench.cases import Case
 from harness.bench.counting import BudgetReached
 from harness.bench.setups import Setup
+from harness.core.allocator import freed_memory_kept
 
 
 @dataclass
@@ -107,7 +109,8 @@ def memory_limit_bytes(device) -> Optional[int]:
 def _row(s: Setup, case: Case, samples: Optional[list]) -> dict:
     base = {"model": s.model, "method": case.method, "variant": case.variant, "device": s.device.type,
             "dtype": str(s.dtype).replace("torch.", ""), "batch": s.batch, "seq_len": s.seq_len,
-            "threads": s.clock.threads(), "torch": torch.__version__, "mem_kind": s.clock.mem_kind,
+            "threads": s.clock.threads(), "torch": torch.__version__, "malloc_keeps_freed": freed_memory_kept(),
+            "mem_kind": s.clock.mem_kind,
             "n_edges": s.graph.n_edges, "device_name": s.clock.device_name(), "source": case.source,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if not samples:
