@@ -178,7 +178,7 @@ def test_a_traced_run_shares_one_layernorm_per_position(name, freeze):
     at every receiver input and q/k/v, and the logits, equal the per-receiver path's (the same run
     with weights that require grad, which takes it) in float64, and gradcheck passes (for the true
     derivative: a frozen scale is by design not what finite differences see)."""
-    from harness.core.shared_qkv import SharedQKV
+    from harness.core.shared_qkv import SharedQKV, layer_qkv
     from harness.methods.attribution import receiver_grads
     from harness.methods.weight_sites import weights_with_grad
 
@@ -201,14 +201,11 @@ def test_a_traced_run_shares_one_layernorm_per_position(name, freeze):
     cfg, w = e.cfg, e.w
     x = torch.randn(2, 3, 1, cfg.d_model, dtype=torch.float64).expand(2, 3, 3 * cfg.n_heads, cfg.d_model).clone()
     x.requires_grad_(True)
-    W = torch.stack([w["blocks.0.attn.W_Q"], w["blocks.0.attn.W_K"], w["blocks.0.attn.W_V"]])
-    b = torch.stack([w["blocks.0.attn.b_Q"], w["blocks.0.attn.b_K"], w["blocks.0.attn.b_V"]])
-    t = cfg.normalization_type
-    gamma, beta = (w["blocks.0.ln1.w"], w["blocks.0.ln1.b"]) if t == "LN" else (None, None)
+    layer = layer_qkv(w, 0)
     pos = w["pos_embed.W_pos"][:3] if cfg.positional_embedding_type == "shortformer" else None
 
     def f(x):  # gradcheck perturbs one copy at a time; the function reads copy 0, so tie them
-        return SharedQKV.apply(x[:, :, :1].expand_as(x), W, b, gamma, beta, pos, cfg.eps, t, freeze)
+        return SharedQKV.apply(x[:, :, :1].expand_as(x), layer, pos, cfg.eps, cfg.normalization_type, freeze)
     if not freeze:
         assert torch.autograd.gradcheck(f, (x,))
 
@@ -240,3 +237,28 @@ def test_unembedding_only_some_positions_changes_nothing_else(name):
             torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(grads[0]["out"], grads[1]["out"], rtol=1e-10, atol=1e-12)
     assert float(grads[1]["out"].abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_derived_weights_follow_the_weights(name):
+    """The per-layer q/k/v constants (`layer_qkv`, cached on the Weights) are made again when a
+    weight changes in place, and are not cached for weights that require grad (gradients reach
+    the weights): a run after either equals a run on a fresh copy of the changed weights."""
+    from harness.core.shared_qkv import layer_qkv
+    from harness.core.weights import Weights
+    from harness.methods.weight_sites import weights_with_grad
+
+    e, clean, _ = setup(name, seed=11)
+    e.logits(clean)  # fills the cache
+    assert layer_qkv(e.w, 0) is layer_qkv(e.w, 0)
+    with torch.no_grad():
+        e.w["blocks.0.attn.W_K"].mul_(1.5)
+        if e.cfg.normalization_type == "LN":
+            e.w["blocks.0.ln1.w"].add_(0.25)
+    fresh = Engine(Weights(e.cfg, {k: v.clone() for k, v in e.w.params.items()}))
+    for kw in ({}, {"record": True}):
+        torch.testing.assert_close(e.run(clean, **kw).logits, fresh.run(clean, **kw).logits, rtol=1e-12, atol=1e-12)
+    g = weights_with_grad(e.w)
+    Engine(g).logits(clean).sum().backward()
+    assert g["blocks.0.attn.W_K"].grad is not None and float(g["blocks.0.attn.W_K"].grad.abs().max()) > 0
+    assert layer_qkv(g, 0) is not layer_qkv(g, 0)

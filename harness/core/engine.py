@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.graph import Graph
-from harness.core.shared_qkv import SharedQKV, fused_qkv, qkv_weights
+from harness.core.shared_qkv import SharedQKV, fused_qkv, layer_qkv
 from harness.core.weights import Weights
 
 
@@ -278,12 +278,9 @@ class Engine:
     def _shared_qkv(self, qkv_in, L: int, W_pos, freeze_ln_scale: bool) -> torch.Tensor:
         """qkv [3, B, P, H, dh] of receivers whose inputs qkv_in [B, P, 3H, D] are all the
         residual (`harness.core.shared_qkv`)."""
-        w, cfg, pre = self.w, self.cfg, f"blocks.{L}."
-        W, b = qkv_weights(w, L)
-        t = cfg.normalization_type
-        gamma, beta = (w[pre + "ln1.w"], w[pre + "ln1.b"]) if t == "LN" else (None, None)
+        cfg = self.cfg
         pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
-        return SharedQKV.apply(qkv_in, W, b, gamma, beta, pos, cfg.eps, t, freeze_ln_scale)
+        return SharedQKV.apply(qkv_in, layer_qkv(self.w, L), pos, cfg.eps, cfg.normalization_type, freeze_ln_scale)
 
     def _plain(self, inputs: list, W_pos: torch.Tensor, freeze_ln_scale: bool, positions=None) -> torch.Tensor:
         """Logits [batch, pos or len(positions), d_vocab_out] of an unpatched, unrecorded run: every receiver of a
@@ -297,9 +294,8 @@ class Engine:
         for L in range(cfg.n_layers):
             pre = f"blocks.{L}."
             normed = self._norm(resid, pre + "ln1", freeze_ln_scale)
-            W, b = qkv_weights(w, L)
             pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
-            q, k, v = fused_qkv(normed, W, b, pos).unbind(2)
+            q, k, v = fused_qkv(normed, layer_qkv(w, L), pos).unbind(2)
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
             if causal is not None:
                 scores = scores.masked_fill(~causal, float("-inf"))
@@ -384,8 +380,7 @@ class Engine:
         resid = torch.zeros(1, pos if W_pos is not None else 1, cfg.d_model, dtype=w.dtype, device=w.device)
         qkv = []
         for L in range(cfg.n_layers):
-            W, b = qkv_weights(w, L)
-            layer = fused_qkv(self._norm(resid, f"blocks.{L}.ln1", False), W, b, W_pos)  # [1, 1 or P, 3, H, dh]
+            layer = fused_qkv(self._norm(resid, f"blocks.{L}.ln1", False), layer_qkv(w, L), W_pos)  # [1, 1 or P, 3, H, dh]
             qkv.append(layer.permute(2, 0, 1, 3, 4).expand(3, batch, pos, cfg.n_heads, cfg.d_head))
             resid = resid + w[f"blocks.{L}.attn.b_O"]
         # one zero broadcast to every sender: nothing is written (a [n_senders, B, P, D] fill was

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from harness.core.engine import SenderCache
-from harness.core.shared_qkv import fused_qkv, qkv_weights
+from harness.core.shared_qkv import fused_qkv, layer_qkv
 
 if TYPE_CHECKING:
     from harness.core.engine import Engine
@@ -145,10 +145,11 @@ class _Pass:
         c, B, P = self.c, self.B, self.P
         R, H, dh, D = c * B, cfg.n_heads, cfg.d_head, cfg.d_model
         pre = f"blocks.{L}."
-        W, b = qkv_weights(w, L)
+        layer = layer_qkv(w, L)
+        W, b = layer.W, layer.b
         shortformer = cfg.positional_embedding_type == "shortformer"
         W_pos = w["pos_embed.W_pos"][:P]
-        qkv = fused_qkv(e._norm(resid, pre + "ln1", False), W, b, W_pos if shortformer else None)  # [R, P, 3, H, dh]
+        qkv = fused_qkv(e._norm(resid, pre + "ln1", False), layer, W_pos if shortformer else None)  # [R, P, 3, H, dh]
         recv = g.qkv_receiver[L].reshape(-1)  # [3H], letter-major
         grp, k = self.pairs(recv)
         if grp.numel():  # each patched (group, q/k/v input) pair: its own input, LayerNorm and product

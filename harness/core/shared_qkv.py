@@ -11,31 +11,71 @@ per-receiver path.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 
-def qkv_weights(w, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer L's q, k, v projections as [3, n_heads, d_model, d_head] and biases [3, n_heads, d_head]
-    (`w`: a Weights)."""
-    pre = f"blocks.{L}.attn."
-    W = torch.stack([w[pre + "W_Q"], w[pre + "W_K"], w[pre + "W_V"]])
-    b = torch.stack([w[pre + "b_Q"], w[pre + "b_K"], w[pre + "b_V"]])
-    return W, b
+@dataclass(frozen=True)
+class LayerQKV:
+    """Layer L's q/k/v projection and what the fused paths derive from it, made once per set of
+    weights (`Weights.derived`): stacking W_Q, W_K, W_V and laying them out for one product copied
+    every layer's weights twice per forward, and the traced backward centred them again (about 5%
+    of a traced GPT-2 run).
+
+    W [3, H, D, dh]; b [3, H, dh]; fused [D, 3 H dh] (W as one matrix); gamma, beta [D] or None
+    (the ln1 LayerNorm, when it has weights); const [3, H, dh]: b plus beta's image (the part of
+    q/k/v that does not depend on the input); centred [3H, D, dh]: gamma-scaled W centred over
+    d_model (the traced backward's weight), None without a normalisation."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    fused: torch.Tensor
+    gamma: Optional[torch.Tensor]
+    beta: Optional[torch.Tensor]
+    const: torch.Tensor
+    centred: Optional[torch.Tensor]
 
 
-def fused_qkv(normed: torch.Tensor, W: torch.Tensor, b: torch.Tensor, W_pos: Optional[torch.Tensor]) -> torch.Tensor:
+def layer_qkv(w, L: int) -> LayerQKV:
+    """Layer L's `LayerQKV` for weights `w` (a Weights), cached while its tensors are constant."""
+    pre = f"blocks.{L}."
+    norm = w.cfg.normalization_type
+    names = tuple(pre + f"attn.{m}_{x}" for m in "Wb" for x in "QKV")
+    if norm == "LN":
+        names += (pre + "ln1.w", pre + "ln1.b")
+
+    def make():
+        W = torch.stack([w[pre + "attn.W_Q"], w[pre + "attn.W_K"], w[pre + "attn.W_V"]])
+        b = torch.stack([w[pre + "attn.b_Q"], w[pre + "attn.b_K"], w[pre + "attn.b_V"]])
+        _, H, D, dh = W.shape
+        gamma, beta = (w[pre + "ln1.w"], w[pre + "ln1.b"]) if norm == "LN" else (None, None)
+        const = b if beta is None else b + torch.einsum("d,lhde->lhe", beta, W)
+        centred = None
+        if norm is not None:
+            centred = W.reshape(3 * H, D, dh)
+            if gamma is not None:
+                centred = centred * gamma[:, None]
+            centred = centred - centred.mean(1, keepdim=True)
+        return LayerQKV(W, b, W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh), gamma, beta, const, centred)
+
+    return w.derived(("qkv", L), names, make)
+
+
+def fused_qkv(normed: torch.Tensor, layer: LayerQKV, W_pos: Optional[torch.Tensor], with_bias: bool = True) -> torch.Tensor:
     """[R, P, 3, H, dh]: every head's q, k, v from one normalised residual normed [R, P, D], one
-    fused product (W, b from `qkv_weights`). W_pos [P, D] (shortformer): positions enter queries
-    and keys only, after the LayerNorm."""
+    fused product (`layer`: a LayerQKV; with_bias=False: without layer.b). W_pos [P, D]
+    (shortformer): positions enter queries and keys only, after the LayerNorm."""
     R, P, D = normed.shape
-    H, dh = W.shape[1], W.shape[3]
+    _, H, _, dh = layer.W.shape
     if W_pos is None:
-        return (normed @ W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh)).view(R, P, 3, H, dh) + b
-    qk = torch.einsum("rpd,lhde->rplhe", normed + W_pos, W[:2])
-    v = torch.einsum("rpd,hde->rphe", normed, W[2]).unsqueeze(2)
-    return torch.cat([qk, v], 2) + b
+        out = (normed @ layer.fused).view(R, P, 3, H, dh)
+    else:
+        qk = torch.einsum("rpd,lhde->rplhe", normed + W_pos, layer.W[:2])
+        v = torch.einsum("rpd,hde->rphe", normed, layer.W[2]).unsqueeze(2)
+        out = torch.cat([qk, v], 2)
+    return out + layer.b if with_bias else out
 
 
 class SharedQKV(torch.autograd.Function):
@@ -52,42 +92,41 @@ class SharedQKV(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W, b, gamma, beta, W_pos: Optional[torch.Tensor], eps: float, norm: Optional[str], freeze: bool):
-        # W [3, H, D, dh], b [3, H, dh]; gamma, beta [D] (LN), W_pos [P, D] (shortformer) or None
+    def forward(ctx, x, layer: LayerQKV, W_pos: Optional[torch.Tensor], eps: float, norm: Optional[str], freeze: bool):
+        # layer: the weights' constants (`layer_qkv`); W_pos [P, D] (shortformer) or None
         x0 = x[:, :, 0]
         inv = xhat = Z = None
         if norm is None:
-            qkv = fused_qkv(x0, W, b, W_pos)
+            qkv = fused_qkv(x0, layer, W_pos)
         else:
             xc = x0 - x0.mean(-1, keepdim=True)
             inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
             xhat = xc * inv
-            scaled = xhat * gamma if norm == "LN" else xhat
-            Z = fused_qkv(scaled, W, torch.zeros_like(b), None)  # [B, P, 3, H, dh]: (gamma xhat) W
-            const = b if norm != "LN" else b + torch.einsum("d,lhde->lhe", beta, W)
+            scaled = xhat * layer.gamma if norm == "LN" else xhat
+            Z = fused_qkv(scaled, layer, None, with_bias=False)  # [B, P, 3, H, dh]: (gamma xhat) W
+            const = layer.const
             if W_pos is not None:  # positions enter q and k after the LayerNorm
-                qk_pos = torch.einsum("pd,lhde->plhe", W_pos, W[:2])
+                qk_pos = torch.einsum("pd,lhde->plhe", W_pos, layer.W[:2])
                 const = const + torch.cat([qk_pos, qk_pos.new_zeros(qk_pos.shape[0], 1, *qk_pos.shape[2:])], 1)
             qkv = Z + const
-        ctx.save_for_backward(W, gamma if norm == "LN" else None, inv, xhat)
-        ctx.Z, ctx.norm, ctx.freeze = Z, norm, freeze
+        ctx.save_for_backward(inv, xhat)
+        ctx.layer, ctx.Z, ctx.norm, ctx.freeze = layer, Z, norm, freeze
         return qkv.permute(2, 0, 1, 3, 4)
 
     @staticmethod
     def backward(ctx, g_qkv):
-        W, gamma, inv, xhat = ctx.saved_tensors
+        inv, xhat = ctx.saved_tensors
+        layer = ctx.layer
         _, B, P, H, dh = g_qkv.shape
-        D = W.shape[2]
+        D = layer.W.shape[2]
         g = g_qkv.permute(0, 3, 1, 2, 4).reshape(3 * H, B * P, dh)  # receiver-major
-        Wt = W.reshape(3 * H, D, dh)
+        Wt = layer.W.reshape(3 * H, D, dh)
         if ctx.norm is not None:
-            if gamma is not None:
-                Wt = Wt * gamma[:, None]
-            Wt = Wt - Wt.mean(1, keepdim=True)  # centring over d_model, folded in
+            Wt = layer.centred  # gamma-scaled, centred over d_model (folded in)
             g = g * inv.reshape(1, B * P, 1)
         G = torch.bmm(g, Wt.transpose(1, 2))  # [3H, B*P, D]
         if ctx.norm is not None and not ctx.freeze:  # the scale's own derivative
             Z = ctx.Z.permute(2, 3, 0, 1, 4).reshape(3 * H, B * P, dh)
             m = (g * Z).sum(-1, keepdim=True) / D  # mean(gamma g xhat) * inv, per receiver and token
             G.addcmul_(m, xhat.reshape(1, B * P, D), value=-1.0)
-        return G.view(3 * H, B, P, D).permute(1, 2, 0, 3), None, None, None, None, None, None, None, None
+        return G.view(3 * H, B, P, D).permute(1, 2, 0, 3), None, None, None, None, None

@@ -78,6 +78,8 @@ class Weights:
     params: dict = field(default_factory=dict)
     # Free-form facts about where the weights came from (shown in reports).
     provenance: dict = field(default_factory=dict)
+    # Tensors made from `params` once and reused while they are constant (`derived`).
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.params[key]
@@ -92,6 +94,18 @@ class Weights:
             return t.to(device) if device is not None else t
 
         return Weights(self.cfg, {k: conv(v) for k, v in self.params.items()}, dict(self.provenance))
+
+    def derived(self, key, names: tuple, make):
+        """`make()` (tensors computed from params `names`), made once and reused while none of
+        those params requires grad or has changed in place (their `_version`); otherwise made
+        afresh each call, so gradients reach the weights."""
+        ts = [self.params[n] for n in names]
+        if any(t.requires_grad for t in ts):
+            return make()
+        hit = self.cache.get(key)
+        if hit is None or len(hit[0]) != len(ts) or any(a is not t or v != t._version for (a, v), t in zip(hit[0], ts)):
+            hit = self.cache[key] = (tuple((t, t._version) for t in ts), make())  # holds the params: no id reuse
+        return hit[1]
 
     @property
     def device(self) -> torch.device:
