@@ -43,7 +43,8 @@ def test_every_variant_scores_every_edge(setups, task):
 def check_output(spec, m, v, out, E):
     if spec.output == "family":
         assert isinstance(out, CircuitFamily), (m, v)
-        assert out.circuits.dtype == torch.bool and out.circuits.shape == (2, E), (m, v)
+        assert out.circuits.dtype == torch.bool and out.circuits.dim() == 2 and out.circuits.shape[1] == E, (m, v)
+        assert out.circuits.shape[0] >= 2, (m, v)  # a family of one circuit gives no curve
     else:
         assert isinstance(out, torch.Tensor) and out.shape == (E,), (m, v)
         assert torch.isfinite(out).all(), (m, v)
