@@ -32,8 +32,8 @@ def test_every_variant_scores_every_edge(setups, task):
     E = e.graph.n_edges
     for m, v in JOBS:
         spec = all_methods()[m]
-        # ACDC: a short sweep keeps this fast; the full sweep is tested in test_acdc.py
-        opts = {"thresholds": [1e-4, 1e-2]} if m == "acdc" else {}
+        # ACDC and SP: a short sweep keeps this fast; the full runs are tested in their own files
+        opts = {"acdc": {"thresholds": [1e-4, 1e-2]}, "sp": {"epochs": 2, "n_lambdas": 2}}.get(m, {})
         for ref in spec.references_for(v):  # every reference the variant accepts
             out = spec.run(e, data.with_ablation(ref), v, **opts)
             check_output(spec, m, v, out, E)
