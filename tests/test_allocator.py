@@ -36,12 +36,13 @@ def _probe(**env):
 @pytest.mark.skipif(not glibc, reason="mallopt settings apply to glibc only")
 def test_kept_memory_is_reused_without_page_faults():
     kept, faults = _probe(CIRCUIT_BENCH_SYSTEM_MALLOC="0")
-    off, faults_off = _probe(CIRCUIT_BENCH_SYSTEM_MALLOC="1")
+    off, _ = _probe(CIRCUIT_BENCH_SYSTEM_MALLOC="1")
     assert kept and not off
-    # EAP on attn-only-4l's shapes at 8 x 16 tokens allocates blocks of 1-6 MB per call: with
-    # glibc's defaults thousands of pages are faulted in again each call (measured 3,000-20,000)
-    assert faults_off > 1000
-    assert faults < faults_off / 10
+    # EAP on attn-only-4l's shapes at 8 x 16 tokens allocates blocks of 1-6 MB per call (about
+    # 15,000 pages): kept, a call after the first two faults almost none of them in again. How
+    # many glibc's defaults fault depends on the process's heap history (3,000-20,000 on one
+    # machine, 50 on another), so the test does not compare with them.
+    assert faults < 200
 
 
 def test_the_cli_keeps_freed_memory(tmp_path):
