@@ -10,6 +10,7 @@ from harness.core import objectives
 from harness.core.data import Metric, TaskData
 from harness.core.engine import Engine, SenderCache
 from harness.core.weights import ModelConfig, random_weights
+from test_eap import random_prompts
 from harness.methods import atp_star as atp
 from harness.methods import get_method
 
@@ -25,16 +26,7 @@ def task(cfg, ablation="resample", seed=0, B=3, P=5, scale=None):
         w.params[last + "W_Q"] = w.params[last + "W_Q"] * scale
         w.params[last + "W_K"] = w.params[last + "W_K"] * scale
     e = Engine(w)
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    corr = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    pos_mask = torch.zeros(B, P, dtype=torch.bool)
-    pos_mask[:, -2:] = True
-    correct = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    wrong = (correct.unsqueeze(-1) + 1 + torch.randint(0, cfg.d_vocab - 1, (B, P, 2), generator=g)) % cfg.d_vocab
-    data = TaskData(clean=clean, corrupted=corr, pos_mask=pos_mask,
-                    metric=Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}), correct=correct, wrong=wrong,
-                    ablation=ablation)
+    data = random_prompts(cfg, B, P, seed, ablation)
     return e, data
 
 

@@ -12,19 +12,24 @@ from harness.core.weights import ModelConfig, random_weights
 CFG = ModelConfig("tiny-eap", 2, 2, 8, 4, 11, 6, d_mlp=12, act_fn="gelu_new", normalization_type="LN")
 
 
-def tiny_task(ablation="resample", seed=0):
-    e = Engine(random_weights(CFG, seed=seed, dtype=torch.float64, init_range=0.15))
+def random_prompts(cfg, B: int, P: int, seed: int, ablation: str) -> TaskData:
+    """Random clean and corrupted prompts [B, P] for model `cfg`, the last two positions scored,
+    random correct and two wrong answers, ACDC's KL metric (seeded: the same data for a seed)."""
     g = torch.Generator().manual_seed(seed)
-    B, P = 3, 5
-    clean = torch.randint(0, CFG.d_vocab, (B, P), generator=g)
-    corr = torch.randint(0, CFG.d_vocab, (B, P), generator=g)
+    clean = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
+    corr = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
     pos_mask = torch.zeros(B, P, dtype=torch.bool)
     pos_mask[:, -2:] = True
-    correct = torch.randint(0, CFG.d_vocab, (B, P), generator=g)
-    wrong = (correct.unsqueeze(-1) + 1 + torch.randint(0, CFG.d_vocab - 1, (B, P, 2), generator=g)) % CFG.d_vocab
-    data = TaskData(clean=clean, corrupted=corr, pos_mask=pos_mask,
+    correct = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
+    wrong = (correct.unsqueeze(-1) + 1 + torch.randint(0, cfg.d_vocab - 1, (B, P, 2), generator=g)) % cfg.d_vocab
+    return TaskData(clean=clean, corrupted=corr, pos_mask=pos_mask,
                     metric=Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}), correct=correct, wrong=wrong,
                     ablation=ablation)
+
+
+def tiny_task(ablation="resample", seed=0):
+    e = Engine(random_weights(CFG, seed=seed, dtype=torch.float64, init_range=0.15))
+    data = random_prompts(CFG, 3, 5, seed, ablation)
     return e, data
 
 

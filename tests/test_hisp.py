@@ -11,6 +11,7 @@ from harness.core.data import Metric, TaskData
 from harness.core.engine import Engine
 from harness.core.graph import node_place
 from harness.core.weights import ModelConfig, random_weights
+from test_eap import random_prompts
 from harness.eval.bootstrap import score_all
 from harness.methods import get_method
 from harness.methods import hisp as H
@@ -22,17 +23,7 @@ ATTN_ONLY = ModelConfig("tiny-hisp-attn", 3, 2, 8, 4, 11, 6, normalization_type=
 
 def tiny(ablation="resample", seed=0, cfg=CFG):
     e = Engine(random_weights(cfg, seed=seed, dtype=torch.float64, init_range=0.15))
-    g = torch.Generator().manual_seed(seed)
-    B, P = 4, 5
-    clean = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    corr = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    pos_mask = torch.zeros(B, P, dtype=torch.bool)
-    pos_mask[:, -2:] = True
-    correct = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    wrong = (correct.unsqueeze(-1) + 1 + torch.randint(0, cfg.d_vocab - 1, (B, P, 2), generator=g)) % cfg.d_vocab
-    data = TaskData(clean=clean, corrupted=corr, pos_mask=pos_mask,
-                    metric=Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}), correct=correct, wrong=wrong,
-                    ablation=ablation)
+    data = random_prompts(cfg, 4, 5, seed, ablation)
     return e, data
 
 

@@ -21,7 +21,7 @@ from harness.core.weights import ModelConfig, random_weights
 from harness.methods import get_method
 from harness.methods.relp import identity_rule
 from harness.tasks import get_task
-from test_eap import tiny_task
+from test_eap import random_prompts, tiny_task
 
 
 def task_for(cfg, ablation, seed=0, zero_qk=False, init_range=0.15):
@@ -32,17 +32,7 @@ def task_for(cfg, ablation, seed=0, zero_qk=False, init_range=0.15):
                 w.params[f"blocks.{L}.attn.W_{m}"].zero_()
                 w.params[f"blocks.{L}.attn.b_{m}"].zero_()
     e = Engine(w)
-    g = torch.Generator().manual_seed(seed)
-    B, P = 3, 5
-    clean = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    corr = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    pos_mask = torch.zeros(B, P, dtype=torch.bool)
-    pos_mask[:, -2:] = True
-    correct = torch.randint(0, cfg.d_vocab, (B, P), generator=g)
-    wrong = (correct.unsqueeze(-1) + 1 + torch.randint(0, cfg.d_vocab - 1, (B, P, 2), generator=g)) % cfg.d_vocab
-    data = TaskData(clean=clean, corrupted=corr, pos_mask=pos_mask,
-                    metric=Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}), correct=correct, wrong=wrong,
-                    ablation=ablation)
+    data = random_prompts(cfg, 3, 5, seed, ablation)
     return e, data
 
 
