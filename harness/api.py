@@ -22,7 +22,7 @@ from harness.eval.bootstrap import score_all
 from harness.methods import get_method
 from harness.methods.memory import examples_per_pass
 from harness.run.runner import RunConfig, compute, task_dtype, task_data
-from harness.run.store import scores_frame
+from harness.run.store import position_frame, scores_frame
 from harness.tasks import Task, get_task
 
 
@@ -65,15 +65,26 @@ def load(task: str, *, reference: str = "resample", device: str = "cpu", dtype: 
     return Loaded(t, Engine(weights), data.with_ablation(reference), chunk)
 
 
-def run_method(loaded: Loaded, method: str, variant: Optional[str] = None, *, seed: int = 0) -> pd.DataFrame:
+def run_method(loaded: Loaded, method: str, variant: Optional[str] = None, *, seed: int = 0,
+               per_position: bool = False) -> pd.DataFrame:
     """Scores of one variant (default: the method's first default variant), a row per edge:
     task, method, variant, ablation (the reference), control, edge (index), sender, receiver,
     edge_type, score, tie_floor (scores closer than it tie). Rankings use |score|. A method whose
-    output is a family of circuits (ACDC) has no scores: use the CLI for it."""
+    output is a family of circuits (ACDC) has no scores: use the CLI for it.
+    `per_position`: a row per (token position, edge) instead, with a `position` column and no
+    tie_floor; each edge's rows sum to its score (docs/methods.md#per-position-edge-scores)."""
     spec = get_method(method)
     variant = variant or spec.default_variants[0]
     if spec.output != "ranking":
         raise ValueError(f"{method} gives circuits at thresholds, not per-edge scores; run it with `circuit-bench run`")
+    if per_position:
+        if not spec.supports_per_position(variant):
+            raise ValueError(f"{method}/{variant} gives no per-position scores")
+        torch.manual_seed(seed)
+        terms = spec.run(loaded.engine, loaded.data, variant, seed=seed, per_position=True, chunk=loaded.chunk)
+        rec = {"task": loaded.task.name, "method": method, "variant": variant, "ablation": loaded.reference,
+               "position_scores": terms.detach().double().cpu().tolist()}
+        return position_frame(rec, loaded.graph.edge_endpoints, loaded.graph.edge_types)
     done = compute(spec, loaded.engine, loaded.data, variant, seed, loaded.chunk, str(loaded.engine.w.device))
     rec = {"task": loaded.task.name, "method": method, "variant": variant, "ablation": loaded.reference,
            "scores": done.scores.tolist(), "tie_floor": done.floor}

@@ -158,7 +158,7 @@ def cmd_run(args) -> int:
                     faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
                     threads=args.threads, metric=args.metric,
                     controls=tuple(args.controls) if args.controls else None, reset_seeds=args.reset_seeds,
-                    chunk=args.chunk)
+                    chunk=args.chunk, per_position=args.per_position)
     if args.metric:
         from harness.run.runner import check_metric
 
@@ -207,7 +207,8 @@ def cmd_list(args) -> int:
     tasks = [cls().summary() for cls in TASKS.values()]
     methods = [
         {"name": m.name, "description": m.description, "output": m.output,
-         "variants": [{"name": v, "description": d, "default": v in m.default_variants} for v, (_, d) in m.variants.items()],
+         "variants": [{"name": v, "description": d, "default": v in m.default_variants,
+                       "per_position": m.supports_per_position(v)} for v, (_, d) in m.variants.items()],
          **({"grid": {"rows": m.grid[0], "columns": m.grid[1]}} if m.grid else {})}
         for m in all_methods().values()
     ]
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--reset-seeds", type=_int_range(2, 1000, "use an integer from 2 to 1000"), default=5,
                    help="reset networks per reset control; their spread is its interval (default 5)")
     r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
+    r.add_argument("--per-position", action="store_true",
+                   help="also keep every token position's share of each gradient ranking (one more run per variant "
+                        "that splits so), written to position_scores.parquet; the rankings are unchanged")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(fn=cmd_run)
     li = sub.add_parser("list", help="list tasks, methods and variants")

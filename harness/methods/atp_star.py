@@ -328,11 +328,12 @@ def atp_star_terms(engine, data, qk_fix: bool = True, grad_drop: bool = True, ob
     references=("resample", "zero"),
     gradient=True,
     per_example=True,
+    per_position=("atp",),  # the QK fix recomputes a pattern with every position's q (k) changed at once
     objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("atp-star"), Timing("qk-fix"), Timing("graddrop")],
 )
 def atp_star(engine, data, qk_fix: bool = True, grad_drop: bool = True, objective: str = "logit-diff",
-             per_example: bool = False):
+             per_example: bool = False, per_position: bool = False):
     """[n_edges] (per_example: [batch, n_edges]) scores; with GradDrop, magnitudes (sums over
     examples of per-example means of |AtP+GD_l|); otherwise signed first-order changes."""
     if not (qk_fix or grad_drop):  # AtP: EAP noising's own computation, one pass, no per-example block
@@ -341,7 +342,9 @@ def atp_star(engine, data, qk_fix: bool = True, grad_drop: bool = True, objectiv
         tr = traced_run(engine, data.clean, positions=cols)
         grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, tr.logits.detach(), scored).mean())
         d_senders, d_qkv = differences(tr, source)
-        return contract(engine, grads, d_senders, d_qkv, per_example=per_example).detach()
+        return contract(engine, grads, d_senders, d_qkv, per_example=per_example, per_position=per_position).detach()
+    if per_position:
+        raise ValueError("the QK fix and GradDrop give no per-position scores (the fix patches every position's query or key at once)")
     terms = atp_star_terms(engine, data, qk_fix, grad_drop, objective)
     if grad_drop:
         out = graddrop_combine(terms, receiver_layers(engine.graph), engine.cfg.n_layers)

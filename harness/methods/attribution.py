@@ -61,31 +61,39 @@ def differences(trace: Trace, source: SenderCache, towards_source: bool = True) 
     return S, Q
 
 
-def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: torch.Tensor, per_example: bool = False) -> torch.Tensor:
+def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: torch.Tensor, per_example: bool = False,
+             per_position: bool = False) -> torch.Tensor:
     """Score every edge: <grad at receiver, sender_vec[sender]> and <grad at q/k/v, qkv_vec>.
 
     sender_vec: [n_senders, batch, pos, d_model]; qkv_vec: [n_layers, 3, batch, pos, heads, d_head].
-    Returns [n_edges], or [batch, n_edges] with `per_example`.
+    Returns [n_edges]; `per_example` keeps the batch axis and `per_position` the token positions'
+    ([batch, n_edges], [pos, n_edges] or [batch, pos, n_edges]), terms that sum over the kept axes
+    to the [n_edges] scores. A position's term is what that token's residual (ADDITION edges) or
+    that token's q/k/v (DIRECT edges) contributes to the edge's score.
     The sender tensor is read in place as one [n_senders, batch*pos*d_model] matrix and only the
     smaller gradient block is laid out, so each receiver group is one matrix product (an einsum
     per group copied the sender block every time: 5x slower on GPT-2, measured by the timing
-    suite).
+    suite); with kept axes, one batched product over them.
     """
     g, cfg = engine.graph, engine.cfg
-    n_senders, B = sender_vec.shape[0], sender_vec.shape[1]
-    if per_example:
-        S = sender_vec.permute(1, 0, 2, 3).reshape(B, n_senders, -1)  # one copy
+    n_senders, B, P, _ = sender_vec.shape
+    keep = ("b" if per_example else "") + ("p" if per_position else "")
+    lead = tuple({"b": B, "p": P}[c] for c in keep)
+    if keep:
+        summed = "".join(c for c in "bpd" if c not in keep)
+        n_lead = B ** per_example * P ** per_position
+        # senders "xbpd" laid out [kept, x, summed] (one copy); gradients "bpkd" as [kept, k, summed]
+        S = sender_vec.permute(*("xbpd".index(c) for c in keep + "x" + summed)).reshape(n_lead, n_senders, -1)
 
-        def block(grad, n_up):  # grad [B, P, k, D] -> [B, k, n_up]
-            G = grad.permute(0, 2, 1, 3).reshape(B, grad.shape[2], -1)
-            return torch.bmm(G, S[:, :n_up].transpose(1, 2))
+        def block(grad, n_up):  # grad [B, P, k, D] -> [kept, k, n_up]
+            G = grad.permute(*("bpkd".index(c) for c in keep + "k" + summed)).reshape(n_lead, grad.shape[2], -1)
+            return torch.bmm(G, S[:, :n_up].transpose(1, 2)).view(*lead, grad.shape[2], n_up)
     else:
         S = sender_vec.reshape(n_senders, -1)
 
         def block(grad, n_up):  # grad [B, P, k, D] -> [k, n_up]
             G = grad.permute(2, 0, 1, 3).reshape(grad.shape[2], -1)
             return G @ S[:n_up].T
-    lead = (B,) if per_example else ()
     dense = sender_vec.new_zeros(*lead, len(g.receivers), len(g.senders))
     for L in range(cfg.n_layers):
         rows = g.qkv_receiver[L].reshape(-1)
@@ -99,6 +107,6 @@ def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: tor
     dense[..., r : r + 1, :] = block(grads["out"].unsqueeze(2), n_senders)
     flat = (g.add_receiver * n_senders + g.add_sender).to(dense.device)
     add = dense.reshape(*lead, -1)[..., flat]
-    eq = "xbphe,xbphe->bxh" if per_example else "xbphe,xbphe->xh"
+    eq = f"xbphe,xbphe->{keep}xh"
     direct = torch.stack([torch.einsum(eq, gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], -3)
     return torch.cat([add, direct.reshape(*lead, -1)], -1)

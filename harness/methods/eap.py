@@ -34,12 +34,13 @@ from harness.methods.registry import Timing, register, task_objective
     },
     gradient=True,
     per_example=True,
+    per_position=True,
     objective=task_objective("logit-diff"),
     default_variants=["noising", "denoising", "noising-abs"],
     timings=lambda bench: [Timing("noising"), Timing("denoising")],
 )
-def eap(engine, data, form="noising", objective="logit-diff", per_example=False, on_phase=None):
-    """[n_edges] (per_example: [batch, n_edges]) scores. `on_phase(name)`, when given, is called
+def eap(engine, data, form="noising", objective="logit-diff", per_example=False, per_position=False, on_phase=None):
+    """[n_edges] scores (per_example, per_position: [batch, n_edges], [pos, n_edges], both [batch, pos, n_edges]). `on_phase(name)`, when given, is called
     after each phase (the benchmarks' profile of EAP against its floor reads these marks)."""
     mark = on_phase or (lambda name: None)
     cols, scored = data.scored()  # only the scored columns are unembedded
@@ -64,6 +65,6 @@ def eap(engine, data, form="noising", objective="logit-diff", per_example=False,
     mark("backward")
     d_senders, d_qkv = differences(tr, other)
     mark("stack_and_difference")
-    scores = contract(engine, grads, d_senders, d_qkv, per_example=per_example).detach()
+    scores = contract(engine, grads, d_senders, d_qkv, per_example=per_example, per_position=per_position).detach()
     mark("contract")
     return scores

@@ -92,10 +92,11 @@ def gradpath(logits_of: Callable, start: torch.Tensor, target: torch.Tensor, ste
     default_variants=["unit-5", "distance-5"],
     gradient=True,
     per_example=True,
+    per_position=True,
     objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("unit-5", label=f"unit-{bench.ig_steps}", options={"steps": bench.ig_steps})],
 )
-def eap_gp(engine, data, steps=5, step="unit", objective="logit-diff", per_example=False):
+def eap_gp(engine, data, steps=5, step="unit", objective="logit-diff", per_example=False, per_position=False):
     if steps < 1:
         raise ValueError("steps must be >= 1")
     if step not in STEPS:
@@ -125,7 +126,7 @@ def eap_gp(engine, data, steps=5, step="unit", objective="logit-diff", per_examp
                 grad = torch.stack(torch.autograd.grad((tr.logits - target).pow(2).sum(), tr.senders[:n_in],
                                                        retain_graph=True))
             grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, scored).mean())
-            s = contract(engine, grads, d_send, d_qkv, per_example=per_example).detach()
+            s = contract(engine, grads, d_send, d_qkv, per_example=per_example, per_position=per_position).detach()
             total = s if total is None else total + s
         if j < steps:
             gamma = gradpath_step(gamma, grad.detach(), length).detach()

@@ -54,19 +54,20 @@ def _site_options(target: str, site: str) -> dict:
     references={},
     gradient=True,
     per_example=(),
+    per_position=(),
     grid=({}, SITES),
     objective=lambda opts, logits, clean_logits, source_logits, data: target_loss(opts["target"], logits, data, clean_logits, source_logits),
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
                            for site in SITES],
 )
-def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, freeze_ln_scale=None,
-               chunk=None):
-    """[n_edges] scores (per_example: [batch, n_edges]). `chunk`: the weight sites pass at most
+def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, per_position=False,
+               freeze_ln_scale=None, chunk=None):
+    """[n_edges] scores (per_example, per_position: [batch, n_edges], [pos, n_edges], both [batch, pos, n_edges]). `chunk`: the weight sites pass at most
     that many examples at a time (the activation sites are split by `MethodSpec.run`)."""
     if site not in SITES:
         raise KeyError(f"unknown gradient site {site!r}; sites: {', '.join(SITES)}")
-    if per_example and site.startswith("weight"):
-        raise ValueError("weight sites sum over examples (dL/dW); per_example is not available")
+    if (per_example or per_position) and site.startswith("weight"):
+        raise ValueError("weight sites sum over examples and positions (dL/dW); per-example and per-position scores are not available")
     freeze = site in FROZEN_BY_DEFAULT if freeze_ln_scale is None else bool(freeze_ln_scale)
     if site.startswith("weight"):
         return _weight_site(engine, data, target, site, freeze, chunk)
@@ -80,7 +81,7 @@ def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_exa
     tr = traced_run(engine, data.clean, freeze_ln_scale=freeze, positions=cols)
     grads = receiver_grads(tr, target_loss(target, tr.logits, scored, tr.logits.detach(), source_logits))
     d_senders, d_qkv = differences(tr, source, towards_source=False)
-    return contract(engine, grads, d_senders, d_qkv, per_example=per_example).detach()
+    return contract(engine, grads, d_senders, d_qkv, per_example=per_example, per_position=per_position).detach()
 
 
 def _weight_site(engine, data, target, site, freeze, chunk):
@@ -117,13 +118,14 @@ def _weight_site(engine, data, target, site, freeze, chunk):
 
 def _add_target(target: Target) -> None:
     """Every gradient site of a registered target becomes a variant `<target>/<site>` (dL/dW sites:
-    zero reference only, no per-example scores, chunked by the site itself)."""
+    zero reference only, no per-example or per-position scores, chunked by the site itself)."""
     spec = METHODS["grad-wrong"]
     for site, site_desc in SITES.items():
         weight = site.startswith("weight")
         name = f"{target.name}/{site}"
         spec.add_variant(name, _site_options(target.name, site), f"{target.description}; site: {site_desc}",
                          references=("zero",) if site in ZERO_ONLY else None, per_example=not weight,
+                         per_position=not weight,
                          chunks_itself=weight, row_description=target.description,
                          default=site == "activation" and target.default)
 

@@ -19,6 +19,11 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
   [batch, n_edges] terms that sum over examples to its scores (True, False, or the variants that
   do), which makes bootstrap intervals one run instead of one run per resample; a ranking variant
   with per-example scores is run in passes of `chunk` examples here (`MethodSpec.run`);
+- per_position: it takes `per_position=True` and then returns [pos, n_edges] terms (one per token
+  position of the prompts; [batch, pos, n_edges] with per_example too) that sum over positions to
+  its scores (True, False, or the variants that do): which tokens an edge's effect passes through
+  (docs/methods.md#per-position-edge-scores). Not for `aggregate="abs"` variants, whose
+  |per-example| sums do not split over positions;
 - chunks_itself: variants without per-example scores whose function takes `chunk=` and passes at
   most that many examples at a time itself, equal to one pass (grad-wrong's weight sites);
 - grid: (rows, columns), each name -> one-line description, when every variant is "row/column"
@@ -107,6 +112,7 @@ class MethodSpec:
     gradient: bool = False
     seeded: bool = False
     per_example: object = False  # bool, or the variants that support it
+    per_position: object = False  # bool, or the variants that support it
     default_max_edges: Optional[int] = None
     timings: Optional[Callable] = None  # bench settings -> [Timing]
     objective: Optional[Callable] = None  # (options, logits, clean_logits, source_logits, data) -> values
@@ -116,11 +122,12 @@ class MethodSpec:
     grid: Optional[tuple] = None  # (row name -> description, column name -> description)
 
     def add_variant(self, name: str, options: dict, description: str, *, references=None, per_example=None,
-                    chunks_itself: bool = False, default: bool = False, row_description: Optional[str] = None) -> None:
+                    per_position=None, chunks_itself: bool = False, default: bool = False,
+                    row_description: Optional[str] = None) -> None:
         """Declare one more variant after registration (grad-wrong's targets registered later, see
         `harness.methods.targets.register_target`). references: the tuple it accepts (None: every
-        reference); per_example: whether it gives per-example scores (None: as the method
-        declared); a grid method's name is "row/column", column one of its columns, and a new
+        reference); per_example, per_position: whether it gives per-example (per-position) scores
+        (None: as the method declared); a grid method's name is "row/column", column one of its columns, and a new
         row needs `row_description`."""
         if name in self.variants:
             raise ValueError(f"method {self.name!r} already has a variant {name!r}")
@@ -134,6 +141,8 @@ class MethodSpec:
                 self.grid[0][row] = row_description
         if per_example is not None:
             supported = {v for v in self.variants if self.supports_per_example(v)} | ({name} if per_example else set())
+        if per_position is not None:
+            by_position = {v for v in self.variants if self.supports_per_position(v)} | ({name} if per_position else set())
         if references is not None:
             if not isinstance(self.references, dict):
                 self.references = {v: self.references for v in self.variants}
@@ -143,6 +152,8 @@ class MethodSpec:
         self.variants[name] = (dict(options), description)
         if per_example is not None:
             self.per_example = frozenset(supported)
+        if per_position is not None:
+            self.per_position = frozenset(by_position)
         if chunks_itself:
             self.chunks_itself = self.chunks_itself | {name}
         if default:
@@ -163,6 +174,13 @@ class MethodSpec:
             return self.per_example
         return variant in self.per_example
 
+    def supports_per_position(self, variant: str) -> bool:
+        if self.variants.get(variant, ({}, ""))[0].get("aggregate", "sum") == "abs":
+            return False  # sum over examples of |per-example score|: no split over positions
+        if isinstance(self.per_position, bool):
+            return self.per_position
+        return variant in self.per_position
+
     def objective_scale(self, engine, data, variant: str) -> float:
         """The magnitude of the variant's objective: the larger of mean |objective| over the clean
         and over the source run (`harness.core.references`); 0 for a method without one."""
@@ -178,13 +196,14 @@ class MethodSpec:
                        for L in (clean, source))
 
     def run(self, engine, data, variant: str, *, seed: Optional[int] = None, per_example: bool = False,
-            chunk: Optional[int] = None, **overrides):
-        """Run one variant. `seed` reaches seeded methods only; `per_example` must be supported.
+            per_position: bool = False, chunk: Optional[int] = None, **overrides):
+        """Run one variant. `seed` reaches seeded methods only; `per_example` and `per_position`
+        must be supported (they keep the batch and the position axis: [batch, pos, n_edges] with both).
         `chunk`: at most that many examples per pass, for variants with per-example scores (their
         terms add over examples, so chunks combine exactly, weighted by their share of the
         examples); variants in `chunks_itself` pass it on; other variants see the whole batch."""
         if chunk and self.splits(variant, data.n, chunk):  # model-free methods may get data without examples
-            return self._run_chunked(engine, data, variant, chunk, seed, per_example, overrides)
+            return self._run_chunked(engine, data, variant, chunk, seed, per_example, per_position, overrides)
         accepted = self.references_for(variant)
         if data.ablation not in accepted:
             raise ValueError(f"{self.name}/{variant} does not measure against a {data.ablation!r} reference "
@@ -200,6 +219,10 @@ class MethodSpec:
             if not self.supports_per_example(variant):
                 raise ValueError(f"{self.name}/{variant} gives no per-example scores")
             opts["per_example"] = True
+        if per_position:
+            if not self.supports_per_position(variant):
+                raise ValueError(f"{self.name}/{variant} gives no per-position scores")
+            opts["per_position"] = True
         result = self.fn(engine, data, **opts)
         if absolute:
             result = result.abs() if per_example else result.abs().sum(0)
@@ -217,14 +240,15 @@ class MethodSpec:
         several = bool(chunk) and n_examples > chunk
         return chunk if several and (self.splits(variant, n_examples, chunk) or variant in self.chunks_itself) else None
 
-    def _run_chunked(self, engine, data, variant, chunk, seed, per_example, overrides):
+    def _run_chunked(self, engine, data, variant, chunk, seed, per_example, per_position, overrides):
         """A ranking from chunks of `chunk` examples: each chunk's scores are means over its own
         examples (the objectives are batch means), so the batch's are their sum weighted by
         size; per-example terms (and |terms|, for aggregate="abs") are scaled the same way."""
         absolute = self.options(variant).get("aggregate", "sum") == "abs"
         parts = []
         for part, weight in data.passes(chunk):
-            terms = self.run(engine, part, variant, seed=seed, per_example=per_example or absolute, **overrides)
+            terms = self.run(engine, part, variant, seed=seed, per_example=per_example or absolute,
+                             per_position=per_position, **overrides)
             parts.append(terms.detach() * weight)
         if per_example:
             return torch.cat(parts, 0)
@@ -243,7 +267,7 @@ def task_objective(default: str) -> Callable:
 
 
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
-             references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False,
+             references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False, per_position=False,
              default_max_edges=None, timings=None, objective=None, chance=False, model_free=None, chunks_itself=(),
              grid=None):
     """Decorator: declare a method (see the module docstring for each field)."""
@@ -259,6 +283,7 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
                                    dict(references) if isinstance(references, dict) else tuple(references), gradient, seeded,
                                    per_example if isinstance(per_example, bool) else frozenset(per_example),
+                                   per_position if isinstance(per_position, bool) else frozenset(per_position),
                                    default_max_edges, timings, objective, chance,
                                    chance if model_free is None else model_free, frozenset(chunks_itself),
                                    (dict(grid[0]), dict(grid[1])) if grid is not None else None)

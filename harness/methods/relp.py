@@ -114,10 +114,11 @@ def relevance_run(engine, tokens, rules, positions=None):
     default_variants=["paper", "no-ah"],
     gradient=True,
     per_example=True,
+    per_position=True,
     objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("paper"), Timing("no-ah")],
 )
-def relp(engine, data, rules=("ln", "ah", "identity"), objective="logit-diff", per_example=False):
+def relp(engine, data, rules=("ln", "ah", "identity"), objective="logit-diff", per_example=False, per_position=False):
     cols, scored = data.scored()  # only the scored columns are unembedded
     other = source_cache(engine, data)  # no-grad forward (none under zero ablation)
     tr = relevance_run(engine, data.clean, tuple(rules), positions=cols)
@@ -125,4 +126,4 @@ def relp(engine, data, rules=("ln", "ah", "identity"), objective="logit-diff", p
     if "ah" in rules:  # relevance does not reach q or k under the AH-rule
         grads["qkv"] = [torch.cat([torch.zeros_like(g[:2]), g[2:]]) for g in grads["qkv"]]
     d_senders, d_qkv = differences(tr, other)
-    return contract(engine, grads, d_senders, d_qkv, per_example=per_example).detach()
+    return contract(engine, grads, d_senders, d_qkv, per_example=per_example, per_position=per_position).detach()

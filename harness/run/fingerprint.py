@@ -89,6 +89,8 @@ def fingerprint(cfg, spec, variant: str, inputs: dict, control: str = "trained",
         return {**fp, "control": control, "reset_kind": reset_kind, "reset_seeds": cfg.reset_seeds, **inputs}
     if spec.output != "family":
         fp["faithfulness"] = cfg.faithfulness
+    if getattr(cfg, "per_position", False) and spec.supports_per_position(variant):
+        fp["per_position"] = True  # a record without position scores is recomputed to add them
     if not spec.chance:
         fp["bootstrap"] = cfg.bootstrap
         if not spec.supports_per_example(variant):  # an interval needs re-runs (ACDC)
@@ -101,7 +103,7 @@ LABELS = {"version": "package version", "data": "the task's data", "weights": "t
           "bootstrap_reruns": "--bootstrap-reruns", "faithfulness": "faithfulness (--no-faithfulness)",
           "position_scramble": "position scramble (--no-position-scramble)", "seed": "--seed", "split": "--split",
           "device": "--device", "dtype": "--dtype", "metric": "--metric", "reset_seeds": "--reset-seeds",
-          "reset_kind": "the task's reset kind"}
+          "reset_kind": "the task's reset kind", "per_position": "--per-position"}
 
 
 def differences(stored, current: dict) -> list:

@@ -68,6 +68,7 @@ class RunConfig:
     controls: tuple | None = None
     reset_seeds: int = 5  # reset models per reset control: the interval is their spread
     chunk: int | None = None  # examples per pass of chunkable variants; None: as many as fit ACTIVATION_BUDGET
+    per_position: bool = False  # also keep each token position's share of the scores (variants that split so)
 
 
 def _graph_size(task_name: str):
@@ -279,6 +280,8 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
         record["circuit_sizes"] = scores.sum(1).tolist()
     else:
         record["scores"] = scores.tolist()
+        if cfg.per_position and spec.supports_per_position(variant):
+            record.update(position_record(spec, engine, data, variant, cfg.seed, chunk, result))
         if cfg.faithfulness:
             record["faithfulness"] = faithfulness(engine, data, scores, examples_per_pass=per_pass)
     scored = score_all(task, engine.graph, scores, floor)
@@ -290,6 +293,17 @@ def run_one(task, engine, data, method: str, variant: str, cfg: RunConfig, chunk
                                         floor, per_ex)
     record.update(rows=_rows(scored, intervals), status="ok", error=None)
     return record
+
+
+def position_record(spec, engine, data, variant: str, seed: int, chunk, result) -> dict:
+    """The record's per-position fields: `position_scores` [pos][n_edges], each token position's
+    terms (a second run of the variant, `MethodSpec.run(per_position=True)`), and
+    `position_sum_max_diff`, the largest |sum over positions - the run's scores| (round-off: the
+    sums are the scores; docs/methods.md#per-position-edge-scores)."""
+    torch.manual_seed(seed)
+    terms = spec.run(engine, data, variant, seed=seed, per_position=True, chunk=chunk).detach().double().cpu()
+    diff = float((terms.sum(0) - result.detach().double().cpu()).abs().max())
+    return {"position_scores": terms.tolist(), "position_sum_max_diff": diff}
 
 
 def _rows(scored: dict, intervals: dict) -> list:

@@ -3,7 +3,8 @@
 A run directory holds `records/*.json` (the source of truth: resumable, nothing lost when a run
 is interrupted), `results.csv` (a tidy table regenerated from the records), `edges/<task>.json`
 (the names of each task's graph edges, in score order), `scores.parquet` and `scores.csv` (every
-ranking's per-edge scores with the edges' names, regenerated from the records) and the report.
+ranking's per-edge scores with the edges' names, regenerated from the records),
+`position_scores.parquet` (with --per-position: each token position's terms) and the report.
 Writes go through a temporary file of a unique name, then `os.replace`, so concurrent writers
 never collide; `lock()` holds an exclusive lock on the folder for a run, so a second run on it
 refuses (and its `--fresh` cannot delete a live run's records). A record that is not one (empty,
@@ -63,6 +64,30 @@ def scores_frame(rec: dict, endpoints, edge_types) -> pd.DataFrame:
     frame.insert(4, "control", rec.get("control") or "trained")
     frame["tie_floor"] = float(rec.get("tie_floor") or 0.0)
     return frame[SCORE_COLUMNS]
+
+
+POSITION_COLUMNS = ["task", "method", "variant", "ablation", "control", "position", "edge", "sender", "receiver",
+                    "edge_type", "score"]
+
+
+def position_frame(rec: dict, endpoints, edge_types) -> pd.DataFrame:
+    """One ranking's per-position terms (`position_scores` [pos][n_edges]) as rows of
+    POSITION_COLUMNS, position-major: summed over positions they are the ranking's scores."""
+    terms = rec["position_scores"]
+    n_pos, n = len(terms), len(terms[0]) if terms else 0
+    named = endpoints is not None and len(endpoints) == n
+    frame = pd.DataFrame({
+        "position": [p for p in range(n_pos) for _ in range(n)],
+        "edge": list(range(n)) * n_pos,
+        "sender": [e[0] for e in endpoints] * n_pos if named else None,
+        "receiver": [e[1] for e in endpoints] * n_pos if named else None,
+        "edge_type": list(edge_types) * n_pos if named else None,
+        "score": pd.Series([x for row in terms for x in row], dtype="float64"),
+    })
+    for k in ("task", "method", "variant", "ablation"):
+        frame.insert(0, k, rec[k])
+    frame.insert(4, "control", rec.get("control") or "trained")
+    return frame[POSITION_COLUMNS]
 
 
 class FolderLocked(ValueError):
@@ -234,14 +259,27 @@ class ResultStore:
                                  for c in SCORE_COLUMNS})
         return pd.concat(parts, ignore_index=True)
 
+    def position_scores(self) -> pd.DataFrame:
+        """Every finished ranking's per-position terms (runs with --per-position), POSITION_COLUMNS."""
+        parts = [position_frame(rec, *self.edges(rec["task"])) for rec in self.records()
+                 if rec.get("status") == "ok" and isinstance(rec.get("position_scores"), list) and rec["position_scores"]]
+        if not parts:
+            return pd.DataFrame({c: pd.Series(dtype="float64" if c == "score" else "object") for c in POSITION_COLUMNS})
+        return pd.concat(parts, ignore_index=True)
+
     def write_scores(self) -> tuple:
-        """`scores.parquet` (string columns as categories) and `scores.csv`, atomically."""
+        """`scores.parquet` (string columns as categories) and `scores.csv`, atomically; and
+        `position_scores.parquet` where a record holds per-position terms (--per-position)."""
         df = self.scores()
         self.root.mkdir(parents=True, exist_ok=True)
         csv, parquet = self.root / "scores.csv", self.root / "scores.parquet"
         _atomic_write(csv, lambda f: df.to_csv(f, index=False))
         compact = df.astype({c: "category" for c in SCORE_COLUMNS if df[c].dtype == object})
         _atomic_write(parquet, lambda f: compact.to_parquet(f, index=False), binary=True)
+        positions = self.position_scores()
+        if len(positions):
+            compact = positions.astype({c: "category" for c in POSITION_COLUMNS if positions[c].dtype == object})
+            _atomic_write(self.root / "position_scores.parquet", lambda f: compact.to_parquet(f, index=False), binary=True)
         return parquet, csv
 
     def write_csv(self) -> Path:
