@@ -272,6 +272,26 @@ def test_vectorised_bootstrap_aucs_equal_score_ranking():
         assert auc[r] == pytest.approx(want.auc, abs=1e-12) and pess[r] == pytest.approx(want.pessimistic_auc, abs=1e-12)
 
 
+
+@pytest.mark.parametrize("n", [2000, 3000])  # merged sorts in three passes of 2,097 rows; row by row
+def test_bootstrap_aucs_of_many_rows_equal_the_pair_counts(n):
+    from harness.eval.bootstrap import VECTORISED_MAX_ITEMS, ranking_aucs
+    from harness.eval.scoring import pair_counts
+
+    assert (n > VECTORISED_MAX_ITEMS) == (n == 3000)
+    g = np.random.default_rng(1)
+    pos = g.random(n) < 0.1
+    rows = np.round(g.normal(size=(4500, n)), 2)  # many exact ties and ties within the floor
+    rows[2100] = 1.0  # ranks nothing, in the second pass
+    auc, pess = ranking_aucs(rows, pos, floor=0.004)
+    assert np.isnan(auc[2100]) and np.isnan(pess[2100])
+    assert np.isfinite(np.delete(auc, 2100)).all()
+    P, N = pos.sum(), (~pos).sum()
+    for r in [0, 2096, 2097, 2101, 4194, 4499]:
+        below, within = pair_counts(rows[r][pos], rows[r][~pos], 0.004)
+        assert pess[r] == below.sum() / (P * N) and auc[r] == (below.sum() + within.sum() / 2) / (P * N)
+
+
 def test_no_interval_from_too_few_resamples_or_reruns():
     eng, data = _synthetic(16)
     task = _Task(eng.graph)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.core.ground_truth import GroundTruthError
-from harness.eval.scoring import MIN_NEGATIVES, pair_counts, ranks_nothing, score_edges_and_nodes
+from harness.eval.scoring import MIN_NEGATIVES, pair_counts, score_edges_and_nodes
 from harness.methods.registry import as_scores
 
 MIN_RESAMPLES = 1000
@@ -48,24 +48,54 @@ def score_all(task, graph, result, floor: float = 0.0) -> dict:
     return out
 
 
+# Above this many items a row, ranking_aucs sorts row by row: one merged argsort of all rows was
+# 5x faster than a loop of `pair_counts` at tracr's 38 edges and 5x slower at GPT-2's 32,923.
+VECTORISED_MAX_ITEMS = 2048
+
+
+def _negatives_before(keys: np.ndarray, neg: np.ndarray, negatives_first: bool) -> np.ndarray:
+    """[R]: summed over each row's keys [R, P], how many of the row's negatives neg [R, N] sort
+    before the key: strictly below it, or also equal to it with `negatives_first` (a stable
+    sort of the row's values, ties kept in the order the two blocks are laid side by side)."""
+    P, N = keys.shape[1], neg.shape[1]
+    both = np.concatenate([neg, keys] if negatives_first else [keys, neg], axis=1)
+    order = np.argsort(both, axis=1, kind="stable")
+    is_neg = (order < N) if negatives_first else (order >= P)
+    return (np.cumsum(is_neg, axis=1) * ~is_neg).sum(1)
+
+
 def ranking_aucs(scores: np.ndarray, positive: np.ndarray, floor: float = 0.0):
     """(auc [R], pessimistic_auc [R]) of each row of `scores` [R, n] against `positive` bool [n]:
     a positive scores the negatives below it by more than `floor`, plus half those within `floor`
-    of it for the AUC (Mann-Whitney) and none for ACDC's pessimistic staircase (`pair_counts`; a
+    of it for the AUC (Mann-Whitney) and none for ACDC's pessimistic staircase (`pair_counts`'s
+    counts, here for all rows at once: a per-row loop was a million calls in a default run; a
     full ranking's staircase is monotone, so the Pareto filter drops nothing). NaN for a row in
     which every item scores the same within `floor`, or with fewer than MIN_NEGATIVES negatives."""
     pos = np.asarray(positive, dtype=bool)
     P, N = int(pos.sum()), int((~pos).sum())
     R = scores.shape[0]
     auc, pess = np.full(R, np.nan), np.full(R, np.nan)
-    if P == 0 or N < MIN_NEGATIVES:
+    if P == 0 or N < MIN_NEGATIVES or R == 0:
         return auc, pess
-    for r in range(R):
-        if ranks_nothing(scores[r], floor):
+    a = np.abs(np.asarray(scores, dtype=float))
+    ranks = (a.max(1) - a.min(1)) > floor  # rows in which some pair does not tie
+    if a.shape[1] > VECTORISED_MAX_ITEMS:  # one sort per row; a row's call overhead is small beside it
+        for r in np.flatnonzero(ranks):
+            below, within = pair_counts(a[r][pos], a[r][~pos], floor)
+            pess[r] = below.sum() / (P * N)
+            auc[r] = (below.sum() + within.sum() / 2) / (P * N)
+        return auc, pess
+    step = max(1, (1 << 22) // a.shape[1])  # rows per pass: the argsort's [rows, n] int64 block <= 32 MiB
+    for r0 in range(0, R, step):
+        rows = np.flatnonzero(ranks[r0 : r0 + step]) + r0
+        if not len(rows):
             continue
-        below, within = pair_counts(scores[r][pos], scores[r][~pos], floor)
-        pess[r] = below.sum() / (P * N)
-        auc[r] = (below.sum() + within.sum() / 2) / (P * N)
+        block = a[rows]
+        neg, keys = block[:, ~pos], block[:, pos]
+        below = _negatives_before(keys - floor, neg, negatives_first=False)  # neg < |pos| - floor
+        upto = _negatives_before(keys + floor, neg, negatives_first=True)  # neg <= |pos| + floor
+        pess[rows] = below / (P * N)
+        auc[rows] = (below + (upto - below) / 2) / (P * N)
     return auc, pess
 
 
