@@ -195,8 +195,8 @@ def test_activations_one_step_is_eap_with_each_group_held_in_turn():
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
 def test_activations_cost_two_plus_m_runs_per_group(ablation):
     """Forwards: the clean run, the source run (none under zero ablation: its cache needs no
-    forward) and m per group, of which the inputs' are unpatched (other embeddings); the
-    benchmark's declared count of patched forwards is the rest."""
+    forward) and m per group, none patched (the inputs' run on other embeddings, the others hold
+    their group: `Engine.run`'s hold); the held runs are the benchmark's looping units."""
     from harness.bench.counting import CountingEngine
     from harness.bench.suite import BenchConfig
 
@@ -205,9 +205,55 @@ def test_activations_cost_two_plus_m_runs_per_group(ablation):
     m, n_groups = 4, 2 * CFG.n_layers + 1
     get_method("eap-ig").run(counting, data, "activations-5", steps=m)
     assert counting.forwards == (2 if ablation == "resample" else 1) + m * n_groups
-    assert counting.patched == m * (n_groups - 1)
+    assert counting.patched == m * (n_groups - 1)  # held runs: the units a budget cuts
     timing = {t.variant: t for t in get_method("eap-ig").timings(BenchConfig(ig_steps=m))}["activations-5"]
-    assert timing.options == {"steps": m} and timing.patched_forwards(e.graph, 3) == counting.patched
+    assert timing.options == {"steps": m} and timing.patched_forwards(e.graph, data.n) == m * (n_groups - 1)
+
+
+def patched_group_scores(e, data, steps, name, per_example=False):
+    """[n_groups, n_edges] (per_example: [n_groups, batch, n_edges]): `activation_group_scores`
+    as first implemented, every group (the inputs too) held by an engine patch: 1 on every edge out
+    of the group, towards a source whose senders are the interpolated outputs (the per-receiver
+    patched path; a patch of 1 passes no gradient back into the group)."""
+    from harness.core import objectives
+    from harness.methods.attribution import contract, receiver_grads, traced_run
+    from harness.methods.eap_ig import _path_ends
+
+    cols, scored, clean, clean_logits, source, d_send, d_qkv = _path_ends(e, data)
+    rows = []
+    for _, senders in sender_groups(e.graph):
+        total = 0
+        for k in range(1, steps + 1):
+            held = SenderCache(torch.lerp(source.senders, clean.senders, k / steps), clean.qkv)
+            tr = traced_run(e, data.clean, group_edges(e.graph, senders).double(), held, positions=cols)
+            grads = receiver_grads(tr, objectives.evaluate(name, tr.logits, clean_logits, scored).mean())
+            total = total + contract(e, grads, d_send, d_qkv, per_example=per_example).detach()
+        rows.append(total / steps)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("model", ["tiny", "attn-only", "tracr-like"])
+@pytest.mark.parametrize("ablation", ["resample", "zero"])
+def test_activations_holding_each_group_equals_patching_it(model, ablation):
+    """Each group held through `Engine.run(hold=...)` (the shared q/k/v path; the inputs as other
+    embeddings) gives every group's row, and so the scores, of the patched formulation (every edge
+    out of the group patched towards the interpolated outputs), per example too, in float64."""
+    e, data = tiny_task(ablation, seed=8)
+    if model != "tiny":
+        from test_engine_patching import CONFIGS
+
+        cfg = dataclasses.replace(CONFIGS["attn-only" if model == "attn-only" else "tracr-like"], d_vocab=CFG.d_vocab,
+                                  d_vocab_out=CFG.d_vocab_out, n_ctx=CFG.n_ctx)
+        e = Engine(random_weights(cfg, seed=8, dtype=torch.float64, init_range=0.3))
+    m = 3
+    want = patched_group_scores(e, data, m, "logit-diff", per_example=True)
+    assert want.shape[0] == len(sender_groups(e.graph)) and want.abs().max() > 1e-4
+    got = activation_group_scores(e, data, steps=m, per_example=True)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(activation_group_scores(e, data, steps=m, objective="metric"),
+                               patched_group_scores(e, data, m, "metric"), rtol=1e-9, atol=1e-11)
+    scores = get_method("eap-ig").run(e, data, "activations-5", steps=m)
+    torch.testing.assert_close(scores, want.sum(1).mean(0), rtol=1e-9, atol=1e-11)
 
 
 @pytest.mark.parametrize("task", ["tracr-xproportion", "tracr-reverse"])

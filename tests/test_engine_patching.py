@@ -262,3 +262,85 @@ def test_derived_weights_follow_the_weights(name):
     Engine(g).logits(clean).sum().backward()
     assert g["blocks.0.attn.W_K"].grad is not None and float(g["blocks.0.attn.W_K"].grad.abs().max()) > 0
     assert layer_qkv(g, 0) is not layer_qkv(g, 0)
+
+
+HOLD_SETS = {  # name -> config -> held senders (graph sender ids)
+    "heads": lambda g: g.head_sender[0].tolist(),  # a whole layer: not computed
+    "mlp": lambda g: [int(g.mlp_sender[0])] if g.cfg.d_mlp else g.head_sender[1, :1].tolist(),
+    "mixed": lambda g: sorted(g.head_sender[0, :1].tolist() + g.head_sender[-1, 1:].tolist()
+                              + ([int(g.mlp_sender[-1])] if g.cfg.d_mlp else [])
+                              + ([1] if g.cfg.split_embed else [])),  # tracr: the position node too
+}
+
+
+@pytest.mark.parametrize("which", list(HOLD_SETS))
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_holding_senders_is_patching_every_edge_out_of_them(name, which):
+    """`run(hold=(mask, values))` equals `run(patch=<every ADDITION edge out of the held senders>,
+    source=<a cache whose senders are values>)`: logits, recorded senders (the held values) and
+    q/k/v, and the gradients at every receiver input and q/k/v (zero into the held senders'
+    computation), in float64. The unpatched held run takes the shared q/k/v path. Values given
+    for every sender or for the held ones alone (compact) give the same run."""
+    from harness.core.engine import SenderCache
+    from harness.methods.attribution import receiver_grads
+
+    e, clean, corr = setup(name, seed=13)
+    g = e.graph
+    held = HOLD_SETS[which](g)
+    mask = torch.zeros(len(g.senders), dtype=torch.bool)
+    mask[held] = True
+    here, there = e.cache(clean), e.cache(corr)
+    values = torch.lerp(there.senders, here.senders, 0.3)  # [n_senders, B, P, D]
+    patch = torch.zeros(g.n_edges, dtype=torch.float64)
+    patch[: g.n_add] = torch.isin(g.add_sender, torch.tensor(held)).double()
+    assert patch.sum() > 0
+
+    def traced(**kw):
+        emb = e.input_embeddings(clean).detach().requires_grad_(True)
+        tr = e.run(clean, record=True, input_embeds=emb, **kw)
+        loss = (tr.logits.sin() * torch.linspace(-1, 1, tr.logits.shape[-1], dtype=tr.logits.dtype)).sum()
+        return tr, receiver_grads(tr, loss)
+
+    want, gw = traced(patch=patch, source=SenderCache(values, there.qkv))
+    for vals in (values, values[held]):
+        got, gg = traced(hold=(mask, vals))
+        torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-10)
+        torch.testing.assert_close(got.cache().qkv, want.cache().qkv, rtol=0, atol=1e-10)
+        senders = got.cache().senders
+        torch.testing.assert_close(senders[mask], values[mask], rtol=0, atol=0)  # the held values themselves
+        torch.testing.assert_close(senders[~mask], want.cache().senders[~mask], rtol=0, atol=1e-10)
+        for key in ("qkv_in", "mlp_in", "qkv"):
+            assert len(gg[key]) == len(gw[key])
+            for x, y in zip(gg[key], gw[key]):
+                torch.testing.assert_close(x, y, rtol=0, atol=1e-10)
+        torch.testing.assert_close(gg["out"], gw["out"], rtol=0, atol=1e-10)
+    # not trivial: holding changed the run, and the gradients reach the receivers
+    assert (got.logits - e.run(clean).logits).abs().max() > 1e-6
+    assert float(gg["out"].abs().max()) > 1e-6
+    # the held senders' own computation gets no gradient: a held MLP's input, a held layer's q/k/v
+    for L in range(e.cfg.n_layers):
+        if e.cfg.d_mlp and mask[int(g.mlp_sender[L])]:
+            assert not gg["mlp_in"][L].any()
+        if mask[g.head_sender[L]].all():
+            assert not gg["qkv"][L].any() and not gg["qkv_in"][L].any()
+    # the shared q/k/v path (one LayerNorm per layer), not the per-receiver one
+    assert all(type(q.grad_fn).__name__ == "SharedQKVBackward" for q in got.qkv)
+    # without record too
+    torch.testing.assert_close(e.run(clean, hold=(mask, values)).logits, want.logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_holding_the_input_nodes_is_running_on_other_embeddings(name):
+    e, clean, corr = setup(name, seed=17)
+    g = e.graph
+    mask = torch.zeros(len(g.senders), dtype=torch.bool)
+    mask[: g.n_inputs] = True
+    emb = e.input_embeddings(corr)
+    got = e.run(clean, record=True, hold=(mask, emb))
+    want = e.run(clean, record=True, input_embeds=emb)
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.cache().senders, want.cache().senders, rtol=0, atol=1e-12)
+    none = torch.zeros(len(g.senders), dtype=torch.bool)  # nothing held: the plain run
+    torch.testing.assert_close(e.run(clean, hold=(none, emb[:0])).logits, e.run(clean).logits, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="hold"):
+        e.run(clean, hold=(mask[1:], emb))

@@ -19,7 +19,9 @@ class CountingEngine(Engine):
     """The engine, counting and time-stamping its forwards.
 
     Every method reaches the model through `run` (`logits` and `cache` call it), `clean_run` or
-    `run_patches` (`run_many` calls those), so `forwards` counts all passes, `patched` those with a patch and `rows` the batch rows processed.
+    `run_patches` (`run_many` calls those), so `forwards` counts all passes, `patched` those with a
+    patch or a hold (`Engine.run`'s `hold=`: the unit EAP-IG over activations loops over) and `rows`
+    the batch rows processed.
     (grad-wrong's weight sites build a second engine on a copy of the weights; its forward is
     not counted.)"""
 
@@ -53,10 +55,11 @@ class CountingEngine(Engine):
         self.marks.append((patched, self.clock.mark()))
 
     def run(self, tokens, patch=None, source=None, **kw):
-        if patch is not None:
+        unit = patch is not None or kw.get("hold") is not None
+        if unit:
             self._check_budget()
         tr = super().run(tokens, patch, source, **kw)
-        self._count(int(tokens.shape[0]), patch is not None)
+        self._count(int(tokens.shape[0]), unit)
         return tr
 
     def clean_run(self, tokens, source, positions=None):

@@ -76,6 +76,17 @@ class Trace:
         return SenderCache(torch.stack(self.senders).detach(), torch.stack(self.qkv).detach())
 
 
+class _Rows:
+    """values[index[s]] for sender ids s (an int or a list): compact held values read as if they
+    were [n_senders, ...]."""
+
+    def __init__(self, values: torch.Tensor, index: torch.Tensor):
+        self.values, self.index = values, index
+
+    def __getitem__(self, s):
+        return self.values[self.index[s].tolist()] if isinstance(s, list) else self.values[int(self.index[s])]
+
+
 def _gelu_new(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
@@ -142,6 +153,7 @@ class Engine:
         freeze_ln_scale: bool = False,
         input_embeds: Optional[torch.Tensor] = None,
         positions: Optional[torch.Tensor] = None,
+        hold: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
     ) -> Trace:
         """Forward `tokens` [batch, pos]; patch edges by `patch` ([n_edges] or [batch, n_edges],
         1 = patched) towards `source`. `record` keeps senders, receiver inputs and q/k/v in the
@@ -150,6 +162,19 @@ class Engine:
         outputs (used to interpolate embeddings). `positions` ([n] long): unembed only these
         columns, logits [batch, n, d_vocab_out] (`TaskData.scored`: what the objectives read;
         empty when only the senders are wanted); None: every position.
+
+        `hold` = (mask, values): mask bool [n_senders]; values [n_senders, batch, pos, d_model]
+        (only the held rows are read) or [n_held, batch, pos, d_model] (the held senders' rows
+        alone, in sender order; the two agree when every sender is held). Every held sender's output is
+        values[s], detached, wherever it is read (by every receiver, and by a patch's `current`),
+        and `trace.senders` records it: no gradient flows back into the held sender's computation
+        (its receiver inputs and q/k/v get zero gradient). A held input node is just another input
+        embedding; a held MLP, or a layer all of whose heads are held, is not computed (its
+        receivers' inputs and q/k/v are still recorded). Equal to patching every edge out of the
+        held senders (patch 1) towards a source whose senders are `values`, up to round-off
+        (tests/test_engine_patching.py), but every receiver of a layer still reads one residual,
+        so an unpatched run (patch None) keeps the plain/shared q/k/v paths' cost instead of the
+        per-receiver patched one. With zero_senders every output, held or not, is zero.
         """
         cfg, w, g = self.cfg, self.w, self.graph
         tokens = tokens.to(w.device)
@@ -170,6 +195,25 @@ class Engine:
             source_senders = source.senders.to(w.device)
             if source_senders.shape[1] != B:
                 raise ValueError(f"source cache has batch {source_senders.shape[1]}, tokens have {B}")
+        held = held_values = None
+        if hold is not None:
+            held, held_values = hold
+            held = torch.as_tensor(held, dtype=torch.bool).cpu()
+            if held.shape != (len(g.senders),):
+                raise ValueError(f"hold mask has shape {tuple(held.shape)}, graph has {len(g.senders)} senders")
+            n_held = int(held.sum())
+            rows_ok = held_values.shape[0] in (len(g.senders), n_held)
+            if not rows_ok or tuple(held_values.shape[1:]) != (B, P, cfg.d_model):
+                raise ValueError(f"hold values have shape {tuple(held_values.shape)}, want "
+                                 f"[{len(g.senders)} or {n_held}, {B}, {P}, {cfg.d_model}]")
+            held_values = held_values.detach().to(w.device, w.dtype)
+            if held_values.shape[0] != len(g.senders):  # compact: row j is the j-th held sender's
+                held_row = torch.full((len(g.senders),), -1, dtype=torch.long)
+                held_row[held] = torch.arange(n_held)
+                held_values = _Rows(held_values, held_row)
+            if not n_held:
+                held = held_values = None
+        held_list = held.tolist() if held is not None else None
         trace = Trace(logits=None, positions=positions)  # type: ignore[arg-type]
         senders: list[torch.Tensor] = []
 
@@ -181,10 +225,12 @@ class Engine:
 
         W_pos = w["pos_embed.W_pos"][:P]
         inputs = list(input_embeds.to(w.device) if input_embeds is not None else self.input_embeddings(tokens))
-        if not (patching or record or zero_senders):
+        if held is not None:  # held input nodes: other input embeddings
+            inputs = [held_values[i] if held_list[i] else x for i, x in enumerate(inputs)]
+        if not (patching or record or zero_senders or held is not None):
             return Trace(logits=self._plain(inputs, W_pos, freeze_ln_scale, positions), positions=positions)
-        # an unpatched traced run with constant weights: q/k/v through `SharedQKV`
-        shared = record and not patching and not any(t.requires_grad for t in w.params.values())
+        # an unpatched traced (or held) run with constant weights: q/k/v through `SharedQKV`
+        shared = (record or held is not None) and not patching and not any(t.requires_grad for t in w.params.values())
         resid = 0
         for x in inputs:
             resid = resid + add_sender(x)
@@ -206,7 +252,8 @@ class Engine:
                 trace.qkv_inputs.append(qkv_in)
             if shared:  # every receiver reads the residual: one LayerNorm, one fused product
                 qkv = self._shared_qkv(qkv_in, L, W_pos, freeze_ln_scale)
-                trace.qkv.append(qkv)
+                if record:
+                    trace.qkv.append(qkv)
                 q, k, v = qkv.unbind(0)
             else:
                 q, k, v = self._receiver_qkv(qkv_in, pre, W_pos, freeze_ln_scale)
@@ -221,13 +268,23 @@ class Engine:
                 qkv = torch.stack([q, k, v])
                 trace.qkv.append(qkv)
                 q, k, v = qkv.unbind(0)
-            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
-            if cfg.causal:
-                causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
-                scores = scores.masked_fill(~causal, float("-inf"))
-            pattern = scores.softmax(-1)
-            z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
-            result = torch.einsum("bqhe,hed->bqhd", z, w[pre + "attn.W_O"])  # [B, P, H, D]
+            n_held = 0
+            if held is not None:
+                heads = g.head_sender[L].tolist()
+                n_held = sum(held_list[s] for s in heads)
+            if n_held == H:  # the whole layer held: nothing reads its heads' computation
+                result = held_values[heads].permute(1, 2, 0, 3)  # [B, P, H, D]
+            else:
+                scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
+                if cfg.causal:
+                    causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
+                    scores = scores.masked_fill(~causal, float("-inf"))
+                pattern = scores.softmax(-1)
+                z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+                result = torch.einsum("bqhe,hed->bqhd", z, w[pre + "attn.W_O"])  # [B, P, H, D]
+                if n_held:  # (a compact `hold` gives the heads not held some other row: not selected)
+                    mask = held[heads].to(w.device)[:, None]  # [H, 1]
+                    result = torch.where(mask, held_values[heads].permute(1, 2, 0, 3), result)
             if zero_senders:
                 result = torch.zeros_like(result)
             senders.extend(result.unbind(2))
@@ -242,8 +299,11 @@ class Engine:
                     mlp_in = resid.clone() if record else resid
                 if record:
                     trace.mlp_inputs.append(mlp_in)
-                hidden = self.act_fn(self._norm(mlp_in, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
-                out = add_sender(hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"])
+                if held is not None and held_list[int(g.mlp_sender[L])]:  # held: not computed
+                    out = add_sender(held_values[int(g.mlp_sender[L])])
+                else:
+                    hidden = self.act_fn(self._norm(mlp_in, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
+                    out = add_sender(hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"])
                 resid = resid + out
         final_in = resid
         if patching:

@@ -18,14 +18,20 @@ that group's outputs are alpha x clean + (1 - alpha) x source for every reader a
 (no gradient flows back through the group: the library's hook returns a tensor made from
 cached activations), everything else computed. The gradients at every receiver are averaged
 over all (2L+1) x m runs, every run scoring every edge (the library's backward hooks are on in
-each). The replacement is an engine patch: 1 on every edge out of the group, towards a source
-holding the interpolated outputs (the group's inputs are clean, so its own outputs are the clean
-ones, and a patch of 1 passes no gradient to them). `activation_group_scores` keeps the groups
-apart: the edges out of a group, scored from that group's runs, add up to the change of the
-objective when the whole group is patched (completeness) as m grows; the averaged score does not.
+each). The replacement is `Engine.run`'s hold: the group's outputs replaced by the interpolated
+ones, detached, for every reader (the same as patching every edge out of the group to 1 towards
+them: the group's inputs are clean, so its own outputs are the clean ones, and a patch of 1 passes
+no gradient to them; tests/test_eap_ig.py compares the two), in an unpatched traced run that keeps
+the shared q/k/v path (`harness.core.shared_qkv`); the input group is a run on interpolated
+embeddings. `activation_group_scores` keeps the groups apart: the edges out of a group, scored
+from that group's runs, add up to the change of the objective when the whole group is patched
+(completeness) as m grows; the averaged score does not.
 Forwards: the clean run, the source run (none under zero ablation) and (2L+1) x m traced runs
-with one backward each (docs/methods.md#cost-model). DIRECT edges have no group of their own:
-they are contracted in every run like the others (the library has no DIRECT edges).
+with one backward each (docs/methods.md#cost-model), none patched: on random-init GPT-2 small
+(8 x 16, CPU, one thread) about 100 s, 110-145x one forward+backward and 18-19x inputs-5 (each
+held run about 1.05-1.08x a forward+backward; through engine patches it was 557x). DIRECT edges
+have no group of their own: they are contracted in every run like the others (the library has no
+DIRECT edges).
 
 Why: plain EAP linearises at the clean point, where the task metric (compared with clean
 outputs) has zero gradient (docs/methods.md#zero-gradient-at-the-clean-point); averaging along the path does not.
@@ -35,7 +41,6 @@ from __future__ import annotations
 import torch
 
 from harness.core import objectives
-from harness.core.engine import SenderCache
 from harness.core.references import source_cache, source_input_embeds
 from harness.methods.attribution import contract, receiver_grads, traced_run
 from harness.methods.registry import Timing, register, task_objective
@@ -106,14 +111,16 @@ def _activation_runs(engine, data, steps: int, objective: str):
     sums = []
     for g, (_, senders) in enumerate(sender_groups(graph)):
         acc = None
+        mask = torch.zeros(len(graph.senders), dtype=torch.bool)
+        mask[senders] = True
         for a in alphas:
             if g == 0:  # nothing is upstream of the inputs: replacing them is a run on other embeddings
                 emb = torch.lerp(source.senders[:n_in], clean.senders[:n_in], a)  # exact at a = 1
                 tr = traced_run(engine, data.clean, input_embeds=emb, positions=cols)
-            else:
-                patch = group_edges(graph, senders).to(engine.w.device, engine.w.dtype)
-                held = SenderCache(torch.lerp(source.senders, clean.senders, a), clean.qkv)  # only the group's rows are read
-                tr = traced_run(engine, data.clean, patch, held, positions=cols)
+            else:  # the group held (`Engine.run`'s hold): an unpatched traced run
+                held = torch.lerp(source.senders[senders], clean.senders[senders], a)  # [n_group, B, P, D]
+                emb = clean.senders[:n_in].detach().requires_grad_(True)  # the leaf gradients start from
+                tr = engine.run(data.clean, record=True, input_embeds=emb, positions=cols, hold=(mask, held))
             obj = objectives.evaluate(objective, tr.logits, clean_logits, scored).mean()
             acc = _accumulate(acc, receiver_grads(tr, obj))
             del tr
@@ -129,7 +136,7 @@ def activation_group_scores(engine, data, steps: int = 5, objective: str = "logi
     return torch.stack([contract(engine, s, d_send, d_qkv, per_example=per_example).detach() / steps for s in sums])
 
 
-def _inputs(engine, data, steps, objective, per_example):
+def _inputs(engine, data, steps, objective, per_example, per_position):
     if steps < 1:
         raise ValueError("steps must be >= 1")
     cols, scored, clean, clean_logits, source, d_send, d_qkv = _path_ends(engine, data)
@@ -137,21 +144,22 @@ def _inputs(engine, data, steps, objective, per_example):
     for emb in path_embeddings(engine, data, steps):
         tr = traced_run(engine, data.clean, input_embeds=emb, positions=cols)
         grads = receiver_grads(tr, objectives.evaluate(objective, tr.logits, clean_logits, scored).mean())
-        s = contract(engine, grads, d_send, d_qkv, per_example=per_example).detach()
+        s = contract(engine, grads, d_send, d_qkv, per_example=per_example, per_position=per_position).detach()
         total = s if total is None else total + s
     return total / steps
 
 
-def _activations(engine, data, steps, objective, per_example):
+def _activations(engine, data, steps, objective, per_example, per_position):
     d_send, d_qkv, sums = _activation_runs(engine, data, steps, objective)
     total = sums[0]
     for s in sums[1:]:
         total = _accumulate(total, s)
-    return contract(engine, total, d_send, d_qkv, per_example=per_example).detach() / (steps * len(sums))
+    return contract(engine, total, d_send, d_qkv, per_example=per_example,
+                    per_position=per_position).detach() / (steps * len(sums))
 
 
-def _patched_runs(graph, steps: int) -> int:
-    """Patched traced runs of one "activations" run: m per group other than the inputs."""
+def _held_runs(graph, steps: int) -> int:
+    """Runs holding a group in one "activations" run: m per group other than the inputs."""
     return steps * (len(sender_groups(graph)) - 1)
 
 
@@ -171,21 +179,23 @@ def _patched_runs(graph, steps: int) -> int:
         "activations-5-abs": ({"path": "activations", "steps": 5, "aggregate": "abs"},
                               "activations, 5 steps, sum over examples of |per-example score| (cannot cancel)"),
     },
-    # "activations" only when named: (2L+1) x m patched traced runs, about 400 s per 8 x 16 batch on GPT-2 (CPU)
+    # "activations" only when named: (2L+1) x m traced runs (held, unpatched), about 100 s per 8 x 16 batch on
+    # GPT-2 (CPU, one thread): about 140x one forward+backward, 18x inputs-5 (through engine patches it was 557x)
     default_variants=["inputs-5", "inputs-5-metric", "inputs-5-abs"],
     gradient=True,
     per_example=True,
+    per_position=True,
     objective=task_objective("logit-diff"),
     timings=lambda bench: [
         Timing("inputs-5", label=f"inputs-{bench.ig_steps}", options={"steps": bench.ig_steps}),
-        # (2L+1) x m traced runs, all but the inputs' m patched: a looping row, so a budget cuts it
-        # and the seconds are extrapolated from its patched runs (each costs the same)
+        # (2L+1) x m traced runs, 2L x m of them holding a group (`Engine.run`'s hold, each costing
+        # the same): a looping row, so a budget cuts it and its seconds are extrapolated
         Timing("activations-5", label=f"activations-{bench.ig_steps}", options={"steps": bench.ig_steps},
-               patched_forwards=lambda graph, batch: _patched_runs(graph, bench.ig_steps)),
+               patched_forwards=lambda graph, batch: _held_runs(graph, bench.ig_steps)),
     ],
 )
-def eap_ig(engine, data, steps=5, objective="logit-diff", per_example=False, path="inputs"):
+def eap_ig(engine, data, steps=5, objective="logit-diff", per_example=False, per_position=False, path="inputs"):
     if path not in PATHS:
         raise KeyError(f"unknown EAP-IG path {path!r}; paths: {', '.join(PATHS)}")
     run = _inputs if path == "inputs" else _activations
-    return run(engine, data, steps, objective, per_example)
+    return run(engine, data, steps, objective, per_example, per_position)
