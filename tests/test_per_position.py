@@ -4,6 +4,7 @@ source differs from the clean run at one position only), summing to the unchange
 variant that declares them, in chunks as in one pass, and stored by a run."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -12,6 +13,7 @@ from harness.core.engine import SenderCache
 from harness.core.references import source_cache
 from harness.methods import all_methods, get_method
 from harness.run.runner import RunConfig, run
+from harness.run.store import ResultStore
 from harness.tasks import get_task
 from test_eap import finite_differences, tiny_task
 
@@ -111,6 +113,15 @@ def test_a_run_stores_position_scores_that_sum_to_its_scores(tmp_path):
     assert (summed - eap.loc[summed.index]).abs().max() < 1e-9 * eap.abs().max()
     P = get_task("tracr-reverse").data().clean.shape[1]
     assert pos["sender"].notna().all() and sorted(pos["position"].unique()) == list(range(P))
+    from harness.report.positions import position_shares
+    from harness.report.render import render
+
+    labels, shares = position_shares(ResultStore(tmp_path).records())
+    assert labels == ["eap noising (resample)", "eap noising (zero)"] and shares.shape == (2, P)
+    np.testing.assert_allclose(shares.sum(1), 1.0)
+    render(tmp_path)
+    assert (tmp_path / "positions_tracr-reverse.png").exists()
+    assert "positions_tracr-reverse.png" in (tmp_path / "report.md").read_text()
 
 
 def test_the_python_api_gives_position_rows_that_sum_to_its_scores():

@@ -28,6 +28,8 @@ from harness.report.faithfulness import plot_faithfulness
 from harness.report.headline import primary_ground_truth
 from harness.report.published import SOURCE as PUBLISHED_SOURCE
 from harness.report.published import published_frame
+from harness.report.positions import CAPTION as POSITIONS_CAPTION
+from harness.report.positions import plot_position_shares
 from harness.report.roc import CAPTION as ROC_CAPTION
 from harness.report.roc import plot_roc, plot_roc_variants
 from harness.report.tables import TableError, auc_table, read_table
@@ -265,6 +267,9 @@ def _blocks(out: Path) -> list:
             if gts and plot_roc_variants(trecs, task, primary_ground_truth(gts), variants_png, plt, sns):
                 B.append(("img", variants_png))
         B += _circuit_blocks(task, trecs, chosen, store, out)
+        png = out / f"positions_{task}.png"
+        if plot_position_shares(trecs, task, png, plt):
+            B += [("p", POSITIONS_CAPTION), ("img", png)]
         png = out / f"faithfulness_{task}.png"
         if plot_faithfulness(trecs, task, png, plt, sns):
             B += [("p", "Faithfulness f(k) of each method's variant with the highest CPR: the task metric with the "
