@@ -163,6 +163,25 @@ def test_the_same_seed_gives_the_same_circuits_and_a_lambda_does_not_depend_on_i
     assert torch.allclose(alone[0][0], a[0][1], atol=1e-6) and torch.equal(alone[1][0] >= 0.5, a[1][1] >= 0.5)
 
 
+def test_rows_per_forward_are_bounded_by_memory_and_do_not_change_a_circuit(xprop):
+    from harness.bench.counting import CountingEngine
+    from harness.core.architectures import ARCHITECTURES
+    from harness.methods.subnetwork_probing import MAX_ROWS, rows_per_forward
+
+    assert rows_per_forward(ARCHITECTURES["gpt2"], torch.float32) == 1  # one lambda per forward on GPT-2
+    _, e, data = xprop
+    assert rows_per_forward(e.cfg, e.w.dtype) == MAX_ROWS
+    lams = [0.01, 0.1, 0.5]
+    counting = CountingEngine(e.w, e.graph)
+    together = train_gates(counting, data, lams, seed=3, **QUICK)
+    assert counting.forwards == QUICK["epochs"]  # every lambda in one forward per step
+    counting.arm()
+    one_by_one = train_gates(counting, data, lams, seed=3, max_rows=data.n, **QUICK)  # one lambda per forward
+    assert counting.forwards == QUICK["epochs"] * len(lams) and counting.rows == counting.forwards * data.n
+    assert torch.allclose(together[0], one_by_one[0], atol=1e-6)
+    assert torch.equal(together[1] >= 0.5, one_by_one[1] >= 0.5)
+
+
 def test_lambda_lists_are_acdcs():
     assert ACDC_LAMBDAS["l2"] == (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.063, 0.126, 0.251, 0.501, 1.0)
     assert len(ACDC_LAMBDAS["kl"]) == 32 and ACDC_LAMBDAS["kl"][:3] == (0.01, 0.016, 0.025) and ACDC_LAMBDAS["kl"][-1] == 250

@@ -41,8 +41,8 @@ biases alone, where ACDC's SP multiplied q/k/v by z (the same on tracr, which ha
 biases; not on GPT-2).
 
 Penalty sweeps run together: every lambda's gates are their own parameters, trained in one
-forward per step (rows = lambdas x examples, at most `max_rows` per forward, more forwards when
-there are more); Adam updates each gate from its own gradient only, so a lambda trains as it
+forward per step (rows = lambdas x examples, at most `rows_per_forward` per forward, more forwards
+when there are more); Adam updates each gate from its own gradient only, so a lambda trains as it
 would alone. Each lambda draws its gates from its own generator, seeded from (seed, lambda), so
 its circuit does not depend on which other lambdas run beside it: the same seed gives the same
 circuits, on CPU bit for bit.
@@ -65,6 +65,7 @@ import numpy as np
 import torch
 
 from harness.core.references import reference_logits, source_cache
+from harness.methods.memory import ACTIVATION_BUDGET, traced_bytes_per_token
 from harness.methods.registry import CircuitFamily, Timing, register
 
 GAMMA, ZETA, BETA = -0.1, 1.1, 2 / 3  # MaskedHookPoint's stretch interval and temperature
@@ -195,17 +196,33 @@ def lambdas_per_forward(batch: int, max_rows: int) -> int:
     return max(1, max_rows // max(1, batch))
 
 
-def train_gates(engine, data, lambdas, epochs: int, lr: float, seed: int, max_rows: int = 1024,
+MAX_ROWS = 1024  # rows (lambdas x examples) per forward on small models
+
+
+def rows_per_forward(cfg, dtype) -> int:
+    """Rows of one training forward: at most MAX_ROWS, and no more than keep a patched traced run
+    of the model's full context within the activation budget (`harness.methods.memory`; a patched
+    run holds about twice a traced one's tensors per token: the senders' source mixes). Tracr
+    models take MAX_ROWS; GPT-2 takes one lambda per forward (1,024 rows of GPT-2 held over 20 GB
+    and the kernel killed the benchmark)."""
+    per_row = 2 * traced_bytes_per_token(cfg, dtype) * cfg.n_ctx
+    return max(1, min(MAX_ROWS, ACTIVATION_BUDGET // per_row))
+
+
+def train_gates(engine, data, lambdas, epochs: int, lr: float, seed: int, max_rows: Optional[int] = None,
                 final_gate: str = "sample", on_step=None):
     """(log_alpha [k, n_nodes], final gates [k, n_nodes], per-lambda task metric of the last step [k])
-    for penalties `lambdas` (module docstring). `on_step(epoch, task [k], penalty [k])`, if given,
-    is called after every step of every group of lambdas."""
+    for penalties `lambdas` (module docstring). `max_rows`: rows per forward (default
+    `rows_per_forward`; a lambda's circuit does not depend on it). `on_step(epoch, task [k],
+    penalty [k])`, if given, is called after every step of every group of lambdas."""
     if final_gate not in ("sample", "deterministic"):
         raise ValueError(f"final_gate must be 'sample' or 'deterministic', not {final_gate!r}")
     nodes = Nodes(engine.graph)
     dev, dt = engine.w.device, engine.w.dtype
     cols, scored = data.scored()
     B = data.n
+    if max_rows is None:
+        max_rows = rows_per_forward(engine.cfg, dt)
     with torch.no_grad():
         source = source_cache(engine, data)
         clean_logits = reference_logits(engine, data)[0]
@@ -262,8 +279,12 @@ def lambdas_for(data, lambdas=None, n_lambdas: Optional[int] = None) -> list:
 
 
 def _forwards(epochs: int, n_lambdas: int, examples: Optional[int] = None):
-    """Patched forwards of a run (for `Timing`): one per epoch per group of lambdas."""
-    return lambda graph, batch: epochs * math.ceil(n_lambdas / lambdas_per_forward(min(batch, examples or batch), 1024))
+    """Patched forwards of a run (for `Timing`): one per epoch per group of lambdas (groups as
+    `rows_per_forward` makes them in float32, the benchmarks' default)."""
+    def count(graph, batch):
+        rows = rows_per_forward(graph.cfg, torch.float32)
+        return epochs * math.ceil(n_lambdas / lambdas_per_forward(min(batch, examples or batch), rows))
+    return count
 
 
 SHORT = {"epochs": 100, "lr": 0.1, "n_lambdas": 4, "examples": 16}
@@ -295,13 +316,14 @@ TIMED_EPOCHS = 100
 )
 def subnetwork_probing(engine, data, lambdas=None, n_lambdas: Optional[int] = None, epochs: int = ACDC_EPOCHS,
                        lr: float = ACDC_LR, examples: Optional[int] = None, seed: int = 0, final_gate: str = "sample",
-                       max_rows: int = 1024):
+                       max_rows: Optional[int] = None):
     """One circuit per lambda (`lambdas_for`: ACDC's sweep for the data's metric unless `lambdas`
     is given, `n_lambdas` of it), in that order; the family's `thresholds` are the lambdas.
     `examples`: train on the first that many examples only (None: all, as ACDC)."""
     lams = lambdas_for(data, lambdas, n_lambdas)
     if examples is not None and examples < data.n:
         data = data.subset(torch.arange(int(examples)))
-    _, gates, _ = train_gates(engine, data, lams, int(epochs), float(lr), int(seed), int(max_rows), final_gate)
+    rows = None if max_rows is None else int(max_rows)
+    _, gates, _ = train_gates(engine, data, lams, int(epochs), float(lr), int(seed), rows, final_gate)
     kept = gates >= 0.5  # ACDC masks a node whose gate is below 0.5
     return CircuitFamily(circuits=Nodes(engine.graph).circuits(kept), thresholds=lams)
