@@ -18,10 +18,12 @@ s = make_setup("attn-only-4l", 8, 16)  # random weights of the real configuratio
 eap = all_methods()["eap"]
 for _ in range(2):
     eap.run(s.engine, s.data, "noising")
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(4):
+faults = []
+for _ in range(7):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     eap.run(s.engine, s.data, "noising")
-print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(kept, sorted(faults)[3])  # the median call: one call's count can jump while other processes run
 """
 
 glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
@@ -41,7 +43,8 @@ def test_kept_memory_is_reused_without_page_faults():
     # EAP on attn-only-4l's shapes at 8 x 16 tokens allocates blocks of 1-6 MB per call (about
     # 15,000 pages): kept, a call after the first two faults almost none of them in again. How
     # many glibc's defaults fault depends on the process's heap history (3,000-20,000 on one
-    # machine, 50 on another), so the test does not compare with them.
+    # machine, 50 on another), so the test does not compare with them. The median of seven calls:
+    # single calls read 240 and 624 while another process ran beside the test.
     assert faults < 200
 
 
