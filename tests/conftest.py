@@ -56,3 +56,13 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     return cache
+
+
+@pytest.fixture(scope="session")
+def xproportion_model():
+    """(engine, data) of tracr-xproportion's compiled model (float32, as its task loads it)."""
+    from harness.core.engine import Engine
+    from harness.tasks import get_task
+
+    task = get_task("tracr-xproportion")
+    return Engine(task.load_model()), task.data()

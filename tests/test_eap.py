@@ -69,3 +69,16 @@ def test_eap_denoising_equals_finite_differences(name):
     eap = get_method("eap").run(e, data, "denoising", objective=name)
     assert fd.abs().max() > 1e-4
     torch.testing.assert_close(eap, fd, rtol=1e-6, atol=1e-9)
+
+
+def check_runs_on_tracr(method: str, variants, summed_variant: str, e, data) -> None:
+    """Each of the method's `variants` gives finite, non-zero scores for every edge on a tracr task,
+    and `summed_variant`'s per-example terms sum to its scores (float32: to round-off)."""
+    spec = get_method(method)
+    assert spec.gradient and set(spec.references_for(summed_variant)) == {"resample", "zero"}
+    for v in variants:
+        s = spec.run(e, data, v)
+        assert s.shape == (e.graph.n_edges,) and torch.isfinite(s).all() and s.abs().max() > 0
+    terms = spec.run(e, data, summed_variant, per_example=True)
+    assert terms.shape == (data.n, e.graph.n_edges)
+    torch.testing.assert_close(terms.sum(0), spec.run(e, data, summed_variant), rtol=1e-5, atol=1e-6)

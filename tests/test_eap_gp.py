@@ -5,12 +5,10 @@ against EAP-IG's own code, and a run through the registry on a tracr task under 
 import pytest
 import torch
 
-from harness.core.engine import Engine
 from harness.core.references import reference_logits, source_input_embeds
 from harness.methods import get_method
 from harness.methods import eap_gp as gp
-from harness.tasks import get_task
-from test_eap import tiny_task
+from test_eap import check_runs_on_tracr, tiny_task
 from test_eap_ig import mask_gradient
 
 
@@ -101,21 +99,8 @@ def test_a_straight_gradpath_gives_eap_ig(monkeypatch, ablation):
     torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def xproportion():
-    task = get_task("tracr-xproportion")
-    return Engine(task.load_model()), task.data()
-
-
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
-def test_registry_runs_on_a_tracr_task(xproportion, ablation):
-    e, data = xproportion
-    data = data.with_ablation(ablation)
+def test_registry_runs_on_a_tracr_task(xproportion_model, ablation):
+    e, data = xproportion_model
     spec = get_method("eap-gp")
-    assert spec.gradient and set(spec.references_for("unit-5")) == {"resample", "zero"}
-    for v in spec.default_variants:
-        s = spec.run(e, data, v)
-        assert s.shape == (e.graph.n_edges,) and torch.isfinite(s).all() and s.abs().max() > 0
-    terms = spec.run(e, data, "unit-5", per_example=True)
-    assert terms.shape == (data.n, e.graph.n_edges)
-    torch.testing.assert_close(terms.sum(0), spec.run(e, data, "unit-5"), rtol=1e-5, atol=1e-6)  # float32 model
+    check_runs_on_tracr("eap-gp", spec.default_variants, "unit-5", e, data.with_ablation(ablation))

@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from harness.core import objectives
-from harness.core.data import Metric, TaskData
 from harness.core.engine import Engine, SenderCache
 from harness.core.weights import ModelConfig, random_weights
 from harness.methods import get_method
 from harness.methods.relp import identity_rule
-from harness.tasks import get_task
-from test_eap import random_prompts, tiny_task
+from test_eap import check_runs_on_tracr, random_prompts, tiny_task
 
 
 def task_for(cfg, ablation, seed=0, zero_qk=False, init_range=0.15):
@@ -146,21 +144,8 @@ def test_ah_rule_is_patching_with_frozen_attention(ablation):
     assert (eap[~qk_edge] - exact[~qk_edge]).abs().max() > 1e-4  # layer 1's q/k gradients reach layer 0 in EAP
 
 
-@pytest.fixture(scope="module")
-def xproportion():
-    task = get_task("tracr-xproportion")
-    return Engine(task.load_model()), task.data()
-
-
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
-def test_registry_runs_on_a_tracr_task(xproportion, ablation):
-    e, data = xproportion
-    data = data.with_ablation(ablation)
+def test_registry_runs_on_a_tracr_task(xproportion_model, ablation):
+    e, data = xproportion_model
     spec = get_method("relp")
-    assert spec.gradient and set(spec.references_for("paper")) == {"resample", "zero"}
-    for v in spec.variants:
-        s = spec.run(e, data, v)
-        assert s.shape == (e.graph.n_edges,) and torch.isfinite(s).all() and s.abs().max() > 0
-    terms = spec.run(e, data, "paper", per_example=True)
-    assert terms.shape == (data.n, e.graph.n_edges)
-    torch.testing.assert_close(terms.sum(0), spec.run(e, data, "paper"), rtol=1e-5, atol=1e-6)  # float32 model
+    check_runs_on_tracr("relp", spec.variants, "paper", e, data.with_ablation(ablation))
