@@ -144,7 +144,17 @@ def cmd_run(args) -> int:
     from harness.run.runner import RunConfig, jobs_for, offline_tasks, run
     from harness.tasks import TASKS, get_task
 
-    tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else offline_tasks()
+    programs = []
+    if args.program:  # programs users bring: compiled and registered as tasks program:<NAME>
+        from harness.programs.user_program import ProgramError
+        from harness.tasks.program_task import register_programs
+
+        try:
+            programs = register_programs(args.program)
+        except ProgramError as e:
+            _fail(str(e))
+    tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else ([] if programs else offline_tasks())
+    tasks += [t for t in programs if t not in tasks]
     _existing_folder(args.weights_dir, "--weights-dir")
     methods = _check_names("method", args.methods, list(all_methods())) if args.methods else list(all_methods())
     if args.variants:
@@ -414,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run methods on tasks, score them against ground truth, write results and a report")
     r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline)")
+    r.add_argument("--program", action="append", default=[], metavar="FILE",
+                   help="a .py file defining program() (a RASP expression), VOCAB and MAX_SEQ_LEN: compiled with "
+                        "tracr and run as task program:NAME, alone or besides --tasks (repeatable; "
+                        "docs/tasks.md#programs-you-bring)")
     r.add_argument("--methods", action=_Words, help="method names (default: all)")
     r.add_argument("--variants", action=_Words, help="variant names (default: each method's default variants)")
     r.add_argument("--out", default="out", help="output directory (default: out)")

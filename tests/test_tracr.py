@@ -22,13 +22,12 @@ def compiled():
     return {n: compile_program(PROGRAMS[n]) for n in PROGRAMS if n in INPUTS}
 
 
-@pytest.mark.parametrize("name", list(INPUTS))
-def test_converted_model_reproduces_tracr(name, compiled):
-    program, tm = compiled[name]
-    m = load_tracr(name)
+def assert_reproduces_tracr(m, tm, inputs):
+    """The converted model `m` (load_tracr) gives tracr's model `tm` (compile_program) residual
+    outputs and decoded outputs on every input sequence (also used for user programs)."""
     eng = Engine(m.weights.to(dtype=torch.float64))
     by_len = {}
-    for s in INPUTS[name]:
+    for s in inputs:
         by_len.setdefault(len(s), []).append(s)
     for seqs in by_len.values():
         ids = m.encode(seqs)
@@ -44,6 +43,12 @@ def test_converted_model_reproduces_tracr(name, compiled):
                 assert got == [str(v) for v in want]
             else:
                 np.testing.assert_allclose(row[1:, 0].numpy(), np.array(want, dtype=float), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(INPUTS))
+def test_converted_model_reproduces_tracr(name, compiled):
+    program, tm = compiled[name]
+    assert_reproduces_tracr(load_tracr(name), tm, INPUTS[name])
 
 
 def test_reverse_reverses_and_proportion_counts():

@@ -64,7 +64,8 @@ def _cache_key(spec: ProgramSpec) -> str:
     blob = json.dumps(
         {
             "v": CACHE_VERSION,
-            "source": inspect.getsource(spec.build),
+            # a builder may carry its own source (a user program: the whole file, see user_program)
+            "source": getattr(spec.build, "cache_source", None) or inspect.getsource(spec.build),
             "vocab": sorted(map(str, spec.vocab)),
             "max_seq_len": spec.max_seq_len,
             "causal": spec.causal,
