@@ -153,6 +153,15 @@ def cmd_run(args) -> int:
             programs = register_programs(args.program)
         except ProgramError as e:
             _fail(str(e))
+    suite = [t for t in args.tasks or [] if t.startswith("suite:") and t not in TASKS]
+    if suite:  # tracr's library programs (harness.programs.library): compiled and registered when asked for
+        from harness.programs.library import register_library
+        from harness.programs.user_program import ProgramError
+
+        try:
+            register_library(suite)
+        except ProgramError as e:
+            _fail(str(e))
     tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else ([] if programs else offline_tasks())
     tasks += [t for t in programs if t not in tasks]
     _existing_folder(args.weights_dir, "--weights-dir")
@@ -423,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     talk.add_argument("-v", "--verbose", action="store_true", help="also a line per finished run, with its time")
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run methods on tasks, score them against ground truth, write results and a report")
-    r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline)")
+    r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline; suite:<name> "
+                                                  "compiles one of tracr's library programs, harness.programs.library)")
     r.add_argument("--program", action="append", default=[], metavar="FILE",
                    help="a .py file defining program() (a RASP expression), VOCAB and MAX_SEQ_LEN: compiled with "
                         "tracr and run as task program:NAME, alone or besides --tasks (repeatable; "

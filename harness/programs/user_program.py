@@ -189,20 +189,31 @@ def check_circuit(mask, graph, where: str) -> None:
                            "with an Aggregate or SelectorWidth")
 
 
-def ground_truths(up: UserProgram, model) -> dict:
-    """variant -> GroundTruth of the program's structural circuit (checked by `check_circuit`)."""
+def spec_ground_truths(spec: ProgramSpec, model, where: str, source: str = SOURCE) -> dict:
+    """variant -> GroundTruth (task `spec.name`) of a compiled program's structural circuit,
+    checked by `check_circuit` (`where` names the program in its refusal)."""
     from harness.core.graph import Graph
     from harness.programs.structural_gt import derive_all, edge_mask
 
     graph = Graph(model.weights.cfg)
-    check_circuit(edge_mask(model, "structural", graph), graph, str(up.path))
-    return {k: replace(gt, source=SOURCE) for k, gt in derive_all(up.spec.name, model).items()}
+    check_circuit(edge_mask(model, "structural", graph), graph, where)
+    return {k: replace(gt, source=source) for k, gt in derive_all(spec.name, model).items()}
+
+
+def ground_truths(up: UserProgram, model) -> dict:
+    """variant -> GroundTruth of the program's structural circuit (checked by `check_circuit`)."""
+    return spec_ground_truths(up.spec, model, str(up.path))
+
+
+def spec_ground_truth_folder(spec: ProgramSpec, name: str) -> Path:
+    """`cache_dir()/programs/<name>-<compiled-weights key>/`: a compiled program's ground truths."""
+    from harness.programs.tracr_models import _cache_key, cache_dir
+
+    return cache_dir() / "programs" / f"{name}-{_cache_key(spec)}"
 
 
 def ground_truth_folder(up: UserProgram) -> Path:
-    from harness.programs.tracr_models import _cache_key, cache_dir
-
-    return cache_dir() / "programs" / f"{up.name}-{_cache_key(up.spec)}"
+    return spec_ground_truth_folder(up.spec, up.name)
 
 
 def write_ground_truths(gts: dict, folder: Path) -> Path:

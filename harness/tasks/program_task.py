@@ -4,8 +4,10 @@
 `register_program(path)` compiles the program, derives its structural ground truth into a folder
 under the tracr cache (`cache_dir()/programs/<NAME>-<key>/`, the task's `ground_truth_dir`, so
 fingerprints, validation and scoring work as for any task) and registers the task
-`program:<NAME>`, a `TracrTask`: float64, random reset control, the L2 metric, ACDC's position
-scramble under resample ablation, positions 1.. scored (0 is BOS).
+`program:<NAME>`; `register_spec(spec, ...)` does the same for a `ProgramSpec` (tracr's library
+programs, `suite:<name>`: harness.programs.library). Each is a `TracrTask`: float64, random reset
+control, the L2 metric, ACDC's position scramble under resample ablation, positions 1.. scored
+(0 is BOS).
 
 Data (`ProgramTask.data`): distinct inputs of MAX_SEQ_LEN tokens over VOCAB, drawn with the seed
 (all of them, shuffled, when few exist): up to 50 per split, the validation and test rows
@@ -26,8 +28,10 @@ from dataclasses import replace
 import torch
 
 from harness.core.data import check_split
+from harness.programs.rasp_programs import ProgramSpec
 from harness.programs.tracr_models import load_tracr
-from harness.programs.user_program import ProgramError, UserProgram, load, prepare
+from harness.programs.user_program import (ProgramError, UserProgram, load, prepare, spec_ground_truth_folder,
+                                           spec_ground_truths, write_ground_truths)
 from harness.tasks import register_task
 from harness.tasks.tracr_tasks import TracrTask
 
@@ -36,34 +40,42 @@ MIN_SPLIT = 10  # fewer inputs than this per split: both splits use the same row
 
 
 class ProgramTask(TracrTask):
-    """A user's RASP program as a task; `register_program` makes one subclass per program."""
+    """A compiled RASP program as a task; `register_program` (a user's file) and `register_spec`
+    (a ProgramSpec, e.g. tracr's library programs: harness.programs.library) make one subclass per
+    program."""
 
-    user: UserProgram | None = None
+    user: UserProgram | None = None  # set for a user's program file
+    spec: ProgramSpec | None = None  # the program and its compiler settings
+    where: str = ""  # names the program in refusals (a user's file path)
+    distinct_tokens = False  # inputs only with pairwise distinct tokens (e.g. make_sort_unique's unique keys)
     n_per_split = 50
 
     def tracr(self):
         if self._model is None:
-            self._model = load_tracr(self.user.spec)
+            self._model = load_tracr(self.spec)
         return self._model
 
     def loading_line(self) -> str:
+        if self.user is None:
+            return f"compiling {self.where} with tracr (read from the cache after the first run)"
         return f"compiling your RASP program {self.user.path} with tracr (read from the cache after the first run)"
 
     def inputs(self, split: str, seed: int) -> tuple:
         """(the split's distinct input sequences, whether the two splits share them)."""
-        spec = self.user.spec
+        spec = self.spec
         vocab, n_len, n = list(spec.vocab), spec.max_seq_len, self.n_per_split
         total = len(vocab) ** n_len
         rng = random.Random(seed)
         if total <= ENUMERATE_UP_TO:
-            every = [list(s) for s in itertools.product(vocab, repeat=n_len)]
+            every = [list(s) for s in itertools.product(vocab, repeat=n_len)
+                     if not self.distinct_tokens or len(set(s)) == n_len]
             rng.shuffle(every)
             seqs = every[: 2 * n]
         else:
             seen, seqs = set(), []
             while len(seqs) < 2 * n:
                 s = tuple(rng.choice(vocab) for _ in range(n_len))
-                if s not in seen:
+                if s not in seen and (not self.distinct_tokens or len(set(s)) == n_len):
                     seen.add(s)
                     seqs.append(list(s))
         per = min(n, len(seqs) // 2)
@@ -78,7 +90,7 @@ class ProgramTask(TracrTask):
         m = self.tracr()
         seqs, shared = self.inputs(split, seed)
         if len(seqs) < 2:
-            raise ProgramError(f"{self.user.path}: only {len(seqs)} input exists (VOCAB^MAX_SEQ_LEN); a corrupted "
+            raise ProgramError(f"{self.where}: only {len(seqs)} input exists (VOCAB^MAX_SEQ_LEN); a corrupted "
                                "input needs another one: enlarge VOCAB or MAX_SEQ_LEN")
         engine = Engine(m.weights.to(dtype=torch.float64))
         clean = m.encode(seqs)
@@ -99,7 +111,7 @@ class ProgramTask(TracrTask):
         order = [i for g in ordered for i in g]
         B, shift = len(order), len(ordered[0])
         if shift == B:
-            raise ProgramError(f"{self.user.path}: the program gives the same output on every input of the {split} "
+            raise ProgramError(f"{self.where}: the program gives the same output on every input of the {split} "
                                "split, so no corrupted input changes it; use a program whose output depends on it")
         perm = torch.empty(B, dtype=torch.long)
         perm[torch.tensor(order)] = torch.tensor([order[(k + shift) % B] for k in range(B)])
@@ -130,7 +142,7 @@ def register_program(path) -> str:
     spec = up.spec
     cls = type(f"ProgramTask_{up.name}", (ProgramTask,), {
         "__doc__": f"The RASP program of {up.path} (circuit-bench run --program).",
-        "name": up.task_name, "model": spec.name, "program": spec.name, "user": up,
+        "name": up.task_name, "model": spec.name, "program": spec.name, "user": up, "spec": spec, "where": str(up.path),
         "ground_truth_task": spec.name, "ground_truth_dir": folder,
         "description": f"your RASP program {up.path.name}: {len(spec.vocab)} tokens, max_seq_len {spec.max_seq_len}"
                        + (", causal" if spec.causal else ""),
@@ -138,6 +150,30 @@ def register_program(path) -> str:
     cls().data()  # a program whose output no corruption changes is refused here, in one line
     register_task(cls)
     return up.task_name
+
+
+def register_spec(spec: ProgramSpec, task_name: str, *, where: str, description: str, source: str,
+                  distinct_tokens: bool = False, doc: str = "") -> str:
+    """Compile `spec` (cached), derive and check its structural ground truth (`check_circuit`),
+    write it to `cache_dir()/programs/<spec.name>-<key>/`, check that some corruption changes its
+    output, and register `task_name` as a ProgramTask; a ProgramError says why it cannot be.
+    `where` names the program in refusals; `source` is the ground truths' provenance."""
+    try:
+        model = load_tracr(spec)
+    except OSError:
+        raise
+    except Exception as e:
+        raise ProgramError(f"tracr cannot compile {where}: {' '.join(str(e).split())[:300]}") from None
+    folder = write_ground_truths(spec_ground_truths(spec, model, where, source), spec_ground_truth_folder(spec, spec.name))
+    cls = type(f"ProgramTask_{spec.name}".replace("-", "_").replace(".", "_"), (ProgramTask,), {
+        "__doc__": doc or f"The RASP program {where}.",
+        "name": task_name, "model": spec.name, "program": spec.name, "spec": spec, "where": where,
+        "distinct_tokens": distinct_tokens, "ground_truth_task": spec.name, "ground_truth_dir": folder,
+        "description": description,
+    })
+    cls().data()  # a program whose output no corruption changes is refused here, in one line
+    register_task(cls)
+    return task_name
 
 
 def register_programs(paths) -> list:
