@@ -61,7 +61,13 @@ def test_reverse_and_xproportion_match_hand_derivation():
     assert set(describe_edges(rev["structural"].edges)) - set(describe_edges(rev["structural-ablation"].edges)) == {
         "embed->a0.0(q)", "embed->a0.0(k)"}
     xp = derive_all("tracr-xproportion")
-    assert set(xp) == {"structural"}  # frac_prevs' LEQ selector is not constant
+    assert "structural-ablation" not in xp  # frac_prevs' LEQ selector is not constant
+    # Counting `one`/BOS (zero ablation's circuit): the length head's value (BOS), the MLPs' `one`
+    # bias, and the BOS-default q/k of the categorical reverse aggregate; frac_prevs' q/k.
+    added = set(describe_edges(rev["structural-zero"].edges)) - set(describe_edges(rev["structural"].edges))
+    assert added == {"embed->a0.0(v)", "embed->m0", "embed->m1", "embed->a3.0(q)", "embed->a3.0(k)"}
+    added = set(describe_edges(xp["structural-zero"].edges)) - set(describe_edges(xp["structural"].edges))
+    assert added == {"embed->a1.0(q)", "embed->a1.0(k)"}
     assert describe_edges(xp["structural"].edges) == sorted(
         ["embed->m0", "m0->a1.0(v)", "pos_embed->a1.0(q)", "pos_embed->a1.0(k)", "a1.0->out"])
 

@@ -16,6 +16,12 @@ W_Q W_K^T over each of the sender's one-hot variables), e.g. a TRUE predicate or
 ignores the query. Such an edge changes nothing under resample ablation. It is written only for
 programs where it differs from "structural".
 
+Variant "structural-zero" is the circuit matched to zero ablation: the `one` and `tokens:BOS`
+dims count as read. They hold the same value on every input, so resample ablation never moves
+them, but zeroing an edge removes them too: a SelectorWidth head's value reads tokens:BOS and its
+MLP reads `one`, a categorical Aggregate's query and key read them for its default attention to
+BOS, and many MLPs use `one` as a bias. Written only where it differs from "structural".
+
 `write_all()` (CLI: `circuit-bench ground-truth`) writes `ground_truth/<task>.structural.json`
 (and `.structural-ablation.json`) for every bundled tracr program.
 """
@@ -30,7 +36,7 @@ from harness.core.graph import QKV, Graph
 from harness.programs.rasp_programs import PROGRAMS
 from harness.programs.tracr_models import TracrModel, load_tracr
 
-VARIANTS = ("structural", "structural-ablation")
+VARIANTS = ("structural", "structural-ablation", "structural-zero")
 SOURCE = ("derived from the compiled tracr program's weights and residual labels by "
           "harness.structural_gt (circuit-bench ground-truth); no discovery run")
 RULE = ("Structural rule (InterpBench; docs/tracr.md#structural-ground-truth): a component reads the residual dims "
@@ -38,6 +44,8 @@ RULE = ("Structural rule (InterpBench; docs/tracr.md#structural-ground-truth): a
         "(tokens -> hook_embed, indices -> hook_pos_embed, output reads W_U's rows); an edge exists iff a "
         "write set meets a read set, ignoring the 'one' and 'tokens:BOS' dims; each used head gets its "
         "DIRECT q/k/v edges for the letters with incoming edges.")
+ZERO_RULE = (" Zero-ablation variant: the 'one' and 'tokens:BOS' dims count as read (zeroing an edge also "
+             "removes the constant bias and BOS-attention terms it carries, which change the output).")
 ABLATION_RULE = (" Ablation-aware refinement (a): q/k edges whose QK block is constant across the "
                  "sender's values are dropped (they cannot matter under resample ablation).")
 TOL = 1e-8
@@ -97,7 +105,7 @@ def edge_mask(model: TracrModel, variant: str = "structural", graph: Graph | Non
     if variant not in VARIANTS:
         raise KeyError(f"unknown structural variant {variant!r}; variants: {', '.join(VARIANTS)}")
     g = graph or Graph(model.weights.cfg)
-    reads, writes = read_write_sets(model, g)
+    reads, writes = read_write_sets(model, g, keep_constant_dims=variant == "structural-zero")
     meets = (reads.float() @ writes.float().T) > 0  # [n_receivers, n_senders]
     mask = torch.zeros(g.n_edges, dtype=torch.bool)
     mask[: g.n_add] = meets[g.add_receiver, g.add_sender]
@@ -189,7 +197,7 @@ def derive(task: str, variant: str = "structural", model: TracrModel | None = No
     g = Graph(model.weights.cfg)
     mask = edge_mask(model, variant, g)
     edges = sorted(g.edge_endpoints[i] for i in mask.nonzero().flatten().tolist())
-    desc = RULE + (ABLATION_RULE if variant == "structural-ablation" else "")
+    desc = RULE + {"structural-ablation": ABLATION_RULE, "structural-zero": ZERO_RULE}.get(variant, "")
     desc += " Components: " + ", ".join(describe_edges(edges)) + "."
     if variant == "structural":
         cmp = compare_with_acdc(task, edges, model, g)
@@ -200,25 +208,28 @@ def derive(task: str, variant: str = "structural", model: TracrModel | None = No
 
 
 def derive_all(task: str, model: TracrModel | None = None) -> dict:
-    """variant -> GroundTruth; "structural-ablation" only where it differs from "structural"."""
+    """variant -> GroundTruth; "structural-ablation" and "structural-zero" only where they differ
+    from "structural"."""
     model = model or load_tracr(task)
     out = {"structural": derive(task, "structural", model)}
-    abl = derive(task, "structural-ablation", model)
-    if set(abl.edges) != set(out["structural"].edges):
-        out["structural-ablation"] = abl
+    for variant in VARIANTS[1:]:
+        gt = derive(task, variant, model)
+        if set(gt.edges) != set(out["structural"].edges):
+            out[variant] = gt
     return out
 
 
 def write_all(directory=None) -> list[Path]:
-    """Write `<task>.structural[-ablation].json` for every bundled tracr program; returns paths.
-    A stale `.structural-ablation.json` (the variant no longer differs) is removed."""
+    """Write `<task>.structural[-ablation|-zero].json` for every bundled tracr program; returns
+    paths. A stale variant file (the variant no longer differs) is removed."""
     d = Path(directory) if directory else ground_truth_dir()
     paths = []
     for task in PROGRAMS:
         gts = derive_all(task)
         for gt in gts.values():
             paths.append(save_ground_truth(gt, d))
-        stale = d / f"{task}.structural-ablation.json"
-        if "structural-ablation" not in gts and stale.exists():
-            stale.unlink()
+        for variant in VARIANTS[1:]:
+            stale = d / f"{task}.{variant}.json"
+            if variant not in gts and stale.exists():
+                stale.unlink()
     return paths
