@@ -153,13 +153,25 @@ def cmd_run(args) -> int:
             programs = register_programs(args.program)
         except ProgramError as e:
             _fail(str(e))
+    if args.preset:  # a named set of tasks, methods and options; the command line overrides each
+        from harness.run.presets import get_preset
+
+        preset = get_preset(args.preset)
+        args.tasks = args.tasks or list(preset.tasks)
+        args.methods = args.methods or list(preset.methods) or None
+        opts = preset.options
+        args.controls = args.controls or opts.get("controls")
+        args.bootstrap = args.bootstrap if args.bootstrap is not None else opts.get("bootstrap")
+        args.faithfulness = args.faithfulness if args.faithfulness is not None else opts.get("faithfulness")
+    args.bootstrap = 1000 if args.bootstrap is None else args.bootstrap
+    args.faithfulness = True if args.faithfulness is None else args.faithfulness
     suite = [t for t in args.tasks or [] if t.startswith("suite:") and t not in TASKS]
-    if suite:  # tracr's library programs (harness.programs.library): compiled and registered when asked for
-        from harness.programs.library import register_library
+    if suite:  # the generated suite (harness.programs.suite): compiled and registered when asked for
+        from harness.programs.suite import register_suite
         from harness.programs.user_program import ProgramError
 
         try:
-            register_library(suite)
+            register_suite(suite)
         except ProgramError as e:
             _fail(str(e))
     tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else ([] if programs else offline_tasks())
@@ -174,7 +186,7 @@ def cmd_run(args) -> int:
                     position_scramble=not args.no_position_scramble, dtype=args.dtype, fresh=args.fresh,
                     weights_dir=args.weights_dir, progress=not (args.no_progress or args.quiet),
                     bootstrap=args.bootstrap, methods_explicit=bool(args.methods),
-                    faithfulness=not args.no_faithfulness, bootstrap_reruns=args.bootstrap_reruns,
+                    faithfulness=args.faithfulness, bootstrap_reruns=args.bootstrap_reruns,
                     threads=args.threads, metric=args.metric,
                     controls=tuple(args.controls) if args.controls else None, reset_seeds=args.reset_seeds,
                     chunk=args.chunk, per_position=args.per_position)
@@ -223,6 +235,18 @@ def cmd_list(args) -> int:
     from harness.methods import all_methods
     from harness.tasks import TASKS
 
+    if args.suite:  # the generated suite's programs (compiled only when run)
+        from harness.programs.suite import catalogue
+
+        rows = catalogue()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+            return 0
+        print(f"Suite programs ({len(rows)}; run one with --tasks NAME, all with --preset suite; docs/suite.md):")
+        for r in rows:
+            print(f"  {r['task']:<34} {r['source']:<16} {r['vocab']} tokens x {r['max_seq_len']}"
+                  + (" causal" if r["causal"] else "") + f"  {r['program']}")
+        return 0
     tasks = [cls().summary() for cls in TASKS.values()]
     methods = [
         {"name": m.name, "description": m.description, "output": m.output,
@@ -376,8 +400,9 @@ def cmd_compare(args) -> int:
 
 def cmd_ground_truth(args) -> int:
     from harness.programs.structural_gt import write_all
+    from harness.tasks import get_task
 
-    for p in write_all(args.dir):
+    for p in write_all(args.dir, inputs=lambda t: get_task(t).ground_truth_inputs()):
         print(p)
     return 0
 
@@ -433,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd")
     r = sub.add_parser("run", help="run methods on tasks, score them against ground truth, write results and a report")
     r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline; suite:<name> "
-                                                  "compiles one of tracr's library programs, harness.programs.library)")
+                                                  "compiles a program of the generated suite, docs/suite.md)")
     r.add_argument("--program", action="append", default=[], metavar="FILE",
                    help="a .py file defining program() (a RASP expression), VOCAB and MAX_SEQ_LEN: compiled with "
                         "tracr and run as task program:NAME, alone or besides --tasks (repeatable; "
@@ -454,8 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tracr resample runs without ACDC's permutation of the corrupted run's positional embeddings")
     r.add_argument("--weights-dir", help="directory holding pretrained weights (see README)")
     r.add_argument("--fresh", action="store_true", help="discard finished results in --out and start over")
-    r.add_argument("--bootstrap", type=_bootstrap, default=1000,
-                   help="resamples of the examples for 95%% AUC intervals (at least 1000; 0: off)")
+    r.add_argument("--bootstrap", type=_bootstrap, default=None,
+                   help="resamples of the examples for 95%% AUC intervals (at least 1000; 0: off; default 1000)")
     r.add_argument("--bootstrap-reruns", type=_int_range(0), default=0,
                    help="re-runs allowed for methods that must re-run per resample, e.g. ACDC; an interval needs "
                         "--bootstrap of them, so fewer gives none (default 0)")
@@ -468,7 +493,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "tasks for every method that runs the model but ACDC")
     r.add_argument("--reset-seeds", type=_int_range(2, 1000, "use an integer from 2 to 1000"), default=5,
                    help="reset networks per reset control; their spread is its interval (default 5)")
-    r.add_argument("--no-faithfulness", action="store_true", help="skip CPR/CMD of the top-k circuits")
+    r.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPR/CMD of the top-k circuits (default: on; --no-faithfulness skips them)")
+    r.add_argument("--preset", choices=["suite-quick", "suite"],
+                   help="suite-quick: 14 suite circuits and the fast methods, under 10 minutes on 2 cores; suite: every "
+                        "suite circuit and method (docs/suite.md); --tasks, --methods and options given override it")
     r.add_argument("--per-position", action="store_true",
                    help="also keep every token position's share of each gradient ranking (one more run per variant "
                         "that splits so), written to position_scores.parquet; the rankings are unchanged")
@@ -476,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
     li = sub.add_parser("list", help="list tasks, methods and variants")
     li.add_argument("--json", action="store_true")
+    li.add_argument("--suite", action="store_true", help="list the generated suite's programs (docs/suite.md)")
     li.set_defaults(fn=cmd_list)
     hd = sub.add_parser("heads", help="layer x head heatmaps of ||dL/dW_Q,K,V,O|| and direct effects (e.g. seed-pair, ioi)")
     hd.add_argument("--task", required=True)

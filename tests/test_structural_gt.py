@@ -12,8 +12,8 @@ from harness.core.engine import Engine
 from harness.core.graph import QKV, Graph
 from harness.core.ground_truth import ground_truth_dir, load_ground_truth, save_ground_truth
 from harness.programs.rasp_programs import PROGRAMS
-from harness.programs.structural_gt import derive_all, describe_edges, short_edge, write_all
-from harness.tasks import get_task
+from harness.programs.structural_gt import bos_default_heads, derive_all, describe_edges, edge_mask, short_edge, write_all
+from harness.tasks import TASKS, get_task
 from harness.programs.tracr_models import load_tracr
 
 
@@ -21,7 +21,7 @@ from harness.programs.tracr_models import load_tracr
 def test_files_on_disk_equal_derivation(task, tmp_path):
     """A stale file (program, rule or ACDC comparison changed) fails here: rerun
     `circuit-bench ground-truth`."""
-    derived = derive_all(task)
+    derived = derive_all(task, tokens=get_task(task).ground_truth_inputs())
     on_disk = {p.name for p in ground_truth_dir().glob(f"{task}.structural*.json")}
     assert on_disk == {f"{task}.{v}.json" for v in derived}
     for v, gt in derived.items():
@@ -30,7 +30,7 @@ def test_files_on_disk_equal_derivation(task, tmp_path):
 
 
 def test_write_all_writes_every_program(tmp_path):
-    paths = write_all(tmp_path)
+    paths = write_all(tmp_path, inputs=lambda t: get_task(t).ground_truth_inputs())
     assert {p.name for p in paths} == {p.name for p in ground_truth_dir().glob("tracr-*.structural*.json")}
 
 
@@ -62,14 +62,42 @@ def test_reverse_and_xproportion_match_hand_derivation():
         "embed->a0.0(q)", "embed->a0.0(k)"}
     xp = derive_all("tracr-xproportion")
     assert "structural-ablation" not in xp  # frac_prevs' LEQ selector is not constant
-    # Counting `one`/BOS (zero ablation's circuit): the length head's value (BOS), the MLPs' `one`
-    # bias, and the BOS-default q/k of the categorical reverse aggregate; frac_prevs' q/k.
+    # Zero ablation's circuit counts `one`/BOS where zeroing them changes the output: the length
+    # head's value (BOS) and the MLPs' `one` bias, exactly the three edges ACDC's zero-ablation
+    # circuit has beyond ours. The reverse gather's and frac_prevs' BOS-default q/k do not count:
+    # every query matches a key on the tasks' inputs.
+    tokens = get_task("tracr-reverse").ground_truth_inputs()
+    rev = derive_all("tracr-reverse", tokens=tokens)
     added = set(describe_edges(rev["structural-zero"].edges)) - set(describe_edges(rev["structural"].edges))
-    assert added == {"embed->a0.0(v)", "embed->m0", "embed->m1", "embed->a3.0(q)", "embed->a3.0(k)"}
-    added = set(describe_edges(xp["structural-zero"].edges)) - set(describe_edges(xp["structural"].edges))
-    assert added == {"embed->a1.0(q)", "embed->a1.0(k)"}
+    assert added == {"embed->a0.0(v)", "embed->m0", "embed->m1"}
+    assert "structural-zero" not in derive_all("tracr-xproportion", tokens=get_task("tracr-xproportion").ground_truth_inputs())
+    m = load_tracr("tracr-reverse")
+    assert bos_default_heads(m, Graph(m.weights.cfg), tokens) == set()
     assert describe_edges(xp["structural"].edges) == sorted(
         ["embed->m0", "m0->a1.0(v)", "pos_embed->a1.0(q)", "pos_embed->a1.0(k)", "a1.0->out"])
+
+
+def test_a_bos_default_counts_where_a_query_matches_no_key():
+    """A generated program's numerical mean whose selector matches no key at some query (its
+    default 0 comes from attending to BOS): that head's `one`/BOS q/k edges from the embedding
+    join the zero-ablation circuit, and only on inputs where it happens."""
+    from harness.programs.suite import register_suite
+
+    saved = dict(TASKS)
+    try:
+        task = get_task(register_suite(["suite:gen-0-9x10"])[0])
+        m = task.tracr()
+        g = Graph(m.weights.cfg)
+        tokens = task.ground_truth_inputs()
+        used = bos_default_heads(m, g, tokens)
+        assert used
+        with_inputs, without = edge_mask(m, "structural-zero", g, tokens), edge_mask(m, "structural-zero", g)
+        added = {short_edge(*g.edge_endpoints[i]) for i in (with_inputs & ~without).nonzero().flatten().tolist()}
+        assert added and all(e.startswith("embed->a") and e.endswith(("(q)", "(k)")) for e in added)
+        assert {int(e.split("->a")[1].split(".")[0]) for e in added} == {L for L, _ in used}
+    finally:
+        TASKS.clear()
+        TASKS.update(saved)
 
 
 def _diff(task, variant="structural"):

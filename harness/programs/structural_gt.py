@@ -17,10 +17,13 @@ ignores the query. Such an edge changes nothing under resample ablation. It is w
 programs where it differs from "structural".
 
 Variant "structural-zero" is the circuit matched to zero ablation: the `one` and `tokens:BOS`
-dims count as read. They hold the same value on every input, so resample ablation never moves
-them, but zeroing an edge removes them too: a SelectorWidth head's value reads tokens:BOS and its
-MLP reads `one`, a categorical Aggregate's query and key read them for its default attention to
-BOS, and many MLPs use `one` as a bias. Written only where it differs from "structural".
+dims count as read where zeroing them changes the output. They hold the same value on every
+input, so resample ablation never moves them, but zeroing an edge removes them too: MLPs use
+`one` as a bias, a SelectorWidth head's value reads tokens:BOS and its q/k set how much it attends
+to BOS (always selected), and an Aggregate's q/k hold its default attention to BOS, which decides
+the output only at a query no key matches: those count where the head attends mostly to BOS on
+the inputs the program is evaluated on (`bos_default_heads`; the tasks' validation and test
+inputs). Written only where it differs from "structural".
 
 `write_all()` (CLI: `circuit-bench ground-truth`) writes `ground_truth/<task>.structural.json`
 (and `.structural-ablation.json`) for every bundled tracr program.
@@ -55,9 +58,52 @@ def _nz_rows(w: torch.Tensor) -> torch.Tensor:
     return w.abs().amax(-1) > TOL
 
 
-def read_write_sets(model: TracrModel, graph: Graph, keep_constant_dims: bool = False):
+def bos_default_heads(model: TracrModel, graph: Graph, tokens: torch.Tensor) -> set:
+    """(layer, head) of the heads that attend mostly (> 1/2) to BOS at some query position past
+    BOS on `tokens` [batch, pos] (the compiled program's inputs): an Aggregate whose query no key
+    matches there, so it falls back on its BOS default and the `one`/BOS terms of its q/k decide
+    the output. (BOS's own position, where no key matches either, is left out: what a head
+    writes there reaches the output only if a later head reads it as key 0, and whether that
+    changes anything depends on the later head; docs/suite.md, exceptions.)"""
+    from harness.core.engine import Engine
+
+    cfg = model.weights.cfg
+    trace = Engine(model.weights.to(dtype=torch.float64)).run(tokens, record=True)
+    out = set()
+    for L in range(cfg.n_layers):
+        q, k = trace.qkv[L][0], trace.qkv[L][1]  # [batch, pos, n_heads, d_head]
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
+        if cfg.causal:
+            P = scores.shape[-1]
+            scores = scores.masked_fill(~torch.ones(P, P, dtype=torch.bool).tril(), float("-inf"))
+        to_bos = scores.softmax(-1)[:, :, 1:, 0].amax(dim=(0, 2))  # [n_heads]
+        out |= {(L, h) for h in range(cfg.n_heads) if to_bos[h] > 0.5}
+    return out
+
+
+def _bos_default_terms(model: TracrModel, layer: int, head: int) -> tuple:
+    """(query dims, key dims) among `one`/`tokens:BOS` whose only QK term is the one between the
+    query's `one` and the key's BOS: the default attention to BOS, which moves the output only
+    at a query no key matches. A constant dim with any other QK term (a predicate that compares
+    with a constant) is left out of both."""
+    w = model.weights
+    qk = w[f"blocks.{layer}.attn.W_Q"][head] @ w[f"blocks.{layer}.attn.W_K"][head].T  # [d_model(q), d_model(k)]
+    labels = model.residual_labels
+    const = [i for i, lab in enumerate(labels) if lab in ("one", f"tokens:{model.bos}")]
+    one = [i for i in const if labels[i] == "one"]
+    bos = [i for i in const if labels[i] != "one"]
+    nz = qk.abs() > TOL
+    q_dims = [i for i in const if not (nz[i].clone().index_fill_(0, torch.tensor(bos, dtype=torch.long), False)).any()]
+    k_dims = [i for i in const if not (nz[:, i].clone().index_fill_(0, torch.tensor(one, dtype=torch.long), False)).any()]
+    return q_dims, k_dims
+
+
+def read_write_sets(model: TracrModel, graph: Graph, keep_constant_dims=False, tokens: torch.Tensor | None = None):
     """Bool [n_receivers, d_model] read sets and [n_senders, d_model] write sets; the `one` and
-    `tokens:BOS` dims are removed from the read sets unless `keep_constant_dims`."""
+    `tokens:BOS` dims are removed from the read sets unless `keep_constant_dims` (True: kept
+    everywhere; "zero": kept where zeroing them changes the output, see "structural-zero": in
+    MLPs, values, SelectorWidth heads' q/k, and the q/k of heads `bos_default_heads` finds on
+    `tokens`)."""
     w, cfg = model.weights, model.weights.cfg
     D = cfg.d_model
     reads = torch.zeros(len(graph.receivers), D, dtype=torch.bool)
@@ -73,9 +119,18 @@ def read_write_sets(model: TracrModel, graph: Graph, keep_constant_dims: bool = 
         reads[graph.mlp_receiver[L]] = _nz_rows(w[f"blocks.{L}.mlp.W_in"])
         writes[graph.mlp_sender[L]] = _nz_rows(w[f"blocks.{L}.mlp.W_out"].T)
     reads[graph.output_receiver] = _nz_rows(w["unembed.W_U"])
+    drop = torch.tensor([lab in ("one", f"tokens:{model.bos}") for lab in model.residual_labels])
+    if keep_constant_dims == "zero":  # what zeroing an edge removes and changes the output through
+        used = bos_default_heads(model, graph, tokens) if tokens is not None else set()
+        for L in range(cfg.n_layers):
+            for h in range(cfg.n_heads):
+                if (L, h) in used or (reads[graph.qkv_receiver[L, 2, h]] & drop).any():
+                    continue  # a used BOS default, or a SelectorWidth head (BOS always attended: its q/k terms set the count)
+                for li, dims in enumerate(_bos_default_terms(model, L, h)):  # used only where no key matches
+                    reads[graph.qkv_receiver[L, li, h]][dims] = False
+        return reads, writes
     if keep_constant_dims:
         return reads, writes
-    drop = torch.tensor([lab in ("one", f"tokens:{model.bos}") for lab in model.residual_labels])
     return reads & ~drop, writes
 
 
@@ -100,12 +155,14 @@ def _qk_constant(model: TracrModel, graph: Graph, edge: int, writes: torch.Tenso
     return True
 
 
-def edge_mask(model: TracrModel, variant: str = "structural", graph: Graph | None = None) -> torch.Tensor:
-    """Bool [n_edges]: the ground-truth edges of a compiled tracr model."""
+def edge_mask(model: TracrModel, variant: str = "structural", graph: Graph | None = None,
+              tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool [n_edges]: the ground-truth edges of a compiled tracr model (`tokens` [batch, pos]:
+    the inputs it is evaluated on, which "structural-zero" reads; the others ignore them)."""
     if variant not in VARIANTS:
         raise KeyError(f"unknown structural variant {variant!r}; variants: {', '.join(VARIANTS)}")
     g = graph or Graph(model.weights.cfg)
-    reads, writes = read_write_sets(model, g, keep_constant_dims=variant == "structural-zero")
+    reads, writes = read_write_sets(model, g, "zero" if variant == "structural-zero" else False, tokens)
     meets = (reads.float() @ writes.float().T) > 0  # [n_receivers, n_senders]
     mask = torch.zeros(g.n_edges, dtype=torch.bool)
     mask[: g.n_add] = meets[g.add_receiver, g.add_sender]
@@ -191,11 +248,13 @@ def compare_with_acdc(task: str, edges, model: TracrModel, graph: Graph) -> str:
     return " ".join(parts)
 
 
-def derive(task: str, variant: str = "structural", model: TracrModel | None = None) -> GroundTruth:
-    """The GroundTruth of a bundled tracr program (default sizes unless `model` is given)."""
+def derive(task: str, variant: str = "structural", model: TracrModel | None = None,
+           tokens: torch.Tensor | None = None) -> GroundTruth:
+    """The GroundTruth of a bundled tracr program (default sizes unless `model` is given);
+    `tokens`: the inputs it is evaluated on (edge_mask)."""
     model = model or load_tracr(task)
     g = Graph(model.weights.cfg)
-    mask = edge_mask(model, variant, g)
+    mask = edge_mask(model, variant, g, tokens)
     edges = sorted(g.edge_endpoints[i] for i in mask.nonzero().flatten().tolist())
     desc = RULE + {"structural-ablation": ABLATION_RULE, "structural-zero": ZERO_RULE}.get(variant, "")
     desc += " Components: " + ", ".join(describe_edges(edges)) + "."
@@ -207,25 +266,26 @@ def derive(task: str, variant: str = "structural", model: TracrModel | None = No
     return GroundTruth(task, variant, model.weights.cfg.name, SOURCE, edges, desc, extra=extra)
 
 
-def derive_all(task: str, model: TracrModel | None = None) -> dict:
+def derive_all(task: str, model: TracrModel | None = None, tokens: torch.Tensor | None = None) -> dict:
     """variant -> GroundTruth; "structural-ablation" and "structural-zero" only where they differ
-    from "structural"."""
+    from "structural" (`tokens`: the inputs the program is evaluated on, for "structural-zero")."""
     model = model or load_tracr(task)
     out = {"structural": derive(task, "structural", model)}
     for variant in VARIANTS[1:]:
-        gt = derive(task, variant, model)
+        gt = derive(task, variant, model, tokens)
         if set(gt.edges) != set(out["structural"].edges):
             out[variant] = gt
     return out
 
 
-def write_all(directory=None) -> list[Path]:
+def write_all(directory=None, inputs=None) -> list[Path]:
     """Write `<task>.structural[-ablation|-zero].json` for every bundled tracr program; returns
-    paths. A stale variant file (the variant no longer differs) is removed."""
+    paths. `inputs`: task -> the tokens [batch, pos] it is evaluated on (its data; the CLI passes
+    them). A stale variant file (the variant no longer differs) is removed."""
     d = Path(directory) if directory else ground_truth_dir()
     paths = []
     for task in PROGRAMS:
-        gts = derive_all(task)
+        gts = derive_all(task, tokens=inputs(task) if inputs else None)
         for gt in gts.values():
             paths.append(save_ground_truth(gt, d))
         for variant in VARIANTS[1:]:

@@ -189,20 +189,21 @@ def check_circuit(mask, graph, where: str) -> None:
                            "with an Aggregate or SelectorWidth")
 
 
-def spec_ground_truths(spec: ProgramSpec, model, where: str, source: str = SOURCE) -> dict:
+def spec_ground_truths(spec: ProgramSpec, model, where: str, source: str = SOURCE, tokens=None) -> dict:
     """variant -> GroundTruth (task `spec.name`) of a compiled program's structural circuit,
-    checked by `check_circuit` (`where` names the program in its refusal)."""
+    checked by `check_circuit` (`where` names the program in its refusal); `tokens` [batch, pos]:
+    the inputs it is evaluated on (structural_gt.edge_mask)."""
     from harness.core.graph import Graph
     from harness.programs.structural_gt import derive_all, edge_mask
 
     graph = Graph(model.weights.cfg)
     check_circuit(edge_mask(model, "structural", graph), graph, where)
-    return {k: replace(gt, source=source) for k, gt in derive_all(spec.name, model).items()}
+    return {k: replace(gt, source=source) for k, gt in derive_all(spec.name, model, tokens).items()}
 
 
-def ground_truths(up: UserProgram, model) -> dict:
+def ground_truths(up: UserProgram, model, tokens=None) -> dict:
     """variant -> GroundTruth of the program's structural circuit (checked by `check_circuit`)."""
-    return spec_ground_truths(up.spec, model, str(up.path))
+    return spec_ground_truths(up.spec, model, str(up.path), tokens=tokens)
 
 
 def spec_ground_truth_folder(spec: ProgramSpec, name: str) -> Path:
@@ -245,8 +246,7 @@ def write_ground_truths(gts: dict, folder: Path) -> Path:
 
 
 def prepare(path) -> tuple:
-    """(UserProgram, compiled TracrModel, ground-truth folder) of a program file, every check done."""
+    """(UserProgram, compiled TracrModel, its ground-truth folder) of a program file, the file's
+    and the compiler's checks done (the ground truths are written by the task, on its inputs)."""
     up = load(path)
-    model = compile_user_program(up)
-    folder = write_ground_truths(ground_truths(up, model), ground_truth_folder(up))
-    return up, model, folder
+    return up, compile_user_program(up), ground_truth_folder(up)

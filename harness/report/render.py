@@ -163,17 +163,26 @@ def _meta(out: Path) -> dict:
     return {}
 
 
+SUITE_PREFIX = "suite:"
+
+
 def _blocks(out: Path) -> list:
     store = ResultStore(out)
     records = store.records()
     df = store.frame()
     meta = _meta(out)
     B = [("h1", "circuit-bench report")]
-    B += _headline_blocks(df, out)
+    suite = sorted(t for t in (df["task"].unique() if len(df) else []) if str(t).startswith(SUITE_PREFIX))
+    if suite:  # the generated suite: its statistics over circuits, not a section per program
+        B += _suite_section(df[df["task"].isin(suite)], out, meta)
+        df = df[~df["task"].isin(suite)]
+        records = [r for r in records if r["task"] not in suite]
+    if len(df):
+        B += _headline_blocks(df, out)
     if meta:
         B.append(("p", "; ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))))
         for k, v in meta.items():
-            if isinstance(v, dict):
+            if isinstance(v, dict) and k != "layers":
                 B.append(("p", f"{k}: " + ", ".join(f"{a} {b}" for a, b in v.items())))
     B.append(("p", AUC_NOTE))
     ok = df[df["status"] == "ok"] if len(df) else df
@@ -241,6 +250,8 @@ def _blocks(out: Path) -> list:
                 B.append(("p", "Not ranked on some task (degenerate: every edge scores the same within the tie "
                                "floor; see each task's table): " + ", ".join(degenerate) + "."))
             B.append(("img", png))
+        if not suite:
+            B += _suite_blocks(ok, out)
     chosen = _best_variants(df)
     for task in sorted({r["task"] for r in records}):
         trecs = [r for r in records if r["task"] == task and r.get("status") == "ok"
@@ -415,6 +426,29 @@ def _control_blocks(ok: pd.DataFrame, out: Path) -> list:
         if plot_controls(frame[(frame["ablation"] == ref) & (frame["method"] != "structure")], png):
             B.append(("img", png))
     return B
+
+
+def _suite_blocks(ok: pd.DataFrame, out: Path) -> list:
+    """Suite statistics over the run's tasks (harness/report/suite.py), where there are enough
+    headline tasks for a paired test across circuits to reach significance."""
+    from harness.eval.suite_stats import MIN_PAIRS
+    from harness.report.suite import suite_items
+
+    headline = ok[~ok["task"].isin(REPRODUCTION_ONLY)]
+    return suite_items(headline, out) if headline["task"].nunique() >= MIN_PAIRS else []
+
+
+def _suite_section(rows: pd.DataFrame, out: Path, meta: dict) -> list:
+    """The generated suite's section (docs/suite.md): per-method AUC over its circuits, paired
+    tests, targets, and AUC against graph size, circuit size and depth (the model's layers)."""
+    from harness.eval.suite_stats import circuit_frame
+    from harness.report.suite import suite_items
+
+    layers = meta.get("layers") if isinstance(meta.get("layers"), dict) else {}
+    frame = circuit_frame(rows, depth=layers or None)
+    n = rows["task"].nunique()
+    return [("p", f"The generated suite: {n} compiled circuits (docs/suite.md); each reference is scored against the "
+                  "ground truth matched to it.")] + suite_items(frame, out)
 
 
 def _faithfulness_blocks(df: pd.DataFrame) -> list:

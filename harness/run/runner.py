@@ -376,6 +376,7 @@ def run_metadata(cfg: RunConfig) -> dict:
         "bootstrap_resamples": cfg.bootstrap, "reset_seeds": cfg.reset_seeds, "git_commit": commit, "python": platform.python_version(),
         "versions": {p: ver(p) for p in ("circuit-bench", "torch", "transformer-lens", "tracr-pypi", "jax", "scikit-learn", "pandas")},
         "tasks": {},
+        "layers": {},  # task -> its model's layers: the depth axis of the suite statistics
     }
 
 
@@ -431,6 +432,7 @@ def _loaded(task, weights, cfg: RunConfig, meta: dict, log, failure=None, reset_
     for name, why in problems.items():
         log(f"task {task.name}: ground truth {name!r} cannot be used, its rows are left out: {_one_line(why)}")
     source = "random init: trained weights absent" if reset_kind == "init" else weights.provenance.get("source", "?")
+    meta.setdefault("layers", {})[task.name] = weights.cfg.n_layers
     meta["tasks"][task.name] = (f"model {weights.cfg.name} ({source}); "
                                 f"{data.n} {cfg.split} examples of {data.clean.shape[1]} tokens; metric {data.metric_name}"
                                 + (f"; analogue of {task.mirrors}" if task.mirrors else ""))

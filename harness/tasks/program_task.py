@@ -30,8 +30,8 @@ import torch
 from harness.core.data import check_split
 from harness.programs.rasp_programs import ProgramSpec
 from harness.programs.tracr_models import load_tracr
-from harness.programs.user_program import (ProgramError, UserProgram, load, prepare, spec_ground_truth_folder,
-                                           spec_ground_truths, write_ground_truths)
+from harness.programs.user_program import (ProgramError, UserProgram, ground_truths, load, prepare,
+                                           spec_ground_truth_folder, spec_ground_truths, write_ground_truths)
 from harness.tasks import register_task
 from harness.tasks.tracr_tasks import TracrTask
 
@@ -140,6 +140,7 @@ def register_program(path) -> str:
     returns its task name, `program:<NAME>`."""
     up, model, folder = prepare(path)
     spec = up.spec
+    ground_truths(up, model)  # check_circuit's refusals first: they need no data
     cls = type(f"ProgramTask_{up.name}", (ProgramTask,), {
         "__doc__": f"The RASP program of {up.path} (circuit-bench run --program).",
         "name": up.task_name, "model": spec.name, "program": spec.name, "user": up, "spec": spec, "where": str(up.path),
@@ -147,9 +148,16 @@ def register_program(path) -> str:
         "description": f"your RASP program {up.path.name}: {len(spec.vocab)} tokens, max_seq_len {spec.max_seq_len}"
                        + (", causal" if spec.causal else ""),
     })
-    cls().data()  # a program whose output no corruption changes is refused here, in one line
+    _write_on_inputs(cls, lambda tokens: ground_truths(up, model, tokens), folder)
     register_task(cls)
     return up.task_name
+
+
+def _write_on_inputs(cls, derive, folder) -> None:
+    """Write the task's ground truths `derive(tokens)`, derived on its inputs (structural-zero
+    reads them). A program whose output no corruption changes is refused here, building its
+    data, in one line."""
+    write_ground_truths(derive(cls().ground_truth_inputs()), folder)
 
 
 def register_spec(spec: ProgramSpec, task_name: str, *, where: str, description: str, source: str,
@@ -164,14 +172,15 @@ def register_spec(spec: ProgramSpec, task_name: str, *, where: str, description:
         raise
     except Exception as e:
         raise ProgramError(f"tracr cannot compile {where}: {' '.join(str(e).split())[:300]}") from None
-    folder = write_ground_truths(spec_ground_truths(spec, model, where, source), spec_ground_truth_folder(spec, spec.name))
+    spec_ground_truths(spec, model, where, source)  # check_circuit's refusals first: they need no data
+    folder = spec_ground_truth_folder(spec, spec.name)
     cls = type(f"ProgramTask_{spec.name}".replace("-", "_").replace(".", "_"), (ProgramTask,), {
         "__doc__": doc or f"The RASP program {where}.",
         "name": task_name, "model": spec.name, "program": spec.name, "spec": spec, "where": where,
         "distinct_tokens": distinct_tokens, "ground_truth_task": spec.name, "ground_truth_dir": folder,
         "description": description,
     })
-    cls().data()  # a program whose output no corruption changes is refused here, in one line
+    _write_on_inputs(cls, lambda tokens: spec_ground_truths(spec, model, where, source, tokens), folder)
     register_task(cls)
     return task_name
 

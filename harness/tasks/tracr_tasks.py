@@ -46,6 +46,11 @@ class TracrTask(Task):
     def loading_line(self) -> str:
         return "compiling its RASP program with tracr (read from the cache after the first run) and building its data"
 
+    def ground_truth_inputs(self) -> torch.Tensor:
+        """[batch, pos] the clean inputs of the validation and test splits (seed 0): what the
+        structural-zero ground truth is derived on (harness.programs.structural_gt.bos_default_heads)."""
+        return torch.cat([self.data(split).clean for split in ("validation", "test")])
+
     def load_model(self, device="cpu", dtype=torch.float32, weights_dir=None):
         return self.tracr().weights.to(device, dtype)
 
