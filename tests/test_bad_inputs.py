@@ -124,6 +124,8 @@ CASES = [
     ("split-unknown", lambda t: [*RUN, "--split", "train"], 2, "argument --split: invalid choice", "err"),
     ("reference-unknown", lambda t: [*RUN, "--ablation", "mean"], 2, "argument --ablation: invalid choice", "err"),
     ("task-unknown", lambda t: ["run", "--tasks", "nope"], 2, "unknown task 'nope'; valid tasks:", "err"),
+    ("suite-program-unknown", lambda t: ["run", "--tasks", "suite:gen-nope"], 2, "unknown suite program", "err"),
+    ("preset-unknown", lambda t: ["run", "--preset", "nope"], 2, "argument --preset: invalid choice", "err"),
     ("method-unknown", lambda t: ["run", "--methods", "nope"], 2, "unknown method 'nope'", "err"),
     ("variant-unknown", lambda t: ["run", "--methods", "eap", "--variants", "nope"], 2, "unknown variant 'nope'", "err"),
     ("metric-unknown", lambda t: [*RUN, "--metric", "nope"], 2, "has no metric 'nope'", "err"),

@@ -89,3 +89,17 @@ def test_an_unknown_suite_task_exits_2_with_one_line(tmp_path, capsys, restore_t
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown suite program" in err[0] and "circuit-bench list --suite" in err[0]
+
+
+def test_list_suite_names_every_program_without_compiling(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUIT_BENCH_CACHE", str(tmp_path))
+    assert main(["list", "--suite"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"Suite programs ({len(suite_tasks())};")
+    assert [ln.split()[0] for ln in lines[1:]] == suite_tasks()
+    assert not any(tmp_path.iterdir())  # nothing compiled
+    assert main(["list", "--suite", "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["source"] for r in rows} >= {"tracr lib"} and len(rows) == len(suite_tasks())

@@ -47,8 +47,9 @@ RULE = ("Structural rule (InterpBench; docs/tracr.md#structural-ground-truth): a
         "(tokens -> hook_embed, indices -> hook_pos_embed, output reads W_U's rows); an edge exists iff a "
         "write set meets a read set, ignoring the 'one' and 'tokens:BOS' dims; each used head gets its "
         "DIRECT q/k/v edges for the letters with incoming edges.")
-ZERO_RULE = (" Zero-ablation variant: the 'one' and 'tokens:BOS' dims count as read (zeroing an edge also "
-             "removes the constant bias and BOS-attention terms it carries, which change the output).")
+ZERO_RULE = (" Zero-ablation variant: the 'one' and 'tokens:BOS' dims count as read where zeroing them changes the "
+             "output: MLP biases, SelectorWidth heads' value and q/k, and an Aggregate's BOS-default q/k where a query "
+             "past BOS matches no key on the task's inputs.")
 ABLATION_RULE = (" Ablation-aware refinement (a): q/k edges whose QK block is constant across the "
                  "sender's values are dropped (they cannot matter under resample ablation).")
 TOL = 1e-8
