@@ -1,3 +1,4 @@
+import contextlib
 import socket
 
 import pytest
@@ -66,3 +67,23 @@ def xproportion_model():
 
     task = get_task("tracr-xproportion")
     return Engine(task.load_model()), task.data()
+
+
+@contextlib.contextmanager
+def tasks_restored():
+    """The task registry as it was, after the block: tasks registered inside (programs, the
+    suite) do not outlive it (other tests list every task)."""
+    from harness.tasks import TASKS
+
+    saved = dict(TASKS)
+    try:
+        yield
+    finally:
+        TASKS.clear()
+        TASKS.update(saved)
+
+
+@pytest.fixture
+def restore_tasks():
+    with tasks_restored():
+        yield

@@ -11,6 +11,7 @@ from statistics import median
 import pytest
 import torch
 
+from conftest import tasks_restored
 from harness.core.engine import Engine
 from harness.core.graph import Graph
 from harness.programs import grammar
@@ -19,7 +20,7 @@ from harness.programs.grammar import (BOS_POSITION, GENERATED, GENERATED_SEEDS, 
 from harness.programs.structural_gt import bos_default_heads, edge_mask
 from harness.programs.tracr_models import compile_program
 from harness.programs.user_program import ProgramError, check_circuit
-from harness.tasks import TASKS, get_task
+from harness.tasks import get_task
 from test_library_programs import exact_patching
 from test_tracr import assert_reproduces_tracr
 
@@ -29,11 +30,8 @@ NAMES = list(GENERATED)
 @pytest.fixture(scope="module")
 def suite():
     """Every shipped generated program compiled and registered once (TASKS restored after)."""
-    saved = dict(TASKS)
-    done, failed = build_generated()
-    yield done, failed
-    TASKS.clear()
-    TASKS.update(saved)
+    with tasks_restored():
+        yield build_generated()
 
 
 def _tracr_sample() -> list:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import tasks_restored
 from harness.cli import main
 from harness.core.engine import Engine
 from harness.core.graph import Graph
@@ -21,7 +22,7 @@ from harness.programs.library import CANDIDATES, EXCLUDED, LIBRARY, SATURATED, Z
 from harness.programs.structural_gt import edge_mask
 from harness.programs.tracr_models import compile_program
 from harness.programs.user_program import check_circuit
-from harness.tasks import TASKS, get_task
+from harness.tasks import get_task
 from test_tracr import assert_reproduces_tracr
 
 NAMES = list(LIBRARY)
@@ -31,11 +32,8 @@ ZERO_AUC: dict = {}  # name -> zero-ablation edge AUC of exact patching (filled 
 @pytest.fixture(scope="module")
 def suite():
     """Every shipped program compiled and registered once (TASKS restored after the module)."""
-    saved = dict(TASKS)
-    done, failed = build_library()
-    yield done, failed
-    TASKS.clear()
-    TASKS.update(saved)
+    with tasks_restored():
+        yield build_library()
 
 
 def test_the_library_is_not_registered_at_import():
@@ -61,12 +59,8 @@ def test_every_shipped_program_builds(suite):
 
 
 def test_excluded_programs_fail_for_the_documented_reason():
-    saved = dict(TASKS)
-    try:
+    with tasks_restored():
         done, failed = build_library(list(EXCLUDED), CANDIDATES)
-    finally:
-        TASKS.clear()
-        TASKS.update(saved)
     assert not done
     for name, why in EXCLUDED.items():
         assert why in failed[name], failed[name]
@@ -138,15 +132,11 @@ def test_zero_ablation_auc_1_on_90_percent_of_the_library(suite):
 
 
 def test_run_a_suite_task_from_the_cli(tmp_path):
-    saved = dict(TASKS)
     out = tmp_path / "o"
-    try:
+    with tasks_restored():
         assert main(["run", "--tasks", "suite:lib-frac_prevs-4x5", "--methods", "act-patch-edge", "--ablation", "zero",
                      "--controls", "trained", "--no-progress", "--bootstrap", "0", "--no-faithfulness",
                      "--out", str(out)]) == 0
-    finally:
-        TASKS.clear()
-        TASKS.update(saved)
     df = pd.read_csv(out / "results.csv")
     auc = df[(df.level == "edge") & (df.ground_truth == "structural")]
     assert set(df["task"]) == {"suite:lib-frac_prevs-4x5"} and (auc["auc"] == 1.0).all()

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
+from conftest import tasks_restored
 from harness.core.engine import Engine
 from harness.core.graph import QKV, Graph
 from harness.core.ground_truth import ground_truth_dir, load_ground_truth, save_ground_truth
 from harness.programs.rasp_programs import PROGRAMS
 from harness.programs.structural_gt import bos_default_heads, derive_all, describe_edges, edge_mask, short_edge, write_all
-from harness.tasks import TASKS, get_task
+from harness.tasks import get_task
 from harness.programs.tracr_models import load_tracr
 
 
@@ -83,8 +84,7 @@ def test_a_bos_default_counts_where_a_query_matches_no_key():
     join the zero-ablation circuit, and only on inputs where it happens."""
     from harness.programs.suite import register_suite
 
-    saved = dict(TASKS)
-    try:
+    with tasks_restored():
         task = get_task(register_suite(["suite:gen-0-9x10"])[0])
         m = task.tracr()
         g = Graph(m.weights.cfg)
@@ -95,9 +95,6 @@ def test_a_bos_default_counts_where_a_query_matches_no_key():
         added = {short_edge(*g.edge_endpoints[i]) for i in (with_inputs & ~without).nonzero().flatten().tolist()}
         assert added and all(e.startswith("embed->a") and e.endswith(("(q)", "(k)")) for e in added)
         assert {int(e.split("->a")[1].split(".")[0]) for e in added} == {L for L, _ in used}
-    finally:
-        TASKS.clear()
-        TASKS.update(saved)
 
 
 def _diff(task, variant="structural"):

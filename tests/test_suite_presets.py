@@ -13,14 +13,6 @@ from harness.run.presets import PRESETS, QUICK_LIBRARY, get_preset
 from harness.tasks import TASKS
 
 
-@pytest.fixture
-def restore_tasks():
-    saved = dict(TASKS)
-    yield
-    TASKS.clear()
-    TASKS.update(saved)
-
-
 def test_the_suite_holds_at_least_60_programs_with_distinct_names():
     names = suite_tasks()
     assert len(names) == len(set(names)) == len(LIBRARY) + len(GENERATED) >= 60

@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import tasks_restored
 from harness.cli import main
 from harness.core.engine import Engine
 from harness.programs.tracr_models import compile_program
 from harness.programs.user_program import ProgramError, check_circuit, compile_user_program, load
-from harness.tasks import TASKS, get_task
+from harness.tasks import get_task
 from harness.tasks.program_task import register_program
 from test_tracr import assert_reproduces_tracr
 
@@ -23,10 +24,8 @@ QUICK = ["--methods", "eap", "act-patch-edge", "--no-progress", "--bootstrap", "
 @pytest.fixture(autouse=True)
 def _registry_restored():
     """Program tasks registered here do not outlive the test (other tests list every task)."""
-    saved = dict(TASKS)
-    yield
-    TASKS.clear()
-    TASKS.update(saved)
+    with tasks_restored():
+        yield
 
 
 def test_the_contract_is_read_into_a_program_spec():
