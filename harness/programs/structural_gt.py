@@ -26,7 +26,7 @@ the inputs the program is evaluated on (`bos_default_heads`; the tasks' validati
 inputs). Written only where it differs from "structural".
 
 `write_all()` (CLI: `circuit-bench ground-truth`) writes `ground_truth/<task>.structural.json`
-(and `.structural-ablation.json`) for every bundled tracr program.
+(and `.structural-ablation.json` / `.structural-zero.json`) for every bundled tracr program.
 """
 from __future__ import annotations
 
@@ -94,9 +94,9 @@ def _bos_default_terms(model: TracrModel, layer: int, head: int) -> tuple:
     one = [i for i in const if labels[i] == "one"]
     bos = [i for i in const if labels[i] != "one"]
     nz = qk.abs() > TOL
-    q_dims = [i for i in const if not (nz[i].clone().index_fill_(0, torch.tensor(bos, dtype=torch.long), False)).any()]
-    k_dims = [i for i in const if not (nz[:, i].clone().index_fill_(0, torch.tensor(one, dtype=torch.long), False)).any()]
-    return q_dims, k_dims
+    not_bos, not_one = torch.ones(len(labels), dtype=torch.bool), torch.ones(len(labels), dtype=torch.bool)
+    not_bos[bos], not_one[one] = False, False
+    return [i for i in const if not nz[i, not_bos].any()], [i for i in const if not nz[not_one, i].any()]
 
 
 def read_write_sets(model: TracrModel, graph: Graph, keep_constant_dims=False, tokens: torch.Tensor | None = None):
