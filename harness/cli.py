@@ -448,6 +448,8 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.run.presets import PRESETS
+
     p = _Parser(prog="circuit-bench", description="Benchmark gradient-based circuit discovery.")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
                    help="import a module or .py file that registers methods or tasks (repeatable)")
@@ -495,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reset networks per reset control; their spread is its interval (default 5)")
     r.add_argument("--faithfulness", action=argparse.BooleanOptionalAction, default=None,
                    help="CPR/CMD of the top-k circuits (default: on; --no-faithfulness skips them)")
-    r.add_argument("--preset", choices=["suite-quick", "suite"],
+    r.add_argument("--preset", choices=PRESETS,
                    help="suite-quick: 14 suite circuits and the fast methods, under 10 minutes on 2 cores; suite: every "
                         "suite circuit and method (docs/suite.md); --tasks, --methods and options given override it")
     r.add_argument("--per-position", action="store_true",
