@@ -167,7 +167,7 @@ def cmd_run(args) -> int:
     args.faithfulness = True if args.faithfulness is None else args.faithfulness
     suite = [t for t in args.tasks or [] if t.startswith("suite:") and t not in TASKS]
     if suite:  # the generated suite (harness.programs.suite): compiled and registered when asked for
-        from harness.programs.suite import register_suite
+        from harness.tasks.suite_tasks import register_suite
         from harness.programs.user_program import ProgramError
 
         try:
@@ -398,6 +398,29 @@ def cmd_compare(args) -> int:
     return 0 if c.ok else 1
 
 
+def cmd_suite_seeds(args) -> int:
+    """Print seeds' generated programs and/or re-derive the grammar's first N kept seeds (exit 1
+    when they differ from the shipped GENERATED_SEEDS)."""
+    import time
+    from collections import Counter
+
+    from harness.programs.grammar import GENERATED_SEEDS, generate, reason_of
+    from harness.tasks.suite_tasks import select
+
+    for s in args.show or []:
+        p = generate(s)
+        print(f"# {p.name} (depth {p.depth}, vocab {p.vocab})\n{p.text}\n")
+    if args.select:
+        t0 = time.perf_counter()
+        kept, rejected = select(args.select, args.start, log=lambda line: print(line, flush=True))
+        print(f"\nkept {len(kept)} seeds in {time.perf_counter() - t0:.0f}s: {tuple(kept)}")
+        counts = Counter(reason_of(m) for m in rejected.values())
+        print(f"rejected {len(rejected)}: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
+        if tuple(kept[: len(GENERATED_SEEDS)]) != GENERATED_SEEDS[: len(kept)]:
+            _fail("the kept seeds differ from harness.programs.grammar.GENERATED_SEEDS", code=1)
+    return 0
+
+
 def cmd_ground_truth(args) -> int:
     from harness.programs.structural_gt import write_all
     from harness.tasks import get_task
@@ -543,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--strict", action="store_true", help="also fail when a baseline row is missing from DIR "
                                                         "(default: compare the rows both have, summarise the rest)")
     cp.set_defaults(fn=cmd_compare)
+    ss = sub.add_parser("suite-seeds", help="print the seeded grammar's programs, or re-derive its shipped seeds "
+                                            "(docs/suite.md#the-seeded-grammar)")
+    ss.add_argument("--select", type=_count, metavar="N", help="re-derive the first N kept seeds (compiles each candidate)")
+    ss.add_argument("--start", type=_seed, default=0, help="the first seed to try (default 0)")
+    ss.add_argument("--show", type=_seed, nargs="*", metavar="SEED", help="print the programs of these seeds")
+    ss.set_defaults(fn=cmd_suite_seeds)
     gt = sub.add_parser("ground-truth", help="derive structural ground truths of tracr programs into ground_truth/")
     gt.add_argument("--dir", default=None, help="output folder (default: the package's ground truths: the checkout's "
                                                "ground_truth/ in an editable install)")

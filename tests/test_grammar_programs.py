@@ -16,11 +16,12 @@ from harness.core.engine import Engine
 from harness.core.graph import Graph
 from harness.programs import grammar
 from harness.programs.grammar import (BOS_POSITION, GENERATED, GENERATED_SEEDS, INERT, REASONS, ZERO_ABLATION_EXCEPTIONS,
-                                      build_generated, check, check_registered, generate, reason_of, select)
+                                      generate, reason_of)
 from harness.programs.structural_gt import bos_default_heads, edge_mask
 from harness.programs.tracr_models import compile_program
 from harness.programs.user_program import ProgramError, check_circuit
 from harness.tasks import get_task
+from harness.tasks.suite_tasks import build_generated, check, check_registered, register_generated, select
 from test_library_programs import exact_patching
 from test_tracr import assert_reproduces_tracr
 
@@ -90,7 +91,7 @@ def test_every_shipped_program_builds(suite):
 
 def test_register_generated_refuses_unknown_names():
     with pytest.raises(ProgramError, match="unknown generated program"):
-        grammar.register_generated(["suite:gen-nope"])
+        register_generated(["suite:gen-nope"])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -18,11 +18,12 @@ from harness.eval.round_off import measured_floor
 from harness.eval.scoring import score_ranking
 from harness.eval.suite_stats import matched_ground_truth
 from harness.methods.registry import get_method
-from harness.programs.library import CANDIDATES, EXCLUDED, LIBRARY, SATURATED, ZERO_ABLATION_EXCEPTIONS, build_library
+from harness.programs.library import CANDIDATES, EXCLUDED, LIBRARY, SATURATED, ZERO_ABLATION_EXCEPTIONS
 from harness.programs.structural_gt import edge_mask
 from harness.programs.tracr_models import compile_program
 from harness.programs.user_program import check_circuit
 from harness.tasks import get_task
+from harness.tasks.suite_tasks import build_library
 from test_tracr import assert_reproduces_tracr
 
 NAMES = list(LIBRARY)

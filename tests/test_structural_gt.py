@@ -82,7 +82,7 @@ def test_a_bos_default_counts_where_a_query_matches_no_key():
     """A generated program's numerical mean whose selector matches no key at some query (its
     default 0 comes from attending to BOS): that head's `one`/BOS q/k edges from the embedding
     join the zero-ablation circuit, and only on inputs where it happens."""
-    from harness.programs.suite import register_suite
+    from harness.tasks.suite_tasks import register_suite
 
     with tasks_restored():
         task = get_task(register_suite(["suite:gen-0-9x10"])[0])

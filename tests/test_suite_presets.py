@@ -7,8 +7,9 @@ from harness.cli import main
 from harness.methods import all_methods
 from harness.programs.grammar import GENERATED
 from harness.programs.library import LIBRARY
-from harness.programs.suite import register_suite, suite_tasks
+from harness.programs.suite import suite_tasks
 from harness.programs.user_program import ProgramError
+from harness.tasks.suite_tasks import register_suite
 from harness.run.presets import PRESETS, QUICK_LIBRARY, get_preset
 from harness.tasks import TASKS
 
@@ -95,3 +96,12 @@ def test_list_suite_names_every_program_without_compiling(capsys, tmp_path, monk
 
     rows = json.loads(capsys.readouterr().out)
     assert {r["source"] for r in rows} >= {"tracr lib"} and len(rows) == len(suite_tasks())
+
+
+def test_suite_seeds_rederives_the_shipped_seeds(capsys, restore_tasks):
+    from harness.programs.grammar import GENERATED_SEEDS
+
+    assert main(["suite-seeds", "--select", "3", "--show", str(GENERATED_SEEDS[0])]) == 0
+    out = capsys.readouterr().out
+    assert f"# gen-{GENERATED_SEEDS[0]}-" in out and "kept 3 seeds in" in out
+    assert str(tuple(GENERATED_SEEDS[:3])) in out

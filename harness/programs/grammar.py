@@ -29,7 +29,7 @@ not exact, so no MLP may read it). Every function is named, so the program's tex
 (`GeneratedProgram.text`, one `vK = op(...)` line per operation) is canonical; that text plus the
 vocabulary and length is the compiled-weights cache key.
 
-Selection (`select(n)`; `python -m harness.programs.grammar --select 48` re-derives the shipped
+Selection (`select(n)`; `circuit-bench suite-seeds --select 48` re-derives the shipped
 seeds and prints every rejection): seeds 0, 1, 2, ... are tried in order and a seed is kept when
 (1) its program is not the same text as an earlier kept one and is at least 2 operations deep,
 (2) tracr's validator finds nothing unsupported on sample inputs, (3) tracr compiles it, (4) its
@@ -41,14 +41,12 @@ these structural criteria are used, never a discovery method's score. `GENERATED
 first kept seeds; the tests re-run the selection on a prefix and check that the kept seeds and
 the rejection reasons still hold.
 
-Nothing is compiled at import: `register_generated()` / `build_generated()` compile (cached) and
-register the tasks, like `register_library()`.
+Nothing is compiled at import: `harness.tasks.suite_tasks` (`register_generated()`,
+`build_generated()`, the selection `select()`) compiles (cached) and registers the tasks.
 """
 from __future__ import annotations
 
 import random
-import sys
-import time
 from dataclasses import dataclass, field
 
 from harness.programs.rasp_programs import ProgramSpec
@@ -63,7 +61,7 @@ MIN_CHANGE = 1e-3  # least output change of every kept corrupted row (the task k
 PREDICATES = ("EQ", "LT", "LEQ", "GT", "GEQ", "NEQ", "TRUE")
 LETTERS = "abcdefghij"
 
-# The first kept seeds of `select()` (python -m harness.programs.grammar --select 48).
+# The first kept seeds of `select()` (circuit-bench suite-seeds --select 48).
 GENERATED_SEEDS: tuple[int, ...] = (
     0, 2, 3, 4, 6, 7, 8, 10, 12, 13, 17, 18, 19, 20, 22, 24, 25, 26, 27, 28, 30, 31, 32, 33, 35, 36, 38, 39, 40, 41,
     42, 43, 45, 47, 48, 49, 50, 52, 56, 57, 58, 59, 60, 61, 62, 66, 67, 69)
@@ -480,97 +478,6 @@ def precheck(p: GeneratedProgram) -> None:
             raise ProgramError(f"{p.name}: {REASONS['tracr validator']}: {bad[0].reason}")
 
 
-def check_registered(p: GeneratedProgram, task) -> dict:
-    """The checks after register_spec: an MLP on the circuit, the compiled model agreeing with
-    RASP on the task's inputs, the graph's size. Returns graph / ground-truth sizes."""
-    import torch
-
-    from harness.core.engine import Engine
-    from harness.core.graph import Graph
-    from harness.programs.structural_gt import edge_mask
-    from harness.programs.user_program import ProgramError
-
-    m = task.tracr()
-    g = Graph(m.weights.cfg)
-    mask = edge_mask(m, "structural", g)
-    add = mask[: g.n_add].nonzero().flatten().tolist()
-    comps = ({g.senders[int(g.add_sender[e])].kind for e in add}
-             | {g.receivers[int(g.add_receiver[e])].kind for e in add})
-    if "mlp" not in comps:
-        raise ProgramError(f"{p.name}: its structural circuit has {REASONS['no MLP']}")
-    if g.n_edges > MAX_EDGES:
-        raise ProgramError(f"{p.name}: its graph has {g.n_edges} {REASONS['too many edges']} ({MAX_EDGES})")
-    seqs = task.inputs("validation", 0)[0][:20]
-    program = p.spec.build()
-    out = Engine(m.weights.to(dtype=torch.float64)).logits(m.encode(seqs))[:, 1:]
-    for row, s in zip(out, seqs):
-        want = program(list(s))
-        if m.categorical_output:
-            values = [lab.split(":", 1)[1] for lab in m.output_labels]
-            got = [values[i] if v > 0.5 else "None" for i, v in zip(row.argmax(-1).tolist(), row.amax(-1).tolist())]
-            ok = got == [str(v) for v in want]
-        else:
-            ok = torch.allclose(row[:, 0], torch.tensor([float(v) for v in want], dtype=row.dtype), atol=1e-3)
-        if not ok:
-            raise ProgramError(f"{p.name}: {REASONS['RASP mismatch']} on input {s}")
-    d = task.data()
-    eng = Engine(task.load_model(dtype=torch.float64))
-    changed = (eng.logits(d.clean) - eng.logits(d.corrupted))[:, 1:].abs().flatten(1).amax(-1)
-    if not (changed > MIN_CHANGE).all():
-        raise ProgramError(f"{p.name}: {REASONS['noise']} ({float(changed.min()):.1e})")
-    return {"n_edges": g.n_edges, "gt_edges": int(mask.sum()), "n_layers": m.weights.cfg.n_layers}
-
-
-def register_one(p: GeneratedProgram) -> str:
-    """Compile, check and register one generated program as task `suite:<name>`."""
-    from harness.tasks.program_task import register_spec
-
-    return register_spec(
-        p.spec, p.task_name, where=f"the generated RASP program {p.name} (harness.programs.grammar)", source=SOURCE,
-        description=f"generated RASP program (seed {p.seed}, depth {p.depth}: {', '.join(sorted(p.kinds()))}): "
-                    f"{len(p.vocab)} tokens, length {p.max_seq_len}" + (", causal" if p.causal else ""),
-        doc=f"The RASP program drawn by harness.programs.grammar.generate({p.seed}):\n{p.text}",
-    )
-
-
-def check(seed: int, seen_texts=()) -> tuple:
-    """(kept?, message): every selection criterion of the module docstring, for one seed. The
-    task is registered while checking and removed again."""
-    from harness.programs.user_program import ProgramError
-    from harness.tasks import TASKS, get_task
-
-    p = generate(seed)
-    if p.text in seen_texts:
-        return False, f"{p.name}: {REASONS['duplicate']}"
-    saved = dict(TASKS)
-    try:
-        precheck(p)
-        check_registered(p, get_task(register_one(p)))
-        return True, ""
-    except ProgramError as e:
-        return False, str(e)
-    finally:
-        TASKS.clear()
-        TASKS.update(saved)
-
-
-def select(n: int, start: int = 0, log=None) -> tuple:
-    """(the first n kept seeds from `start` on, rejected seed -> message)."""
-    kept, rejected, texts = [], {}, set()
-    seed = start
-    while len(kept) < n:
-        ok, msg = check(seed, texts)
-        if ok:
-            kept.append(seed)
-            texts.add(generate(seed).text)
-        else:
-            rejected[seed] = msg
-        if log:
-            log(f"seed {seed}: " + ("kept" if ok else f"rejected ({reason_of(msg)}): {msg}"))
-        seed += 1
-    return kept, rejected
-
-
 # ---- the shipped programs ----------------------------------------------------------------------
 
 # Shipped programs whose ground truth matched to zero ablation ("structural-zero", or
@@ -589,7 +496,7 @@ ZERO_ABLATION_EXCEPTIONS: dict[str, str] = {
 
 
 # name -> GeneratedProgram of every shipped seed: drawing the programs takes ~15 ms and compiles
-# nothing (register_generated compiles).
+# nothing (harness.tasks.suite_tasks.register_generated compiles).
 GENERATED: dict[str, GeneratedProgram] = {p.name: p for p in map(generate, GENERATED_SEEDS)}
 
 
@@ -610,60 +517,3 @@ def describe(name: str) -> dict:
             "gt_edges": int(edge_mask(m, "structural", g).sum()),
             "text": p.text}
 
-
-def build_generated(names=None) -> tuple:
-    """(task name -> seconds to compile and register, program name -> one-line reason it failed)
-    for the shipped generated programs `names` (default: all)."""
-    from harness.programs.user_program import ProgramError
-
-    done, failed = {}, {}
-    for name in (names or list(GENERATED)):
-        t0 = time.perf_counter()
-        try:
-            done[register_one(GENERATED[name])] = time.perf_counter() - t0
-        except ProgramError as e:
-            failed[name] = str(e)
-    return done, failed
-
-
-def register_generated(names=None) -> list:
-    """Register `suite:<name>` for the shipped generated programs `names` (with or without
-    `suite:`; default: all) and return the task names; raises ProgramError naming any failure."""
-    from harness.programs.user_program import ProgramError
-
-    wanted = [n.removeprefix("suite:") for n in names] if names else list(GENERATED)
-    unknown = [n for n in wanted if n not in GENERATED]
-    if unknown:
-        raise ProgramError(f"unknown generated program(s) {', '.join(unknown)}")
-    done, failed = build_generated(wanted)
-    if failed:
-        raise ProgramError("; ".join(f"{k}: {v}" for k, v in failed.items()))
-    return list(done)
-
-
-def main(argv=None) -> int:
-    import argparse
-    from collections import Counter
-
-    ap = argparse.ArgumentParser(prog="python -m harness.programs.grammar", description=__doc__.split("\n")[0])
-    ap.add_argument("--select", type=int, metavar="N", help="re-derive the first N kept seeds")
-    ap.add_argument("--start", type=int, default=0)
-    ap.add_argument("--show", type=int, nargs="*", metavar="SEED", help="print the programs of these seeds")
-    args = ap.parse_args(argv)
-    for s in args.show or []:
-        p = generate(s)
-        print(f"# {p.name} (depth {p.depth}, vocab {p.vocab})\n{p.text}\n")
-    if args.select:
-        t0 = time.perf_counter()
-        kept, rejected = select(args.select, args.start, log=lambda s: print(s, flush=True))
-        print(f"\nkept {len(kept)} seeds in {time.perf_counter() - t0:.0f}s: {tuple(kept)}")
-        counts = Counter(reason_of(m) for m in rejected.values())
-        print(f"rejected {len(rejected)}: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
-        if GENERATED_SEEDS and tuple(kept[: len(GENERATED_SEEDS)]) != GENERATED_SEEDS[: len(kept)]:
-            print("differs from GENERATED_SEEDS", file=sys.stderr)
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

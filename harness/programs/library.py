@@ -4,13 +4,13 @@ given a task `suite:<name>` (`harness.tasks.program_task.register_spec`: clean a
 whose corruption changes the compiled output, the L2 metric) and a structural ground truth derived
 from the compiled weights (`harness.programs.structural_gt`), validated on load.
 
-Nothing is compiled or registered at import: `register_library()` does it (for the names asked,
+Nothing is compiled or registered at import: `harness.tasks.suite_tasks.register_library()` does it (for the names asked,
 or all), e.g. `circuit-bench run --tasks suite:lib-hist-3x4`. Names are `lib-<fn>-<V>x<N>` (fn:
 the lib function without `make_`; V tokens, inputs of N tokens; `-causal`: compiled with a causal
 mask). The compiled-weights cache key of each program is its builder's source plus its arguments
 (and, as for every program, the vocabulary, length and compiler settings).
 
-Excluded (in `CANDIDATES`, not in `LIBRARY`; `build_library()` records the reason and
+Excluded (in `CANDIDATES`, not in `LIBRARY`; `suite_tasks.build_library()` records the reason and
 tests/test_library_programs.py checks it still holds):
 
 - `lib-length-3x4` (`make_length`): its output is the input's length, the same on every input of
@@ -24,7 +24,6 @@ pairwise distinct tokens (`distinct_tokens`).
 from __future__ import annotations
 
 import inspect
-import time
 from dataclasses import dataclass
 
 from harness.programs.rasp_programs import ProgramSpec
@@ -194,50 +193,3 @@ ZERO_ABLATION_EXCEPTIONS: dict[str, str] = {
 LIBRARY: dict[str, LibraryProgram] = {k: v for k, v in CANDIDATES.items() if k not in EXCLUDED}
 
 
-def register_one(p: LibraryProgram) -> str:
-    """Compile, check and register one library program as task `suite:<name>` (a ProgramError
-    says why it cannot be); returns the task name."""
-    from harness.tasks.program_task import register_spec
-
-    return register_spec(
-        p.spec, p.task_name, where=f"tracr's lib.{p.call} ({p.name})", source=SOURCE,
-        distinct_tokens=p.distinct_tokens,
-        description=f"tracr lib.{p.call}: {len(p.spec.vocab)} tokens, length {p.spec.max_seq_len}"
-                    + (", causal" if p.spec.causal else ""),
-        doc=f"tracr's library program lib.{p.call} over {p.spec.vocab}, length {p.spec.max_seq_len} "
-            f"(harness.programs.library).",
-    )
-
-
-def build_library(names=None, programs: dict | None = None) -> tuple:
-    """(task name -> seconds to compile and register, program name -> one-line reason it failed)
-    for the programs `names` (default: every one) of `programs` (default: LIBRARY). A failure is
-    recorded, never dropped silently; the tasks of the others are registered."""
-    from harness.programs.user_program import ProgramError
-
-    programs = LIBRARY if programs is None else programs
-    done, failed = {}, {}
-    for name in (names or list(programs)):
-        t0 = time.perf_counter()
-        try:
-            task = register_one(programs[name])
-            done[task] = time.perf_counter() - t0
-        except ProgramError as e:
-            failed[name] = str(e)
-    return done, failed
-
-
-def register_library(names=None) -> list:
-    """Register `suite:<name>` for the shipped programs `names` (library names, with or without
-    `suite:`; default: all) and return the task names; raises ProgramError naming any that failed."""
-    from harness.programs.user_program import ProgramError
-
-    wanted = [n.removeprefix("suite:") for n in names] if names else list(LIBRARY)
-    unknown = [n for n in wanted if n not in LIBRARY]
-    if unknown:
-        raise ProgramError(f"unknown suite program(s) {', '.join(unknown)}; known: "
-                           + ", ".join(f"suite:{n}" for n in LIBRARY))
-    done, failed = build_library(wanted)
-    if failed:
-        raise ProgramError("; ".join(f"{k}: {v}" for k, v in failed.items()))
-    return list(done)
