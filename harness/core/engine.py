@@ -450,3 +450,15 @@ class Engine:
 
     def logits(self, tokens: torch.Tensor, patch=None, source=None, positions=None) -> torch.Tensor:
         return self.run(tokens, patch, source, positions=positions).logits
+
+
+def attention_patterns(cfg, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Softmax patterns [..., batch, heads, query, key] of q, k [..., batch, pos, heads, d_head]
+    (leading dims broadcast; causal where `cfg` is), as `Engine.run` makes them: for code that
+    reads a run's recorded q/k (`Trace.qkv`)."""
+    scores = q.movedim(-2, -3) @ k.movedim(-2, -3).transpose(-1, -2) / cfg.scale
+    if cfg.causal:
+        P = scores.shape[-1]
+        causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    return scores.softmax(-1)

@@ -57,6 +57,7 @@ from __future__ import annotations
 import torch
 
 from harness.core import objectives
+from harness.core.engine import attention_patterns
 from harness.core.references import source_cache
 from harness.methods.attribution import contract, differences, traced_run
 from harness.methods.registry import Timing, register, task_objective
@@ -163,14 +164,8 @@ def pattern_grads(engine, trace, grads: dict, upto=None) -> list:
 # ----- the QK fix -----------------------------------------------------------------------------------
 def patterns(engine, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """softmax patterns [..., batch, heads, query, key] of q, k [..., batch, pos, heads, d_head]
-    (leading dims broadcast), as `Engine.run` makes them."""
-    cfg = engine.cfg
-    scores = q.movedim(-2, -3) @ k.movedim(-2, -3).transpose(-1, -2) / cfg.scale
-    if cfg.causal:
-        P = scores.shape[-1]
-        causal = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
-        scores = scores.masked_fill(~causal, float("-inf"))
-    return scores.softmax(-1)
+    (`harness.core.engine.attention_patterns` of the engine's model)."""
+    return attention_patterns(engine.cfg, q, k)
 
 
 def _normed(engine, layer: int, resid: torch.Tensor, change: torch.Tensor) -> torch.Tensor:

@@ -66,18 +66,13 @@ def bos_default_heads(model: TracrModel, graph: Graph, tokens: torch.Tensor) -> 
     the output. (BOS's own position, where no key matches either, is left out: what a head
     writes there reaches the output only if a later head reads it as key 0, and whether that
     changes anything depends on the later head; docs/suite.md, exceptions.)"""
-    from harness.core.engine import Engine
+    from harness.core.engine import Engine, attention_patterns
 
     cfg = model.weights.cfg
     trace = Engine(model.weights.to(dtype=torch.float64)).run(tokens, record=True)
     out = set()
     for L in range(cfg.n_layers):
-        q, k = trace.qkv[L][0], trace.qkv[L][1]  # [batch, pos, n_heads, d_head]
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
-        if cfg.causal:
-            P = scores.shape[-1]
-            scores = scores.masked_fill(~torch.ones(P, P, dtype=torch.bool).tril(), float("-inf"))
-        to_bos = scores.softmax(-1)[:, :, 1:, 0].amax(dim=(0, 2))  # [n_heads]
+        to_bos = attention_patterns(cfg, trace.qkv[L][0], trace.qkv[L][1])[:, :, 1:, 0].amax(dim=(0, 2))  # [n_heads]
         out |= {(L, h) for h in range(cfg.n_heads) if to_bos[h] > 0.5}
     return out
 
