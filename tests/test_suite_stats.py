@@ -1,4 +1,5 @@
 """Suite statistics on synthetic frames whose answer is known, and once on the shipped baseline run."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -191,29 +192,29 @@ def test_size_correlation():
     assert "constant n_positive" in sc[(sc["method"] == "a") & (sc["covariate"] == "n_positive")]["note"].iloc[0]
 
 
-def test_figures_and_markdown_are_written(tmp_path):
-    from harness.report.suite import suite_blocks, write_suite_report
+def test_figures_and_blocks_are_written(tmp_path):
+    from harness.report.suite import suite_items
 
     rng = np.random.default_rng(0)
     f = pd.concat([rows({S.BASELINE: BASE[:8], ("eap", "noising"): BASE[:8] - 0.05,
                          ("random", "uniform"): 0.5 + rng.normal(0, 0.01, 8)}, ref=ref,
                         n_edges=[16, 38, 38, 68, 106, 106, 200, 300]) for ref in ("zero", "resample")]
                   + [_targets(n=8)])
-    blocks = suite_blocks(f, tmp_path, n_boot=200)
-    assert all(isinstance(b, str) for b in blocks) and blocks[0].startswith("## ")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    items = suite_items(f, tmp_path / "a", n_boot=200)
+    assert items[0][0] == "h2" and "which method ranks circuits best" in items[0][1]
+    images = {Path(x).name for kind, x in items if kind == "img"}
     for name in ("suite_distribution.png", "suite_wins.png", "suite_size.png"):
-        assert (tmp_path / name).stat().st_size > 1000 and f"]({name})" in "".join(blocks)
-    csv = tmp_path / "results.csv"
-    f.to_csv(csv, index=False)
-    md = write_suite_report(csv, tmp_path / "a").read_text()
-    assert "which method ranks circuits best" in md and "| method | variant |" in md
-    write_suite_report(csv, tmp_path / "b")
+        assert (tmp_path / "a" / name).stat().st_size > 1000 and name in images
+    assert any(kind == "table" and {"method", "variant"} <= set(x.columns) for kind, x in items)
+    suite_items(f, tmp_path / "b", n_boot=200)
     for p in (tmp_path / "a").iterdir():  # the same input gives the same files
         assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes(), p.name
 
 
 def test_baseline_run_end_to_end(tmp_path):
-    from harness.report.suite import write_suite_report
+    from harness.report.render import _suite_blocks
 
     res = pd.read_csv(BASELINE_CSV)
     c = S.circuit_frame(res)
@@ -222,5 +223,10 @@ def test_baseline_run_end_to_end(tmp_path):
     assert set(zip(d["reference"], d["method"], d["variant"])) == set(zip(ok["ablation"], ok["method"], ok["variant"]))
     assert not d.duplicated(["reference", "method", "variant"]).any()
     assert (c.groupby(["reference", "task"])["ground_truth"].nunique() == 1).all()
-    md = write_suite_report(BASELINE_CSV, tmp_path).read_text()
-    assert "resample reference" in md and "zero reference" in md and "tracr-xproportion-acdc" in md
+    items = _suite_blocks(res[(res["status"] == "ok") & (res["control"] == "trained")], tmp_path)  # the report's section
+    text = [x for kind, x in items if kind == "p"]
+    assert "resample reference:" in text and "zero reference:" in text
+    tables = [x for kind, x in items if kind == "table" and "circuits" in x.columns]
+    # tracr-xproportion-acdc (a reproduction: another task's circuit on other inputs) is not counted twice
+    counts = [sum(int(n) for n in re.findall(r"\d+", c)) for t in tables for c in t["circuits"]]  # "n (+k n/a)"
+    assert tables and set(counts) == {6}

@@ -8,8 +8,7 @@ Figures (one panel per reference; references are never pooled):
 - `plot_size`: edge AUC against the graph's edge count (log x) for a handful of method variants.
 
 `suite_items` gives render.py-style blocks (("h2" | "p", str), ("table", DataFrame), ("img",
-Path)); `suite_blocks` the same as markdown strings; `write_suite_report` writes suite.md and its
-PNGs from a results.csv. Jitter is drawn from a seeded generator and PNGs carry no timestamp, so
+Path)), which the report renders (harness.report.render). Jitter is drawn from a seeded generator and PNGs carry no timestamp, so
 the output is the same for the same input and seed. The statistics are harness.eval.suite_stats.
 """
 from __future__ import annotations
@@ -281,36 +280,3 @@ def _size_items(c: pd.DataFrame, out: Path) -> list:
     for ref, t in sc.groupby("reference", sort=True):
         B += [("p", f"{ref} reference:"), ("table", _size_table(t))]
     return B
-
-
-def _markdown(kind: str, x) -> str:
-    from harness.report.render import _md_table
-
-    return {"h1": lambda: f"# {x}\n", "h2": lambda: f"## {x}\n", "p": lambda: f"{x}\n",
-            "table": lambda: _md_table(x) + "\n", "img": lambda: f"![{Path(x).stem}]({Path(x).name})\n"}[kind]()
-
-
-def suite_blocks(frame: pd.DataFrame, out_dir, baseline: tuple = S.BASELINE, n_boot: int = S.N_BOOT,
-                 seed: int = SEED) -> list:
-    """suite_items as markdown strings (headings, paragraphs, tables, image links by file name)."""
-    return [_markdown(k, x) for k, x in suite_items(frame, out_dir, baseline, n_boot, seed)]
-
-
-def write_suite_report(results_csv, out_dir, depth: dict | None = None, ground_truth: str = S.MATCHED,
-                       skip_reproductions: bool = True) -> Path:
-    """Write `out_dir`/suite.md and its PNGs from a results.csv (tables.read_table: a one-line
-    error when it cannot be read). Reproduction-only tasks (another task's circuit on other
-    inputs) are left out unless asked, so no circuit counts twice."""
-    from harness.report.tables import read_table
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    skip = ()
-    if skip_reproductions:
-        from harness.report.render import REPRODUCTION_ONLY as skip
-    c = S.circuit_frame(read_table(Path(results_csv)), ground_truth, depth, skip)
-    md = ["# circuit-bench suite statistics\n", f"From {results_csv}" + (f"; left out (reproductions): "
-          f"{', '.join(sorted(skip))}" if skip else "") + ".\n"] + suite_blocks(c, out)
-    path = out / "suite.md"
-    path.write_text("\n".join(md), encoding="utf-8")
-    return path
