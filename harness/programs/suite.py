@@ -8,34 +8,25 @@ the ground truth of, and registers the programs asked for.
 """
 from __future__ import annotations
 
+from harness.programs.grammar import GENERATED
+from harness.programs.library import LIBRARY
+
 PREFIX = "suite:"
-
-
-def _library() -> dict:
-    from harness.programs.library import LIBRARY
-
-    return LIBRARY
-
-
-def _generated() -> dict:
-    from harness.programs.grammar import GENERATED
-
-    return GENERATED
 
 
 def suite_tasks() -> list:
     """Every suite task name, the library's first, then the grammar's (seed order)."""
-    return [PREFIX + n for n in list(_library()) + list(_generated())]
+    return [PREFIX + n for n in list(LIBRARY) + list(GENERATED)]
 
 
 def catalogue() -> list:
     """One dict per suite program (task, source, program, vocab size, length, causal), without
     compiling anything: what `circuit-bench list --suite` prints."""
     rows = []
-    for n, p in _library().items():
+    for n, p in LIBRARY.items():
         rows.append({"task": PREFIX + n, "source": "tracr lib", "program": f"lib.{p.call}",
                      "vocab": len(p.spec.vocab), "max_seq_len": p.spec.max_seq_len, "causal": p.spec.causal})
-    for n, p in _generated().items():
+    for n, p in GENERATED.items():
         rows.append({"task": PREFIX + n, "source": f"grammar seed {p.seed}",
                      "program": f"depth {p.depth}: " + ", ".join(sorted(p.kinds())),
                      "vocab": len(p.vocab), "max_seq_len": p.max_seq_len, "causal": p.causal})
