@@ -26,7 +26,7 @@ QUICK_METHODS = ("act-patch-edge", "act-patch-node", "eap", "eap-ig", "eap-gp", 
 class Preset:
     name: str
     description: str
-    tasks: tuple  # suite task names (registered by the CLI: harness.programs.suite.register_suite)
+    tasks: tuple  # suite task names (registered by the CLI: harness.tasks.suite_tasks.register_suite)
     methods: tuple  # empty: every method
     options: dict = field(default_factory=dict)  # RunConfig fields the preset sets
 
