@@ -163,7 +163,9 @@ def cmd_run(args) -> int:
         args.controls = args.controls or opts.get("controls")
         args.bootstrap = args.bootstrap if args.bootstrap is not None else opts.get("bootstrap")
         args.faithfulness = args.faithfulness if args.faithfulness is not None else opts.get("faithfulness")
+        args.ablation = args.ablation or list(opts.get("ablations", ()))
     args.bootstrap = 1000 if args.bootstrap is None else args.bootstrap
+    args.ablation = args.ablation or ["resample", "zero"]
     args.faithfulness = True if args.faithfulness is None else args.faithfulness
     suite = [t for t in args.tasks or [] if t.startswith("suite:") and t not in TASKS]
     if suite:  # the generated suite (harness.programs.suite): compiled and registered when asked for
@@ -421,6 +423,45 @@ def cmd_suite_seeds(args) -> int:
     return 0
 
 
+def cmd_train_siit(args) -> int:
+    """Train SIIT models of compiled tasks (harness.tasks.trained_tasks.train), one after another."""
+    import torch
+    from tqdm import tqdm
+
+    from harness.core.device import resolve_device
+    from harness.programs.siit import TrainConfig
+    from harness.tasks import TASKS
+    from harness.tasks.trained_tasks import base_task, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for t in args.task:
+        if not t.startswith("suite:"):
+            _check_names("task", [t], list(TASKS))
+        try:
+            base_task(t)
+        except (ValueError, KeyError) as e:
+            _fail(str(e).strip('"'))
+    kw = {"seed": args.seed}
+    if args.max_steps:
+        kw["max_steps"] = args.max_steps
+    tc = TrainConfig(**kw)
+    failed = 0
+    for t in args.task:
+        with tqdm(total=tc.max_steps, desc=t, unit="step", disable=args.quiet) as bar:
+            def progress(step, h, bar=bar):
+                bar.update(step - bar.n)
+                bar.set_postfix(acc=f"{h['accuracy']:.3f}", iia=f"{h['iia']:.3f}", strict=f"{h['strict']:.3f}",
+                                effect=f"{h['strict_effect_max']:.3f}")
+            card = train(t, tc, args.out, progress, device=resolve_device(args.device))
+        v = card["validation"]
+        where = "shipped" if card["shipped"] else "REJECTED (written under trained/rejected/): " + "; ".join(card["missed"])
+        print(f"{card['task']}: {card['steps']} steps, {card['seconds']:.0f} s; accuracy {v['accuracy']:.4f}, IIA "
+              f"{v['iia']:.4f}, strict {v['strict']:.4f}, largest non-circuit effect {v['strict_effect_max']:.4f}: {where}")
+        failed += not card["shipped"]
+    return 1 if failed else 0
+
+
 def cmd_ground_truth(args) -> int:
     from harness.programs.structural_gt import write_all
     from harness.tasks import get_task
@@ -494,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_seed, default=0)
     r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     r.add_argument("--split", default="validation", choices=["validation", "test"])
-    r.add_argument("--ablation", action=_Words, default=["resample", "zero"], valid=["resample", "zero"],
+    r.add_argument("--ablation", action=_Words, valid=["resample", "zero"],
                    help="references to run, each result under one (default: both; a variant runs under those it accepts)")
     r.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="model dtype (default: each task's own, float64 for tracr and float32 for pretrained models)")
@@ -522,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPR/CMD of the top-k circuits (default: on; --no-faithfulness skips them)")
     r.add_argument("--preset", choices=PRESETS,
                    help="suite-quick: 14 suite circuits and the fast methods, under 10 minutes on 2 cores; suite: every "
-                        "suite circuit and method (docs/suite.md); --tasks, --methods and options given override it")
+                        "suite circuit and method (docs/suite.md); trained: the SIIT-trained models beside their "
+                        "compiled programs (docs/trained.md); --tasks, --methods and options given override it")
     r.add_argument("--per-position", action="store_true",
                    help="also keep every token position's share of each gradient ranking (one more run per variant "
                         "that splits so), written to position_scores.parquet; the rankings are unchanged")
@@ -576,6 +618,19 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--dir", default=None, help="output folder (default: the package's ground truths: the checkout's "
                                                "ground_truth/ in an editable install)")
     gt.set_defaults(fn=cmd_ground_truth)
+    ts = sub.add_parser("train-siit", help="train an ordinary transformer to implement a compiled task's circuit "
+                                           "(SIIT) and write it beside the shipped models (docs/trained.md)")
+    ts.add_argument("--task", action=_Words, required=True, help="compiled tasks (tracr-reverse, suite:<name>, ...)")
+    ts.add_argument("--seed", type=_seed, default=0, help="initialisation and pair-sampling seed (default 0)")
+    ts.add_argument("--max-steps", type=_count, help="training steps at most (default: 3000; training stops earlier "
+                                                     "once validation passes)")
+    ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
+    ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
+                                                                    "always runs on the CPU in float64)")
+    ts.add_argument("--out", default=None, help="folder for trained/ and the ground truths (default: the package's "
+                                                "ground_truth/, the checkout's in an editable install)")
+    ts.add_argument("--quiet", action="store_true", help="no progress bar")
+    ts.set_defaults(fn=cmd_train_siit)
     b = sub.add_parser("bench", help="time every method against one forward+backward and activation patching; "
                                      "writes DIR/timing.csv and the report's speed section")
     b.add_argument("--models", action=_Words, help="architectures (default: all; --quick: tracr-xproportion)")

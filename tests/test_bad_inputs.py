@@ -126,6 +126,8 @@ CASES = [
     ("task-unknown", lambda t: ["run", "--tasks", "nope"], 2, "unknown task 'nope'; valid tasks:", "err"),
     ("suite-program-unknown", lambda t: ["run", "--tasks", "suite:gen-nope"], 2, "unknown suite program", "err"),
     ("preset-unknown", lambda t: ["run", "--preset", "nope"], 2, "argument --preset: invalid choice", "err"),
+    ("train-siit-task-unknown", lambda t: ["train-siit", "--task", "nope"], 2, "unknown task 'nope'", "err"),
+    ("train-siit-not-compiled", lambda t: ["train-siit", "--task", "ioi"], 2, "ioi is not a compiled (tracr) task", "err"),
     ("method-unknown", lambda t: ["run", "--methods", "nope"], 2, "unknown method 'nope'", "err"),
     ("variant-unknown", lambda t: ["run", "--methods", "eap", "--variants", "nope"], 2, "unknown variant 'nope'", "err"),
     ("metric-unknown", lambda t: [*RUN, "--metric", "nope"], 2, "has no metric 'nope'", "err"),

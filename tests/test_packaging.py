@@ -38,6 +38,8 @@ def test_a_built_wheel_reads_its_own_ground_truths_from_any_folder(tmp_path):
     assert unpack.returncode == 0, unpack.stderr[-2000:]
     shipped = {p.name for p in (site / "harness" / "ground_truth").glob("*.json")}
     assert shipped == {p.name for p in (ROOT / "ground_truth").glob("*.json")}
+    trained = {p.name for p in (site / "harness" / "ground_truth" / "trained").glob("*")}  # SIIT models and cards
+    assert trained == {p.name for p in (ROOT / "ground_truth" / "trained").glob("trained-*")} and trained
     probe = ("import json, harness.core.ground_truth as g, harness.tasks as t\n"
              "print(json.dumps({'dir': str(g.ground_truth_dir()), 'gts': {n: {v: sorted(map(list, x.edges)) "
              "for v, x in c().ground_truths().items()} for n, c in t.TASKS.items() if c.has_ground_truth}}))")

@@ -28,9 +28,11 @@ CIRCUIT_COLUMNS = ["reference", "task", "ground_truth", "method", "variant", "au
 MATCHED = "matched"  # ground_truth argument: pick each task's ground truth by MATCHED_GROUND_TRUTH
 # The ground truth matched to a reference, first present wins. structural_gt writes the
 # "-zero" / "-ablation" variants only where they differ from "structural"; tasks without a
-# structural ground truth (e.g. ACDC's hand-labelled circuits only) fall back to "acdc".
+# structural ground truth (e.g. ACDC's hand-labelled circuits only) fall back to "acdc". SIIT-trained
+# models (harness.tasks.trained_tasks) have "correspondence" alone, matched to resample ablation
+# only: their strict loss trains off-circuit nodes to be irrelevant under resampling, not zeroing.
 MATCHED_GROUND_TRUTH = {"zero": ("structural-zero", "structural", "acdc"),
-                        "resample": ("structural-ablation", "structural", "acdc")}
+                        "resample": ("structural-ablation", "structural", "acdc", "correspondence")}
 FALLBACK_GROUND_TRUTH = ("structural", "acdc")  # a reference not named above
 BASELINE = ("act-patch-edge", "batched")  # exact edge patching: what the gradient methods approximate
 NOT_METHODS = ("random", "structure")  # baselines without a model reading: never named the best method

@@ -169,7 +169,7 @@ SUITE_PREFIX = "suite:"
 def _blocks(out: Path) -> list:
     store = ResultStore(out)
     records = store.records()
-    df = store.frame()
+    df = full = store.frame()
     meta = _meta(out)
     B = [("h1", "circuit-bench report")]
     suite = sorted(t for t in (df["task"].unique() if len(df) else []) if str(t).startswith(SUITE_PREFIX))
@@ -179,6 +179,7 @@ def _blocks(out: Path) -> list:
         records = [r for r in records if r["task"] not in suite]
     if len(df):
         B += _headline_blocks(df, out)
+    B += _trained_blocks(full, out)
     if meta:
         B.append(("p", "; ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, dict))))
         for k, v in meta.items():
@@ -436,6 +437,14 @@ def _suite_blocks(ok: pd.DataFrame, out: Path) -> list:
 
     headline = ok[~ok["task"].isin(REPRODUCTION_ONLY)]
     return suite_items(headline, out) if headline["task"].nunique() >= MIN_PAIRS else []
+
+
+def _trained_blocks(rows: pd.DataFrame, out: Path) -> list:
+    """Compiled versus SIIT-trained AUC where the run has both sides of a program
+    (harness/report/trained.py)."""
+    from harness.report.trained import trained_items
+
+    return trained_items(rows, out) if len(rows) else []
 
 
 def _suite_section(rows: pd.DataFrame, out: Path, meta: dict) -> list:

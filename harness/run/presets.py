@@ -1,4 +1,4 @@
-"""Named run presets for the generated suite (issue 17): which circuits, which methods, which
+"""Named run presets for the generated suite (issue 17) and the SIIT-trained models (issue 18): which circuits, which methods, which
 options. `circuit-bench run --preset NAME` applies one; anything given on the command line
 (--tasks, --methods, --bootstrap, ...) overrides the preset's value. Every preset is resumable like
 any run: its records are keyed by everything that changes a result (harness.run.store), so a
@@ -43,6 +43,12 @@ def _all_tasks() -> tuple:
     return tuple(suite_tasks())
 
 
+def _trained_tasks() -> tuple:
+    from harness.tasks.trained_tasks import cards
+
+    return tuple(t for c in cards() if c.get("shipped") for t in (c["base_task"], c["task"]))
+
+
 def get_preset(name: str) -> Preset:
     """The preset `name` (KeyError naming the known ones)."""
     if name == "suite-quick":
@@ -55,7 +61,12 @@ def get_preset(name: str) -> Preset:
         return Preset(name, "every suite circuit (tracr's library and the grammar's), every method, both references, "
                             "no reset controls, no bootstrap (the suite statistics resample circuits instead)",
                       _all_tasks(), (), {"controls": ("trained",), "bootstrap": 0})
+    if name == "trained":
+        return Preset(name, "every SIIT-trained model and its compiled program, every method, resample ablation only "
+                            "(the strict check trains the models for it: docs/trained.md#which-reference), no reset "
+                            "controls, no bootstrap",
+                      _trained_tasks(), (), {"controls": ("trained",), "bootstrap": 0, "ablations": ("resample",)})
     raise KeyError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
 
 
-PRESETS = ("suite-quick", "suite")
+PRESETS = ("suite-quick", "suite", "trained")

@@ -602,4 +602,4 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
 
 
 def offline_tasks() -> list:
-    return [name for name, cls in TASKS.items() if getattr(cls, "offline", True)]
+    return [name for name, cls in TASKS.items() if getattr(cls, "offline", True) and getattr(cls, "in_default_run", True)]

@@ -26,6 +26,7 @@ class Task:
     offline: bool = True
     mirrors: Optional[str] = None  # for analogues: the ACDC task this one mirrors
     reproduction_only: bool = False  # another task's circuit on the paper's inputs: kept out of the headline test
+    in_default_run: bool = True  # False: run only when named (the SIIT-trained models: `run --preset trained`)
     supports_kl: bool = True
     metrics: dict = {}  # name -> harness.core.data.Metric; the first is the default (ACDC's "Loss" metric)
     ground_truth_dir: Optional[Path] = None  # None: the package's ground_truth/ folder

@@ -1,0 +1,317 @@
+"""Strict Interchange Intervention Training (SIIT): an ordinary transformer taught a compiled
+program's circuit (Gupta, Arcuschin et al. 2024, "InterpBench", arXiv 2407.14494; docs/trained.md).
+
+The compiled tracr model is the high-level model (HL). A fresh low-level model (LL: LayerNorm,
+GELU, random initialisation as TransformerLens's, a residual wider than the compiled one) is
+trained with three losses on pairs (base b, source s) of inputs:
+
+- behaviour: the LL's output on b against the HL's;
+- interchange intervention (IIT): one HL node h (a head or MLP of the compiled circuit) takes its
+  output on s while running on b; the LL node at the same place (`correspondence`) does the same,
+  and the LL's output must match the intervened HL's;
+- strict: one LL node outside the correspondence takes its output on s; the LL's output must stay
+  the HL's output on b, so nodes outside the circuit are trained to be irrelevant.
+
+Interventions replace a node's output with the source run's, detached, through the engine's
+`hold` (as TransformerLens caches are detached in InterpBench's code). Categorical outputs use
+cross-entropy against the HL's class, numerical ones the squared error. Losses are read at the
+task's scored positions. The three losses are summed with weights (1, 1, 0.4), InterpBench's, and
+take one Adam step together (InterpBench's default takes one step per loss; one step costs a
+third of the optimiser work and trained every shipped model: docs/trained.md#training).
+
+Validation (`validate`), on given (base, source) pairs in float64: behaviour accuracy; IIA
+(interchange-intervention accuracy) per HL node; strict accuracy per non-circuit LL node
+(resample-ablating it must leave the HL's answer). Accuracy is per scored position: the argmax
+class for categorical outputs, |LL - HL| < atol (0.05, InterpBench's) for numerical ones.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from harness.core.engine import Engine
+from harness.core.graph import Graph
+from harness.core.weights import ModelConfig, Weights
+
+SUMMARY = ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min")
+DEFINED = 0.5  # a compiled categorical output is a class where its largest entry exceeds this (else None)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings; defaults are the ones every shipped model was trained with."""
+
+    max_steps: int = 3000
+    batch: int = 64
+    lr: float = 3e-3  # peak; cosine decay to lr_end over max_steps
+    lr_end: float = 1e-4
+    iit_weight: float = 1.0  # InterpBench's weights: iit 1, behaviour 1, strict 0.4
+    behaviour_weight: float = 1.0
+    strict_weight: float = 1.0  # InterpBench: 0.4 (docs/trained.md#training says why not here)
+    strict_nodes: str = "one"  # one non-circuit node per step (InterpBench's "individual"); "subset": each with probability 1/2
+    clip: float = 1.0
+    eval_every: int = 250
+    stop_at: float = 0.995  # early stop when behaviour, mean IIA and mean strict accuracy reach it (InterpBench's 99.5 %)
+    stop_effect: float = 0.01  # ... and no non-circuit node moves the output by more than this (strict_effect_max)
+    atol: float = 0.05  # numerical outputs: |LL - HL| below this counts as correct (InterpBench's)
+    seed: int = 0
+    width_step: int = 16  # LL d_model: the compiled residual rounded up past the next multiple of this
+    min_heads: int = 4  # LL heads per layer: at least this many, and at least the compiled model's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ll_config(hl: ModelConfig, name: str, tc: TrainConfig = TrainConfig()) -> ModelConfig:
+    """The LL architecture for compiled model `hl`: its layers, vocabularies, context and
+    causality; at least `min_heads` heads; d_model the compiled residual rounded up past the next
+    multiple of `width_step` and a multiple of the heads (wider, so the circuit's variables need
+    not share dimensions, yet nothing keeps them apart either); d_mlp 4 d_model; GELU, LayerNorm;
+    token and position embeddings as two input nodes, like the compiled model's graph."""
+    heads = max(tc.min_heads, hl.n_heads)
+    d_model = (hl.d_model // tc.width_step + 1) * tc.width_step
+    d_model = math.ceil(d_model / heads) * heads
+    return ModelConfig(
+        name=name, n_layers=hl.n_layers, n_heads=heads, d_model=d_model, d_head=d_model // heads,
+        d_mlp=4 * d_model, d_vocab=hl.d_vocab, d_vocab_out=hl.vocab_out, n_ctx=hl.n_ctx, act_fn="gelu_new",
+        normalization_type="LN", causal=hl.causal, split_embed=True,
+    )
+
+
+def init_weights(cfg: ModelConfig, seed: int) -> Weights:
+    """TransformerLens's default ("gpt2") initialisation: every weight matrix normal with standard
+    deviation 0.8 / sqrt(d_model) (HookedTransformerConfig's initializer_range), biases zero,
+    LayerNorm gains one and biases zero."""
+    g = torch.Generator().manual_seed(seed)
+    std = 0.8 / math.sqrt(cfg.d_model)
+    c = cfg
+
+    def normal(*shape):
+        return torch.randn(*shape, generator=g) * std
+
+    p = {"embed.W_E": normal(c.d_vocab, c.d_model), "pos_embed.W_pos": normal(c.n_ctx, c.d_model),
+         "unembed.W_U": normal(c.d_model, c.vocab_out), "unembed.b_U": torch.zeros(c.vocab_out),
+         "ln_final.w": torch.ones(c.d_model), "ln_final.b": torch.zeros(c.d_model)}
+    for L in range(c.n_layers):
+        b = f"blocks.{L}."
+        for m in "QKV":
+            p[b + f"attn.W_{m}"] = normal(c.n_heads, c.d_model, c.d_head)
+            p[b + f"attn.b_{m}"] = torch.zeros(c.n_heads, c.d_head)
+        p[b + "attn.W_O"] = normal(c.n_heads, c.d_head, c.d_model)
+        p[b + "attn.b_O"] = torch.zeros(c.d_model)
+        p[b + "mlp.W_in"] = normal(c.d_model, c.d_mlp)
+        p[b + "mlp.b_in"] = torch.zeros(c.d_mlp)
+        p[b + "mlp.W_out"] = normal(c.d_mlp, c.d_model)
+        p[b + "mlp.b_out"] = torch.zeros(c.d_model)
+        for ln in ("ln1", "ln2"):
+            p[b + f"{ln}.w"] = torch.ones(c.d_model)
+            p[b + f"{ln}.b"] = torch.zeros(c.d_model)
+    w = Weights(cfg, p, {"source": "SIIT", "init": "TransformerLens gpt2 init", "init_seed": seed})
+    w.validate()
+    return w
+
+
+def circuit_senders(graph: Graph, edges) -> list:
+    """The heads and MLPs among the senders of ground-truth `edges` ([sender, receiver] names):
+    the HL nodes of the correspondence, as sender names in graph order."""
+    used = {s for s, _ in edges}
+    return [s.name for s in graph.senders if s.kind != "input" and s.name in used]
+
+
+@dataclass
+class Correspondence:
+    """HL node -> LL node, each a sender name of its graph. SIIT's correspondence here maps every
+    compiled head and MLP on the circuit to the LL node at the same place (same layer, same head
+    index), so the names are equal; `hl` and `ll` are the sender ids in the two graphs."""
+
+    nodes: list  # sender names, the same in both graphs
+    hl: list  # sender ids in the HL graph
+    ll: list  # sender ids in the LL graph
+    non_circuit: list  # LL sender ids of the heads and MLPs outside the correspondence
+
+    @classmethod
+    def same_place(cls, hl_graph: Graph, ll_graph: Graph, nodes: list) -> "Correspondence":
+        hl_ids = {s.name: i for i, s in enumerate(hl_graph.senders)}
+        ll_ids = {s.name: i for i, s in enumerate(ll_graph.senders)}
+        missing = [n for n in nodes if n not in ll_ids]
+        if missing:
+            raise ValueError(f"the LL graph has no node at the place of {missing}")
+        ll = [ll_ids[n] for n in nodes]
+        non = [i for i, s in enumerate(ll_graph.senders) if s.kind != "input" and i not in ll]
+        return cls(list(nodes), [hl_ids[n] for n in nodes], ll, non)
+
+
+def _mask(n: int, ids) -> torch.Tensor:
+    m = torch.zeros(n, dtype=torch.bool)
+    m[list(ids)] = True
+    return m
+
+
+class SIITPair:
+    """The HL and LL models, their correspondence, and the losses and figures of SIIT.
+
+    `inputs` [N, pos] token ids (BOS first) the pairs are drawn from; `scored` [pos] bool: the
+    positions whose outputs are read (the task's); `categorical`: the HL outputs classes (else one
+    number).
+    """
+
+    def __init__(self, hl: Weights, ll: Weights, corr: Correspondence, scored: torch.Tensor, categorical: bool,
+                 atol: float = 0.05):
+        self.hl, self.ll, self.corr = hl, ll, corr
+        self.hl_engine, self.ll_engine = Engine(hl), Engine(ll)
+        self.positions = scored.nonzero().flatten()
+        self.categorical, self.atol = categorical, atol
+        self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
+
+    # ----- the HL side: labels ------------------------------------------------------------
+    @torch.no_grad()
+    def hl_out(self, base: torch.Tensor, source: torch.Tensor | None = None, node: int | None = None) -> torch.Tensor:
+        """HL outputs [B, n_scored, vocab_out] on `base`, HL node `node` (index into corr.nodes)
+        taking its output on `source` when given."""
+        e = self.hl_engine
+        if node is None:
+            return e.run(base, positions=self.positions).logits
+        values = e.cache(source).senders
+        hold = (_mask(self.n_hl, [self.corr.hl[node]]), values)
+        return e.run(base, hold=hold, positions=self.positions).logits
+
+    def labels(self, out: torch.Tensor) -> tuple:
+        """(labels, defined): class ids [B, n] (or values [B, n]) and where the HL output is
+        defined (categorical: a one-hot, amax > DEFINED)."""
+        if self.categorical:
+            return out.argmax(-1), out.amax(-1) > DEFINED
+        return out[..., 0], torch.ones(out.shape[:2], dtype=torch.bool)
+
+    # ----- the LL side ----------------------------------------------------------------------
+    def ll_out(self, base: torch.Tensor, source_senders: torch.Tensor | None = None, ll_ids=()) -> torch.Tensor:
+        """LL outputs [B, n_scored, vocab_out] on `base`, the LL senders `ll_ids` taking their
+        outputs from `source_senders` [n_senders, B, pos, d_model] (detached)."""
+        hold = (_mask(self.n_ll, ll_ids), source_senders) if len(ll_ids) else None
+        return self.ll_engine.run(base, hold=hold, positions=self.positions).logits
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labels, defined = self.labels(target)
+        if self.categorical:
+            return torch.nn.functional.cross_entropy(out[defined].float(), labels[defined])
+        return ((out[..., 0] - labels) ** 2)[defined].mean()
+
+    def correct(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """[k] bool per defined (row, position): the LL output agrees with the HL's."""
+        labels, defined = self.labels(target)
+        ok = out.argmax(-1) == labels if self.categorical else (out[..., 0] - labels).abs() < self.atol
+        return ok[defined]
+
+    def losses(self, base: torch.Tensor, source: torch.Tensor, node: int, strict_nodes: list) -> dict:
+        """The three losses on one batch: IIT on HL node `node` (index into corr.nodes), strict on
+        the LL senders `strict_nodes` resample-ablated together (none: no strict loss), behaviour."""
+        with torch.no_grad():
+            src = self.ll_engine.cache(source).senders
+        hl_base = self.hl_out(base)
+        out = {"iit": self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node)),
+               "behaviour": self.loss(self.ll_out(base), hl_base)}
+        out["strict"] = (self.loss(self.ll_out(base, src, strict_nodes), hl_base) if strict_nodes
+                         else torch.zeros((), dtype=hl_base.dtype))
+        return out
+
+    @torch.no_grad()
+    def validate(self, base: torch.Tensor, source: torch.Tensor) -> dict:
+        """Figures on the pairs (base[i], source[i]): behaviour accuracy; IIA per HL node; strict
+        accuracy per non-circuit LL node; `iia` / `strict` the mean over nodes, `*_min` the worst
+        node's. `effect_per_node`: each LL node's resample-ablation effect, the mean squared change
+        of the LL's outputs at the scored positions (the tracr tasks' L2 metric) when it takes its
+        output on the source, over the same change when the whole input is the source's;
+        `strict_effect_max` the largest over non-circuit nodes, `circuit_effect_min` the smallest
+        over the correspondence's."""
+        hl_base = self.hl_out(base)
+        src = self.ll_engine.cache(source).senders
+        ll_base = self.ll_out(base)
+        whole = ((self.ll_out(source) - ll_base) ** 2).mean().item()
+        acc = self.correct(ll_base, hl_base).double().mean().item()
+        senders = self.ll_engine.graph.senders
+        iia, strict, effect = {}, {}, {}
+        for i, n in enumerate(self.corr.nodes):
+            out = self.ll_out(base, src, [self.corr.ll[i]])
+            iia[n] = self.correct(out, self.hl_out(base, source, i)).double().mean().item()
+            effect[n] = ((out - ll_base) ** 2).mean().item() / whole
+        for j in self.corr.non_circuit:
+            out = self.ll_out(base, src, [j])
+            strict[senders[j].name] = self.correct(out, hl_base).double().mean().item()
+            effect[senders[j].name] = ((out - ll_base) ** 2).mean().item() / whole
+        return {"accuracy": acc, "iia": _mean(iia), "iia_min": min(iia.values()),
+                "strict": _mean(strict), "strict_min": min(strict.values(), default=1.0),
+                "strict_effect_max": max((effect[senders[j].name] for j in self.corr.non_circuit), default=0.0),
+                "circuit_effect_min": min(effect[n] for n in self.corr.nodes),
+                "iia_per_node": iia, "strict_per_node": strict, "effect_per_node": effect, "pairs": int(base.shape[0])}
+
+
+def _mean(d: dict) -> float:
+    return sum(d.values()) / len(d) if d else 1.0
+
+
+@dataclass
+class TrainResult:
+    weights: Weights  # the trained LL, float32
+    steps: int
+    seconds: float
+    history: list = field(default_factory=list)  # per evaluation: step, losses, figures
+    stopped_early: bool = False
+
+
+def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_source: torch.Tensor,
+          tc: TrainConfig = TrainConfig(), progress=None) -> TrainResult:
+    """Train `pair.ll` in place by SIIT on random pairs of `inputs` [N, pos]; evaluate on
+    (val_base, val_source) every `eval_every` steps and stop once the behaviour accuracy and the
+    mean IIA and strict accuracy reach `stop_at` and no non-circuit node's effect exceeds `stop_effect`. `progress(step, figures)` is called at each
+    evaluation. Deterministic for `tc.seed` (pairs, nodes) on one machine."""
+    g = torch.Generator().manual_seed(tc.seed + 1)
+    params = [t.requires_grad_(True) for t in pair.ll.params.values()]
+    opt = torch.optim.Adam(params, lr=tc.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
+                                                             * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)
+    n, n_nodes, non = inputs.shape[0], len(pair.corr.nodes), pair.corr.non_circuit
+    history, t0, step, early = [], time.perf_counter(), 0, False
+    sums = {"iit": 0.0, "behaviour": 0.0, "strict": 0.0}
+    try:
+        for step in range(1, tc.max_steps + 1):
+            bi = torch.randint(n, (tc.batch,), generator=g)
+            si = torch.randint(n, (tc.batch,), generator=g)
+            node = int(torch.randint(n_nodes, (1,), generator=g))
+            if not non:
+                strict_nodes = []
+            elif tc.strict_nodes == "one":
+                strict_nodes = [non[int(torch.randint(len(non), (1,), generator=g))]]
+            elif tc.strict_nodes == "all":
+                strict_nodes = list(non)
+            else:
+                pick = torch.rand(len(non), generator=g) < 0.5
+                pick[int(torch.randint(len(non), (1,), generator=g))] = True
+                strict_nodes = [j for j, p in zip(non, pick.tolist()) if p]
+            parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes)
+            total = (tc.iit_weight * parts["iit"] + tc.behaviour_weight * parts["behaviour"]
+                     + tc.strict_weight * parts["strict"])
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, tc.clip)
+            opt.step()
+            sched.step()
+            for k in sums:
+                sums[k] += float(parts[k].detach())
+            if step % tc.eval_every == 0 or step == tc.max_steps:
+                figs = pair.validate(val_base, val_source)
+                k = step - (history[-1]["step"] if history else 0)
+                history.append({"step": step, "seconds": round(time.perf_counter() - t0, 1),
+                                **{f"loss_{a}": v / k for a, v in sums.items()},
+                                **{a: figs[a] for a in SUMMARY}})
+                sums = dict.fromkeys(sums, 0.0)
+                if progress is not None:
+                    progress(step, history[-1])
+                if min(figs["accuracy"], figs["iia"], figs["strict"]) >= tc.stop_at and figs["strict_effect_max"] <= tc.stop_effect:
+                    early = True
+                    break
+    finally:
+        for t in params:
+            t.requires_grad_(False)
+    return TrainResult(pair.ll, step, time.perf_counter() - t0, history, early)

@@ -1,0 +1,169 @@
+"""SIIT training (harness.programs.siit) and the shipped trained models
+(harness.tasks.trained_tasks): losses fall, training is seeded, stored validation figures are
+what the stored weights give, ground truths fit their graphs, and every shipped model passes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.core.engine import Engine
+from harness.core.graph import Graph
+from harness.programs import siit
+from harness.tasks import TASKS, get_task
+from harness.tasks import trained_tasks as tt
+
+SHIPPED = [c for c in tt.cards() if c.get("shipped")]
+
+
+def _pair(base="tracr-xproportion", seed=0, tc=siit.TrainConfig()):
+    task = tt.base_task(base)
+    cfg = siit.ll_config(task.tracr().weights.cfg, "t", tc)
+    return task, tt.make_pair(task, siit.init_weights(cfg, seed))
+
+
+def test_ll_config_is_wider_with_ordinary_parts():
+    task = tt.base_task("tracr-reverse")
+    hl = task.tracr().weights.cfg
+    cfg = siit.ll_config(hl, "x")
+    assert cfg.d_model > hl.d_model and cfg.d_model % cfg.n_heads == 0 and cfg.n_heads >= 4
+    assert (cfg.n_layers, cfg.d_vocab, cfg.vocab_out, cfg.n_ctx, cfg.causal) == (hl.n_layers, hl.d_vocab, hl.vocab_out,
+                                                                                  hl.n_ctx, hl.causal)
+    assert cfg.normalization_type == "LN" and cfg.act_fn == "gelu_new" and cfg.split_embed
+    w = siit.init_weights(cfg, 0)
+    std = w["blocks.0.attn.W_Q"].std().item()
+    assert abs(std - 0.8 / cfg.d_model ** 0.5) < 0.1 * std  # TransformerLens's initializer_range
+    assert torch.equal(w["blocks.0.ln1.w"], torch.ones(cfg.d_model))
+
+
+def test_correspondence_holds_the_circuit_heads_and_mlps_at_their_places():
+    task, pair = _pair("tracr-reverse")
+    names = {s.name for s in pair.hl_engine.graph.senders}
+    gt_senders = {s for s, _ in task.ground_truths()["structural"].edges} & names
+    assert set(pair.corr.nodes) == {n for n in gt_senders if "hook_embed" not in n and "pos_embed" not in n}
+    ll = pair.ll_engine.graph.senders
+    assert [ll[i].name for i in pair.corr.ll] == pair.corr.nodes
+    assert not set(pair.corr.ll) & set(pair.corr.non_circuit)
+    assert len(pair.corr.ll) + len(pair.corr.non_circuit) == sum(s.kind != "input" for s in ll)
+
+
+def test_an_intervention_takes_the_source_output_of_exactly_that_node():
+    """ll_out with a held node equals the engine's forward with every edge out of it patched to
+    the source (how the engine defines an intervention)."""
+    task, pair = _pair()
+    d = task.data("validation")
+    e = pair.ll_engine
+    j = pair.corr.ll[0]
+    src = e.cache(d.corrupted)
+    patch = torch.zeros(e.graph.n_edges)
+    patch[: e.graph.n_add][e.graph.add_sender == j] = 1
+    want = e.run(d.clean, patch, src, positions=pair.positions).logits
+    torch.testing.assert_close(pair.ll_out(d.clean, src.senders, [j]), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("base", ["tracr-xproportion", "tracr-reverse"])
+def test_a_few_steps_decrease_every_loss(base):
+    task, pair = _pair(base)
+    pool = tt.training_inputs(task)
+    g = torch.Generator().manual_seed(3)
+    b, s = pool[torch.randint(len(pool), (128,), generator=g)], pool[torch.randint(len(pool), (128,), generator=g)]
+    def losses():  # IIT on every HL node, strict on every non-circuit node, one at a time (as trained)
+        with torch.no_grad():
+            iit = [float(pair.losses(b, s, i, [])["iit"]) for i in range(len(pair.corr.nodes))]
+            strict = [float(pair.losses(b, s, 0, [j])["strict"]) for j in pair.corr.non_circuit]
+            return {"iit": sum(iit) / len(iit), "behaviour": float(pair.losses(b, s, 0, [])["behaviour"]),
+                    "strict": sum(strict) / len(strict)}
+
+    before = losses()
+    siit.train(pair, pool, b[:16], s[:16], siit.TrainConfig(max_steps=100, eval_every=1000))
+    after = losses()
+    for k in ("iit", "behaviour", "strict"):
+        assert after[k] < 0.7 * before[k], (k, before, after)
+
+
+def test_training_is_seeded():
+    runs = []
+    for _ in range(2):
+        task, pair = _pair(seed=5)
+        pool = tt.training_inputs(task)
+        siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=5, eval_every=1000, seed=5))
+        runs.append(pair.ll.params)
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert any(not torch.equal(runs[0][k], siit.init_weights(pair.ll.cfg, 5).params[k]) for k in runs[0])
+
+
+def test_pass_or_fail_names_the_missed_threshold():
+    good = {"accuracy": 1.0, "iia": 0.99, "strict": 0.99, "strict_effect_max": 0.01}
+    assert tt.passes(good) == []
+    missed = tt.passes({**good, "iia": 0.5, "strict_effect_max": 0.2})
+    assert len(missed) == 2 and missed[0].startswith("iia 0.5000") and "strict_effect_max" in missed[1]
+
+
+def test_at_least_the_six_task_families_and_ten_suite_programs_are_shipped():
+    bases = {c["base_task"] for c in SHIPPED}
+    assert {"tracr-reverse", "tracr-xproportion", "tracr-induction", "tracr-ioi", "tracr-greaterthan",
+            "tracr-docstring"} <= bases
+    assert sum(b.startswith("suite:") for b in bases) >= 10
+    for c in SHIPPED:
+        assert c["task"] in TASKS and not TASKS[c["task"]].in_default_run
+        assert c["command"].startswith(f"circuit-bench train-siit --task {c['base_task']} --seed {c['train']['seed']}")
+
+
+@pytest.mark.parametrize("card", SHIPPED, ids=[c["task"] for c in SHIPPED])
+def test_stored_validation_is_what_the_weights_give_and_passes(card):
+    task = get_task(card["task"])
+    w = tt.load_trained(card["task"])
+    figs = tt.validation(task.base_task(), w, card["train"]["seed"])
+    stored = card["validation"]
+    for k in ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min"):
+        assert figs[k] == pytest.approx(stored[k], abs=2e-6), k
+    assert tt.passes(figs) == []
+    gt = task.ground_truths()[tt.VARIANT]
+    mask = gt.edge_mask(Graph(w.cfg))  # validates every name against the trained model's graph
+    assert int(mask.sum()) == len(gt.edges) == len(task.base_task().ground_truths()["structural"].edges)
+    assert {s for s, _ in gt.edges} >= set(card["correspondence"])
+
+
+@pytest.mark.parametrize("card", SHIPPED, ids=[c["task"] for c in SHIPPED])
+def test_a_trained_task_serves_its_programs_data_to_its_own_model(card):
+    task = get_task(card["task"])
+    base = task.base_task()
+    d, bd = task.data("test"), base.data("test")
+    assert torch.equal(d.clean, bd.clean) and torch.equal(d.corrupted, bd.corrupted)
+    w = task.load_model(dtype=torch.float64)
+    assert w.cfg.normalization_type == "LN" and w.cfg.n_heads >= 4
+    logits = Engine(w).logits(d.clean)
+    assert torch.isfinite(logits).all() and logits.shape[-1] == base.tracr().weights.cfg.vocab_out
+
+
+def test_cards_are_json_with_training_facts():
+    for c in SHIPPED:
+        assert c["steps"] >= 1 and c["seconds"] > 0 and c["threads"] == 1
+        assert set(tt.SHIP_THRESHOLDS) <= set(c["validation"])
+        assert json.loads(json.dumps(c)) == c
+
+
+@pytest.mark.parametrize("card", SHIPPED, ids=[c["task"] for c in SHIPPED])
+def test_every_method_runs_on_every_trained_task(card):
+    """Each method's default variants under resample ablation (the reference the models are trained
+    for) give a finite score per edge, or a family of circuits, scoreable against the ground truth."""
+    from harness.eval.scoring import score_edges_and_nodes
+    from harness.methods import CircuitFamily, all_methods
+
+    task = get_task(card["task"])
+    e = Engine(task.load_model(dtype=torch.float64))
+    data = task.data().with_ablation("resample")
+    gt = task.ground_truths()[tt.VARIANT].edge_mask(e.graph)
+    for m, spec in all_methods().items():
+        opts = {"acdc": {"thresholds": [1e-4, 1e-2]}, "sp": {"epochs": 2, "n_lambdas": 2}}.get(m, {})
+        for v in spec.default_variants:
+            if "resample" not in spec.references_for(v):
+                continue
+            out = spec.run(e, data, v, **opts)
+            if spec.output == "family":
+                assert isinstance(out, CircuitFamily) and out.circuits.shape[1] == e.graph.n_edges, (m, v)
+                score_edges_and_nodes(e.graph, out.circuits, gt)
+            else:
+                assert out.shape == (e.graph.n_edges,) and torch.isfinite(out).all(), (m, v)
+                score_edges_and_nodes(e.graph, out, gt)
