@@ -167,3 +167,32 @@ def test_every_method_runs_on_every_trained_task(card):
             else:
                 assert out.shape == (e.graph.n_edges,) and torch.isfinite(out).all(), (m, v)
                 score_edges_and_nodes(e.graph, out, gt)
+
+
+def test_train_siit_reproduces_a_shipped_model_bit_for_bit(tmp_path, restore_tasks, capsys):
+    """`circuit-bench train-siit` with a shipped card's seed and thread count writes the same
+    weights, card figures and ground truth again (the smallest shipped program: it stops early)."""
+    from safetensors.torch import load_file
+
+    from harness.cli import main
+
+    name = "trained-lib-count-3x4"
+    card = next(c for c in SHIPPED if c["task"] == name)
+    assert card["threads"] == torch.get_num_threads() == 1
+    assert main(["train-siit", "--task", card["base_task"], "--seed", str(card["train"]["seed"]), "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    assert f"{name}: {card['steps']} steps" in capsys.readouterr().out
+    new, old = load_file(str(tmp_path / "trained" / f"{name}.safetensors")), tt.load_trained(name).params
+    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
+    again = json.loads((tmp_path / "trained" / f"{name}.json").read_text())
+    assert again["validation"] == card["validation"] and again["steps"] == card["steps"]
+    gt = json.loads((tmp_path / f"{name}.correspondence.json").read_text())
+    assert [tuple(e) for e in gt["edges"]] == list(get_task(name).ground_truths()[tt.VARIANT].edges)
+    assert tt.register_trained(tmp_path) == [name]
+
+
+def test_a_model_that_misses_a_threshold_is_written_aside_and_not_registered(tmp_path, restore_tasks):
+    card = tt.train("suite:lib-count-3x4", siit.TrainConfig(max_steps=2, eval_every=1000), tmp_path)
+    assert not card["shipped"] and card["missed"]
+    assert (tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.safetensors").exists()
+    assert not list(tmp_path.glob("*.json")) and tt.register_trained(tmp_path) == []

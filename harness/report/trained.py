@@ -40,10 +40,10 @@ def plot_change(s: pd.DataFrame, path: Path) -> bool:
         ax.set(xlim=(-0.02, 1.02), ylim=(-0.7, len(d) - 0.3), xlabel="mean edge AUC over programs",
                title=f"{ref} reference, {int(d['n'].max())} programs")
         ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle("Compiled (open) versus SIIT-trained (filled) edge AUC; red: significantly worse when trained "
-                 "(change, 95% interval)", fontsize=9)
+    fig.suptitle("Compiled (open) versus SIIT-trained (filled) edge AUC\nred: significantly worse when trained, green: "
+                 "better; right: mean change [95% interval]", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata=PNG_META)
+    fig.savefig(path, dpi=100, metadata=PNG_META, bbox_inches="tight")
     plt.close(fig)
     return True
 
