@@ -196,3 +196,27 @@ def test_a_model_that_misses_a_threshold_is_written_aside_and_not_registered(tmp
     assert not card["shipped"] and card["missed"]
     assert (tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.safetensors").exists()
     assert not list(tmp_path.glob("*.json")) and tt.register_trained(tmp_path) == []
+
+
+def test_analogue_training_inputs_add_random_sequences_only_where_the_program_answers_on_them():
+    ind = tt.base_task("tracr-induction")
+    pool = tt.training_inputs(ind)
+    half = (pool.shape[1] - 1) // 2
+    repeats = (pool[:, 1 : 1 + half] == pool[:, 1 + half :]).all(1)
+    assert tt.random_defined(ind) >= tt.RANDOM_MIN_DEFINED and 0.45 < repeats.double().mean() < 0.55
+    gt = tt.base_task("tracr-greaterthan")
+    assert tt.random_defined(gt) < tt.RANDOM_MIN_DEFINED
+    d = gt.data("validation")
+    fixed = (d.clean == d.clean[0]).all(0) & (d.corrupted == d.clean[0]).all(0)  # template tokens
+    assert fixed.sum() >= 3 and (tt.training_inputs(gt)[:, fixed] == d.clean[0, fixed]).all()
+
+
+def test_trained_tasks_run_when_named_or_by_the_preset_beside_their_programs():
+    from harness.run.presets import get_preset
+    from harness.run.runner import offline_tasks
+
+    names = {c["task"] for c in SHIPPED}
+    assert names and not names & set(offline_tasks())
+    p = get_preset("trained")
+    assert set(p.tasks) == names | {c["base_task"] for c in SHIPPED}
+    assert p.options["ablations"] == ("resample",) and p.methods == ()

@@ -34,6 +34,7 @@ from harness.tasks.tracr_tasks import TracrTask
 PREFIX = "trained-"
 VARIANT = "correspondence"
 POOL = 4096  # training inputs drawn per model (all of them where fewer exist)
+RANDOM_MIN_DEFINED = 0.25  # analogues: add uniform sequences when the program answers on this share of them
 RANDOM_PAIRS = 256  # validation: random pairs of the pool besides the task's own (clean, corrupted) rows
 # A model is shipped only when its validation (float64, harness.programs.siit.SIITPair.validate)
 # meets every one of these (docs/trained.md#validation says why these values).
@@ -69,21 +70,25 @@ def input_length(task) -> int:
 def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
     """[N, pos] token ids the training pairs are drawn from. Programs over a vocabulary: every
     sequence of the task's length when at most n exist, else n distinct uniform draws. Analogues
-    (structured prompts): half prompts from the task's generator (clean and corrupted forms, with
-    seeds no evaluation split uses), half uniform sequences over the program's vocabulary, on which
-    the compiled program is just as defined: fixed templates alone let a trained model read
-    answers off positions (a positional shortcut, docs/trained.md#training-data) instead of
-    implementing the program's heads."""
+    (structured prompts): prompts from the task's generator (clean and corrupted forms, with seeds
+    no evaluation split uses); half of them are replaced by uniform sequences over the program's
+    vocabulary where the compiled program answers (a one-hot at the scored positions) on at least
+    RANDOM_MIN_DEFINED of those: fixed templates alone let a trained model read answers off
+    positions (a positional shortcut, docs/trained.md#training-data) instead of implementing the
+    program's heads, and sequences without an answer teach nothing."""
     m = task.tracr()
     spec = getattr(task, "spec", None) or PROGRAMS[task.program]
     vocab, length = list(spec.vocab), input_length(task)
     rng = random.Random(7_777_777 + seed)
     seqs = []
     if hasattr(task, "examples"):  # a RASP analogue (harness.tasks.tracr_analogues)
-        while len(seqs) < n // 2:
+        share = 0.5 if random_defined(task) >= RANDOM_MIN_DEFINED else 0.0
+        while len(seqs) < n * (1 - share):
             clean, corr, *_ = task.examples(rng)
             seqs += [clean, corr]
         n = n - len(seqs)
+        if not n:
+            return m.encode(seqs)
     distinct = getattr(task, "distinct_tokens", False)
     if len(vocab) ** length <= n:
         return m.encode(seqs + [list(s) for s in itertools.product(vocab, repeat=length)
@@ -95,6 +100,18 @@ def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
             seen.add(s)
             draws.append(list(s))
     return m.encode(seqs + draws)
+
+
+def random_defined(task, n: int = 512) -> float:
+    """The share of scored positions where the compiled program answers (a one-hot) on n uniform
+    sequences over its vocabulary (seeded)."""
+    from harness.core.engine import Engine
+
+    m = task.tracr()
+    rng = random.Random(0)
+    seqs = [[rng.choice(list(task.spec.vocab)) for _ in range(input_length(task))] for _ in range(n)]
+    out = Engine(m.weights).logits(m.encode(seqs))[:, task.data("validation").pos_mask[0]]
+    return float((out.amax(-1) > siit.DEFINED).double().mean())
 
 
 def validation_pairs(task, pool: torch.Tensor, seed: int = 0) -> tuple:
