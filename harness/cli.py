@@ -442,7 +442,7 @@ def cmd_train_siit(args) -> int:
             base_task(t)
         except (ValueError, KeyError) as e:
             _fail(str(e).strip('"'))
-    kw = {"seed": args.seed}
+    kw = {"seed": args.seed, "strict_nodes": args.strict_nodes}
     if args.max_steps:
         kw["max_steps"] = args.max_steps
     tc = TrainConfig(**kw)
@@ -624,6 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--seed", type=_seed, default=0, help="initialisation and pair-sampling seed (default 0)")
     ts.add_argument("--max-steps", type=_count, help="training steps at most (default: 3000; training stops earlier "
                                                      "once validation passes)")
+    ts.add_argument("--strict-nodes", choices=["one", "subset", "all"], default="one",
+                    help="non-circuit nodes resample-ablated per step by the strict loss: one (InterpBench's "
+                         "'individual', default), each with probability 1/2, or all")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")
