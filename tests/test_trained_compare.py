@@ -45,7 +45,7 @@ def test_a_consistent_drop_degrades_and_noise_does_not():
     assert s.loc["same", "verdict"] == "no clear change"
     assert s.loc["worse", "n"] == len(PROGRAMS)
     line = T.answer(T.summary(T.pairs(_results())))[0]
-    assert line.startswith("resample reference, 8 programs: of 2 method variants, 1 rank") and "worse v" in line
+    assert line.startswith("resample reference, edge level, 8 programs: of 2 method variants, 1 rank") and "worse v" in line
 
 
 def test_too_few_programs_never_degrade():

@@ -18,9 +18,10 @@ from harness.report.suite import PNG_META
 
 
 def plot_change(s: pd.DataFrame, path: Path) -> bool:
+    """Edge level only (`summary` rows of level "edge")."""
     from harness.report.render import _plt
 
-    s = s.dropna(subset=["compiled", "trained"])
+    s = s[s["level"] == "edge"].dropna(subset=["compiled", "trained"])
     if s.empty:
         return False
     plt, _ = _plt()
@@ -63,14 +64,15 @@ def trained_items(results: pd.DataFrame, out: Path) -> list:
          ("p", f"{p['program'].nunique()} programs, each as its compiled tracr model and as an ordinary transformer "
                "trained by SIIT to implement the same circuit (docs/trained.md). Same data, reference and objective; "
                "each side scored against the same circuit edges (compiled: structural, trained: correspondence). "
-               "The trained graphs have more heads, hence more off-circuit edges. Every program's AUCs: "
-               "compiled_vs_trained.csv.")]
+               "The trained graphs have more heads, hence more off-circuit edges. SIIT constrains nodes, not "
+               "edges, so the trained models' edge-level ground truth is a hypothesis (docs/trained.md#ground-truth); "
+               "the node level is what SIIT trains. Every program's AUCs: compiled_vs_trained.csv.")]
     B += [("p", line) for line in T.answer(s)]
     png = out / "compiled_vs_trained.png"
     if plot_change(s, png):
         B.append(("img", png))
     table = pd.DataFrame({
-        "reference": s["reference"], "method": s["method"], "variant": s["variant"], "programs": s["n"],
+        "reference": s["reference"], "level": s["level"], "method": s["method"], "variant": s["variant"], "programs": s["n"],
         "compiled": s["compiled"].map(_fmt), "trained": s["trained"].map(_fmt),
         "change [95% CI]": [f"{c:+.3f} [{lo:+.3f}, {hi:+.3f}]" if np.isfinite(lo) else f"{c:+.3f}"
                             for c, lo, hi in zip(s["change"], s["change_lo"], s["change_hi"])],
