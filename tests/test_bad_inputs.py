@@ -128,6 +128,8 @@ CASES = [
     ("preset-unknown", lambda t: ["run", "--preset", "nope"], 2, "argument --preset: invalid choice", "err"),
     ("train-siit-task-unknown", lambda t: ["train-siit", "--task", "nope"], 2, "unknown task 'nope'", "err"),
     ("train-siit-not-compiled", lambda t: ["train-siit", "--task", "ioi"], 2, "ioi is not a compiled (tracr) task", "err"),
+    ("train-siit-trained-task", lambda t: ["train-siit", "--task", "trained-tracr-reverse"], 2,
+     "trained-tracr-reverse is a trained model already: name its compiled program, tracr-reverse", "err"),
     ("method-unknown", lambda t: ["run", "--methods", "nope"], 2, "unknown method 'nope'", "err"),
     ("variant-unknown", lambda t: ["run", "--methods", "eap", "--variants", "nope"], 2, "unknown variant 'nope'", "err"),
     ("metric-unknown", lambda t: [*RUN, "--metric", "nope"], 2, "has no metric 'nope'", "err"),

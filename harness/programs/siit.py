@@ -9,15 +9,16 @@ trained with three losses on pairs (base b, source s) of inputs:
 - interchange intervention (IIT): one HL node h (a head or MLP of the compiled circuit) takes its
   output on s while running on b; the LL node at the same place (`correspondence`) does the same,
   and the LL's output must match the intervened HL's;
-- strict: one LL node outside the correspondence takes its output on s; the LL's output must stay
-  the HL's output on b, so nodes outside the circuit are trained to be irrelevant.
+- strict: one LL node outside the correspondence (by default; `strict_nodes`) takes its output on
+  s; the LL's output must stay the HL's output on b, so nodes outside the circuit are trained to
+  be irrelevant.
 
 Interventions replace a node's output with the source run's, detached, through the engine's
 `hold` (as TransformerLens caches are detached in InterpBench's code). Categorical outputs use
 cross-entropy against the HL's class, numerical ones the squared error. Losses are read at the
-task's scored positions. The three losses are summed with weights (1, 1, 0.4), InterpBench's, and
-take one Adam step together (InterpBench's default takes one step per loss; one step costs a
-third of the optimiser work and trained every shipped model: docs/trained.md#training).
+task's scored positions. The three losses are summed with weights 1, 1 and 1 (InterpBench weights
+strict 0.4) and take one Adam step together (InterpBench's default takes one step per loss);
+docs/trained.md#training says why.
 
 Validation (`validate`), on given (base, source) pairs in float64: behaviour accuracy; IIA
 (interchange-intervention accuracy) per HL node; strict accuracy per non-circuit LL node
@@ -51,7 +52,8 @@ class TrainConfig:
     iit_weight: float = 1.0  # InterpBench's weights: iit 1, behaviour 1, strict 0.4
     behaviour_weight: float = 1.0
     strict_weight: float = 1.0  # InterpBench: 0.4 (docs/trained.md#training says why not here)
-    strict_nodes: str = "one"  # one non-circuit node per step (InterpBench's "individual"); "subset": each with probability 1/2
+    strict_nodes: str = "one"  # per step: one non-circuit node (InterpBench's "individual"), "subset" (each
+    # with probability 1/2) or "all"
     clip: float = 1.0
     eval_every: int = 250
     stop_at: float = 0.995  # early stop when behaviour, mean IIA and mean strict accuracy reach it (InterpBench's 99.5 %)

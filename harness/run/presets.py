@@ -1,6 +1,7 @@
-"""Named run presets for the generated suite (issue 17) and the SIIT-trained models (issue 18): which circuits, which methods, which
-options. `circuit-bench run --preset NAME` applies one; anything given on the command line
-(--tasks, --methods, --bootstrap, ...) overrides the preset's value. Every preset is resumable like
+"""Named run presets for the generated suite (issue 17) and the SIIT-trained models (issue 18):
+which circuits, which methods, which options. `circuit-bench run --preset NAME` applies one;
+anything given on the command line (--tasks, --methods, --bootstrap, ...) overrides the preset's
+value. Every preset is resumable like
 any run: its records are keyed by everything that changes a result (harness.run.store), so a
 rerun into the same --out recomputes only what is missing.
 """

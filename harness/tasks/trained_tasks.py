@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import sys
 import time
@@ -58,6 +59,8 @@ def base_task(name: str):
 
         register_suite([name])
     task = get_task(name)
+    if isinstance(task, TrainedTask):
+        raise ValueError(f"{name} is a trained model already: name its compiled program, {task.base}")
     if not isinstance(task, TracrTask):
         raise ValueError(f"{name} is not a compiled (tracr) task: SIIT needs a compiled program as its high-level model")
     return task
@@ -187,7 +190,9 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
     root = Path(directory) if directory else ground_truth_dir()
     out = root / "trained" / ("rejected" if missed else "")
     out.mkdir(parents=True, exist_ok=True)
-    save_file(weights.params, str(out / f"{name}.safetensors"))
+    tmp = out / f".{name}.safetensors.tmp"  # written whole, then renamed: an interrupted write leaves no model
+    save_file(weights.params, str(tmp))
+    os.replace(tmp, out / f"{name}.safetensors")
     card = {
         "task": name, "base_task": base, "config": cfg.to_dict(), "train": tc.to_dict(),
         "command": f"circuit-bench train-siit --task {base} --seed {tc.seed} --threads {threads}"
@@ -200,7 +205,9 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
         "shipped": not missed, "missed": missed, "history": _round(result.history),
         "written": time.strftime("%Y-%m-%d"),
     }
-    (out / f"{name}.json").write_text(json.dumps(card, indent=1) + "\n")
+    tmp = out / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(card, indent=1) + "\n")
+    os.replace(tmp, out / f"{name}.json")  # the card last: a model is registered only once it has one
     if not missed:
         save_ground_truth(GroundTruth(
             task=name, variant=VARIANT, graph=name, edges=circuit_edges(task),
