@@ -443,6 +443,8 @@ def cmd_train_siit(args) -> int:
         except (ValueError, KeyError) as e:
             _fail(str(e).strip('"'))
     kw = {"seed": args.seed, "strict_nodes": args.strict_nodes}
+    if args.strict_weight is not None:
+        kw["strict_weight"] = args.strict_weight
     if args.max_steps:
         kw["max_steps"] = args.max_steps
     tc = TrainConfig(**kw)
@@ -627,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--strict-nodes", choices=["one", "subset", "all"], default="one",
                     help="non-circuit nodes resample-ablated per step by the strict loss: one (InterpBench's "
                          "'individual', default), each with probability 1/2, or all")
+    ts.add_argument("--strict-weight", type=_float_range(0), help="the strict loss's weight (default 1; InterpBench: 0.4)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")
