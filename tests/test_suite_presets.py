@@ -44,7 +44,7 @@ def test_exact_patching_scores_auc_1_under_zero_ablation_on_90_percent_of_the_su
 
 
 def test_presets_name_suite_tasks_and_known_methods():
-    assert set(PRESETS) == {"suite-quick", "suite"}
+    assert set(PRESETS) == {"suite-quick", "suite", "trained"}  # trained: tests/test_siit.py
     quick, full = get_preset("suite-quick"), get_preset("suite")
     assert set(quick.tasks) < set(full.tasks) == set(suite_tasks())
     assert {"suite:" + n for n in QUICK_LIBRARY} < set(quick.tasks) and len(quick.tasks) == 14
