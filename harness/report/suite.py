@@ -36,6 +36,18 @@ def _colors(methods, sns) -> dict:
     return dict(zip(names, (tab[0::2] + tab[1::2]) * (1 + len(names) // 20)))
 
 
+def reference_panels(frame: pd.DataFrame, width: float = 6.2, row_height: float = 0.24, pad: float = 1.4) -> tuple:
+    """(plt, sns, fig, axes, refs): one panel per reference of `frame` (references are never
+    pooled), side by side, tall enough for the reference with the most rows."""
+    from harness.report.render import _plt
+
+    plt, sns = _plt()
+    refs = sorted(frame["reference"].unique())
+    rows = frame.groupby("reference").size().max()
+    fig, axes = plt.subplots(1, len(refs), figsize=(width * len(refs), row_height * rows + pad), squeeze=False)
+    return plt, sns, fig, axes, refs
+
+
 def _save(fig, plt, path: Path) -> None:
     fig.savefig(path, dpi=100, metadata=PNG_META)
     plt.close(fig)
@@ -45,17 +57,12 @@ def plot_distribution(frame: pd.DataFrame, path: Path, dist: pd.DataFrame | None
                       baseline: tuple = S.BASELINE, seed: int = SEED) -> bool:
     """Per reference, every method variant's per-circuit AUCs (dots) and mean with 95% CI (bar),
     rows sorted by mean so the order is read top to bottom; the baseline's label in bold."""
-    from harness.report.render import _plt
-
     c = S._circuits(frame).dropna(subset=["auc"])
     dist = S.distribution(c) if dist is None else dist
     dist = dist[dist["n"] > 0]
     if dist.empty:
         return False
-    plt, sns = _plt()
-    refs = sorted(dist["reference"].unique())
-    rows = dist.groupby("reference").size().max()
-    fig, axes = plt.subplots(1, len(refs), figsize=(6.2 * len(refs), 0.24 * rows + 1.4), squeeze=False)
+    plt, sns, fig, axes, refs = reference_panels(dist)
     colors = _colors(dist["method"], sns)
     rng = np.random.default_rng(seed)
     for ax, ref in zip(axes.flat, refs):
@@ -86,14 +93,9 @@ def plot_distribution(frame: pd.DataFrame, path: Path, dist: pd.DataFrame | None
 def plot_wins(cmp: pd.DataFrame, path: Path, baseline: tuple = S.BASELINE) -> bool:
     """Per reference, each method variant's circuits won / tied / lost against the baseline as a
     stacked bar, sorted by wins - losses, with the Holm-adjusted p (and * where significant)."""
-    from harness.report.render import _plt
-
     if cmp is None or cmp.empty:
         return False
-    plt, _ = _plt()
-    refs = sorted(cmp["reference"].unique())
-    rows = cmp.groupby("reference").size().max()
-    fig, axes = plt.subplots(1, len(refs), figsize=(6.2 * len(refs), 0.24 * rows + 1.4), squeeze=False)
+    plt, _, fig, axes, refs = reference_panels(cmp)
     parts = (("wins", "#4c9a5b"), ("ties", "#c8c8c8"), ("losses", "#c0504d"))
     for ax, ref in zip(axes.flat, refs):
         d = cmp[cmp["reference"] == ref].assign(net=lambda x: x["wins"] - x["losses"])

@@ -14,20 +14,15 @@ import numpy as np
 import pandas as pd
 
 from harness.eval import trained_compare as T
-from harness.report.suite import PNG_META
+from harness.report.suite import PNG_META, reference_panels
 
 
 def plot_change(s: pd.DataFrame, path: Path) -> bool:
     """Edge level only (`summary` rows of level "edge")."""
-    from harness.report.render import _plt
-
     s = s[s["level"] == "edge"].dropna(subset=["compiled", "trained"])
     if s.empty:
         return False
-    plt, _ = _plt()
-    refs = sorted(s["reference"].unique())
-    rows = s.groupby("reference").size().max()
-    fig, axes = plt.subplots(1, len(refs), figsize=(7.0 * len(refs), 0.26 * rows + 1.5), squeeze=False)
+    plt, _, fig, axes, refs = reference_panels(s, width=7.0, row_height=0.26, pad=1.5)
     for ax, ref in zip(axes.flat, refs):
         d = s[s["reference"] == ref].sort_values(["compiled", "method", "variant"]).reset_index(drop=True)
         for y, r in d.iterrows():
