@@ -170,13 +170,15 @@ class SIITPair:
 
     # ----- the HL side: labels ------------------------------------------------------------
     @torch.no_grad()
-    def hl_out(self, base: torch.Tensor, source: torch.Tensor | None = None, node: int | None = None) -> torch.Tensor:
+    def hl_out(self, base: torch.Tensor, source: torch.Tensor | None = None, node: int | None = None,
+               source_senders: torch.Tensor | None = None) -> torch.Tensor:
         """HL outputs [B, n_scored, vocab_out] on `base`, HL node `node` (index into corr.nodes)
-        taking its output on `source` when given."""
+        taking its output on `source` when given (`source_senders`: the HL's sender outputs on
+        `source`, when the caller has them)."""
         e = self.hl_engine
         if node is None:
             return e.run(base, positions=self.positions).logits
-        values = e.cache(source).senders
+        values = e.cache(source).senders if source_senders is None else source_senders
         hold = (_mask(self.n_hl, [self.corr.hl[node]]), values)
         return e.run(base, hold=hold, positions=self.positions).logits
 
@@ -228,7 +230,7 @@ class SIITPair:
         `strict_effect_max` the largest over non-circuit nodes, `circuit_effect_min` the smallest
         over the correspondence's."""
         hl_base = self.hl_out(base)
-        src = self.ll_engine.cache(source).senders
+        src, hl_src = self.ll_engine.cache(source).senders, self.hl_engine.cache(source).senders  # once, for every node
         ll_base = self.ll_out(base)
         whole = ((self.ll_out(source) - ll_base) ** 2).mean().item()
         acc = self.correct(ll_base, hl_base).double().mean().item()
@@ -236,7 +238,7 @@ class SIITPair:
         iia, strict, effect = {}, {}, {}
         for i, n in enumerate(self.corr.nodes):
             out = self.ll_out(base, src, [self.corr.ll[i]])
-            iia[n] = self.correct(out, self.hl_out(base, source, i)).double().mean().item()
+            iia[n] = self.correct(out, self.hl_out(base, source, i, hl_src)).double().mean().item()
             effect[n] = ((out - ll_base) ** 2).mean().item() / whole
         for j in self.corr.non_circuit:
             out = self.ll_out(base, src, [j])

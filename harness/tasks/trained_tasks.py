@@ -153,10 +153,12 @@ def passes(figures: dict) -> list:
     return out
 
 
-def validation(task, weights: Weights, seed: int = 0) -> dict:
-    """The validation figures of `weights` on `task`'s pairs, in float64."""
+def validation(task, weights: Weights, seed: int = 0, pool: torch.Tensor | None = None) -> dict:
+    """The validation figures of `weights` on `task`'s pairs, in float64 (`pool`: the training
+    inputs of `seed`, when the caller has them)."""
     pair = make_pair(task, weights, torch.float64)
-    base, source = validation_pairs(task, training_inputs(task, seed=seed), seed)
+    pool = training_inputs(task, seed=seed) if pool is None else pool
+    base, source = validation_pairs(task, pool, seed)
     return pair.validate(base, source)
 
 
@@ -185,7 +187,7 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
     threads = torch.get_num_threads()
     result = siit.train(pair, pool.to(device), vb.to(device), vs.to(device), tc, progress)
     weights = Weights(cfg, {k: t.detach().cpu().clone().contiguous() for k, t in result.weights.params.items()})
-    figures = validation(task, weights, tc.seed)
+    figures = validation(task, weights, tc.seed, pool)
     missed = passes(figures)
     root = Path(directory) if directory else ground_truth_dir()
     out = root / "trained" / ("rejected" if missed else "")
