@@ -493,12 +493,16 @@ def _load_task(t: str, cfg: RunConfig, meta: dict, log, want_reset: bool = False
         return LoadedTask(task, failure=("error", why))
 
 
+def fingerprint_of(loaded: LoadedTask, job: tuple, cfg: RunConfig) -> dict:
+    """The fingerprint a record of `job` on `loaded` is stored with (harness.run.fingerprint)."""
+    return fingerprint(cfg, all_methods()[job[1]], job[2], loaded.inputs, job[4], loaded.reset_kind)
+
+
 def _stored(store: ResultStore, loaded: LoadedTask, job: tuple, cfg: RunConfig) -> tuple:
     """(fingerprint, changes): the job's fingerprint, and None when no finished record is stored,
     [] when the stored one can be reused, else what changed."""
-    t, m, v, ablation, control = job
-    fp = fingerprint(cfg, all_methods()[m], v, loaded.inputs, control, loaded.reset_kind)
-    old = store.get(t, m, v, ablation, control)
+    fp = fingerprint_of(loaded, job, cfg)
+    old = store.get(*job)
     if not old or old.get("status") != "ok":
         return fp, None
     return fp, differences(old.get("fingerprint"), fp)
@@ -520,6 +524,44 @@ def _announce(loaded: LoadedTask, jobs: list, cfg: RunConfig, log, bar) -> None:
     est = estimate(loaded, jobs, cfg)
     if est.total > SLOW_SECONDS:
         log(est.line())
+
+
+def describe(job: tuple) -> str:
+    """A job in words, for log lines: "task method/variant, reference[, reset control]"."""
+    t, m, v, ablation, control = job
+    return f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
+
+
+def perform(loaded: LoadedTask, job: tuple, cfg: RunConfig, fp: dict | None, log) -> dict:
+    """The record of one job (task, method, variant, reference, control) on its loaded task: what
+    every executor writes (`harness.run.units` runs this on cluster workers). A job that cannot
+    run gets a record saying why; a method that fails is recorded with its error, never raised.
+    `fp`: the job's fingerprint, stored with the record."""
+    t, m, v, ablation, control = job
+    head = record_head(t, m, v, ablation, control, cfg)
+    how = loaded.runs(all_methods()[m], control)
+    if how is None:
+        status, why = loaded.failure or ("skipped", f"{t} has no reset control")
+        return {**head, "status": status, "error": why, "rows": []}
+    task, engine, data, problems = loaded.task, loaded.engine, loaded.data, loaded.problems
+    try:
+        if how == "graph":
+            rec = run_graph_only(task, loaded.graph, m, v, ablation, cfg)
+        elif control == "reset":
+            rec = run_reset(task, engine, data.with_ablation(ablation), m, v, cfg, loaded.reset_kind,
+                            loaded.reset_model, loaded.chunk)
+        else:
+            rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg, loaded.chunk)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a failing method is recorded; the others go on
+        rec = {**head, "status": "error", "error": f"{type(e).__name__}: {e}",
+               "traceback": traceback.format_exc(), "rows": []}
+        log(f"{describe(job)} failed: {rec['error']}")
+    rec["fingerprint"] = fp
+    if problems:
+        rec["ground_truth_problems"] = problems
+    return rec
 
 
 def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
@@ -545,47 +587,27 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
             if loaded.engine is not None and loaded.engine.cfg.d_model > SMALL_D_MODEL:
                 _announce(loaded, [j for j in task_jobs if loaded.runs(methods[j[1]], j[4]) == "model"
                                    and not _reusable(store, loaded, j, cfg)], cfg, log, bar)
-            for _, m, v, ablation, control in task_jobs:
-                head = record_head(t, m, v, ablation, control, cfg)
-                what = f"{t} {m}/{v}, {ablation}" + (", reset control" if control == "reset" else "")
-                how = loaded.runs(methods[m], control)
-                if how is None:
-                    status, why = loaded.failure or ("skipped", f"{t} has no reset control")
-                    store.write({**head, "status": status, "error": why, "rows": []})
-                    bar.update()
-                    continue
-                task, engine, data, problems = loaded.task, loaded.engine, loaded.data, loaded.problems
-                fp, changed = _stored(store, loaded, (t, m, v, ablation, control), cfg)
-                if changed is not None:
-                    if not changed:
-                        reused += 1
-                        bar.update()
-                        continue
-                    stale += 1
-                    why = "; ".join(changed)
-                    if why not in told:
-                        told.add(why)
-                        log(f"recomputing stored results because {why} (first: {what})")
-                bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
-                try:
-                    if how == "graph":
-                        rec = run_graph_only(task, loaded.graph, m, v, ablation, cfg)
-                    elif control == "reset":
-                        rec = run_reset(task, engine, data.with_ablation(ablation), m, v, cfg, loaded.reset_kind,
-                                        loaded.reset_model, loaded.chunk)
-                    else:
-                        rec = run_one(task, engine, data.with_ablation(ablation), m, v, cfg, loaded.chunk)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as e:  # a failing method is recorded; the others go on
-                    rec = {**head, "status": "error", "error": f"{type(e).__name__}: {e}",
-                           "traceback": traceback.format_exc(), "rows": []}
-                    log(f"{what} failed: {rec['error']}")
-                rec["fingerprint"] = fp
-                if problems:
-                    rec["ground_truth_problems"] = problems
+            for job in task_jobs:
+                t, m, v, ablation, control = job
+                what = describe(job)
+                fp = None
+                if loaded.runs(methods[m], control) is not None:
+                    fp, changed = _stored(store, loaded, job, cfg)
+                    if changed is not None:
+                        if not changed:
+                            reused += 1
+                            bar.update()
+                            continue
+                        stale += 1
+                        why = "; ".join(changed)
+                        if why not in told:
+                            told.add(why)
+                            log(f"recomputing stored results because {why} (first: {what})")
+                    bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
+                rec = perform(loaded, job, cfg, fp, log)
                 store.write(rec)
-                _debug(f"{what}: {rec.get('status', 'ok')} in {rec.get('seconds') or 0:.2f} s")
+                if fp is not None:
+                    _debug(f"{what}: {rec.get('status', 'ok')} in {rec.get('seconds') or 0:.2f} s")
                 bar.update()
             del loaded  # one task's model in memory at a time
     finally:

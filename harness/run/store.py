@@ -90,6 +90,14 @@ def position_frame(rec: dict, endpoints, edge_types) -> pd.DataFrame:
     return frame[POSITION_COLUMNS]
 
 
+def edge_record(task: str, graph, ground_truth: dict | None = None) -> dict:
+    """What `edges/<task>.json` holds: the graph's edges [sender, receiver] and edge types in score
+    order, and each ground truth's edge indices (`ground_truth`: name -> bool [n_edges])."""
+    gt = {name: mask.nonzero().flatten().tolist() for name, mask in sorted((ground_truth or {}).items())}
+    return {"task": task, "graph": graph.cfg.name, "edges": [list(e) for e in graph.edge_endpoints],
+            "edge_types": graph.edge_types, "ground_truth": gt}
+
+
 class FolderLocked(ValueError):
     """Another run holds the output folder."""
 
@@ -217,10 +225,13 @@ class ResultStore:
         """The task's edge names in score order, once per graph (what names `scores.*`), and the
         edge indices of each usable ground truth (`ground_truth`: name -> bool [n_edges]), so the
         report can draw circuits from the run folder alone."""
-        p = self.edges_path(task)
-        gt = {name: mask.nonzero().flatten().tolist() for name, mask in sorted((ground_truth or {}).items())}
-        text = json.dumps({"task": task, "graph": graph.cfg.name, "edges": [list(e) for e in graph.edge_endpoints],
-                           "edge_types": graph.edge_types, "ground_truth": gt})
+        return self.write_edge_record(edge_record(task, graph, ground_truth))
+
+    def write_edge_record(self, record: dict) -> Path:
+        """Write an `edge_record` (made here, or on a cluster worker and sent back) unless the
+        task's file already holds it."""
+        p = self.edges_path(record["task"])
+        text = json.dumps(record)
         if not (p.exists() and p.read_text(encoding="utf-8", errors="replace") == text):
             p.parent.mkdir(parents=True, exist_ok=True)
             _atomic_write(p, lambda f: f.write(text))
