@@ -216,8 +216,20 @@ def cmd_run(args) -> int:
                 warnings.warn(f"--variants names no variant of {m}, so {m} does not run (its variants: "
                               f"{', '.join(all_methods()[m].variants)})")
     _writable_folder(args.out)
+    executor = _executor(args)
     try:
-        store = run(cfg, log=logging.getLogger("harness.run").info)
+        if executor is None:
+            store = run(cfg, log=logging.getLogger("harness.run").info)
+        else:
+            from pathlib import Path
+
+            from harness.run.sweep import run_sweep
+            from harness.run.units import Setup
+
+            setup = Setup(plugins=tuple(str(Path(p).resolve()) if p.endswith(".py") else p for p in args.plugin),
+                          programs=tuple(str(Path(p).resolve()) for p in args.program),
+                          suite=tuple(t for t in tasks if t.startswith("suite:")))  # registered here, not there
+            store = run_sweep(cfg, executor, setup, log=logging.getLogger("harness.run").info)
     except ValueError as e:
         _fail(str(e))
     records = store.records()
@@ -231,6 +243,37 @@ def cmd_run(args) -> int:
     if records and n_ok == 0:
         return 2
     return 1 if n_failed or gt_bad else 0
+
+
+RAY_OPTIONS = ("ray_address",)
+SLURM_OPTIONS = ("slurm_partition", "slurm_time", "slurm_units_per_job", "slurm_parallelism", "slurm_cluster",
+                 "slurm_folder")
+
+
+def _executor(args):
+    """The executor `run --executor` names (None: local), its options checked; an option of
+    another executor is refused, so a sweep never silently runs where it was not meant to."""
+    owners = {**dict.fromkeys(RAY_OPTIONS, "ray"), **dict.fromkeys(SLURM_OPTIONS, "slurm"),
+              **dict.fromkeys(("unit_cpus", "unit_gpus", "retries"), "ray or slurm")}
+    for name, owner in owners.items():
+        if getattr(args, name) is not None and args.executor not in owner.split(" or "):
+            _fail(f"--{name.replace('_', '-')} applies to --executor {owner}, not {args.executor}: drop it or choose "
+                  "that executor (docs/cluster.md)")
+    if args.executor == "local":
+        return None
+    from pathlib import Path
+
+    from harness.run.executors import RayExecutor, SlurmExecutor
+
+    retries = args.retries if args.retries is not None else 2
+    if args.executor == "ray":
+        return RayExecutor(address=args.ray_address, unit_cpus=args.unit_cpus or 1.0, unit_gpus=args.unit_gpus or 0.0,
+                           retries=retries)
+    return SlurmExecutor(folder=args.slurm_folder or str(Path(args.out) / "slurm-jobs"),
+                         cluster=args.slurm_cluster or "slurm", partition=args.slurm_partition,
+                         time_min=args.slurm_time or 60, cpus=int(args.unit_cpus or 1), gpus=int(args.unit_gpus or 0),
+                         units_per_job=args.slurm_units_per_job or 16, parallelism=args.slurm_parallelism,
+                         retries=retries)
 
 
 def cmd_list(args) -> int:
@@ -571,6 +614,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep every token position's share of each gradient ranking (one more run per variant "
                         "that splits so), written to position_scores.parquet; the rankings are unchanged")
     r.add_argument("--no-progress", action="store_true")
+    ex = r.add_argument_group("where units run (docs/cluster.md)")
+    ex.add_argument("--executor", choices=["local", "ray", "slurm"], default="local",
+                    help="local: this process (default); ray: each unit a Ray task; slurm: units in SLURM jobs "
+                         "through submitit. Results are written here either way")
+    ex.add_argument("--ray-address", help="the Ray cluster's HOST:PORT, ray://HOST:PORT or auto (default: start "
+                                          "one on this machine)")
+    ex.add_argument("--unit-cpus", type=_float_range(0, strict=True),
+                    help="CPUs per unit (ray) or per job (slurm); default 1")
+    ex.add_argument("--unit-gpus", type=_float_range(0),
+                    help="GPUs per unit (ray; fractions share one) or per job (slurm); default 0")
+    ex.add_argument("--retries", type=_int_range(0), help="tries again after a worker or job is lost (default 2)")
+    ex.add_argument("--slurm-partition", help="SLURM partition (default: the cluster's)")
+    ex.add_argument("--slurm-time", type=_count, help="minutes per SLURM job (default 60)")
+    ex.add_argument("--slurm-units-per-job", type=_count,
+                    help="units per SLURM job, all of one task, which the job loads once (default 16)")
+    ex.add_argument("--slurm-parallelism", type=_count, help="array jobs running at once (default: SLURM's)")
+    ex.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"],
+                    help="slurm (default); local or debug: submitit's executors on this machine, to try a sweep")
+    ex.add_argument("--slurm-folder", help="submitit's job files, on a folder the nodes share (default OUT/slurm-jobs)")
     r.set_defaults(fn=cmd_run)
     li = sub.add_parser("list", help="list tasks, methods and variants")
     li.add_argument("--json", action="store_true")
