@@ -79,6 +79,17 @@ def _bootstrap(text: str) -> int:
     return v
 
 
+def _device_name(text: str) -> str:
+    """run's --device: checked here for its form, and for this machine only when units run here
+    (a sweep's workers resolve it: `cmd_run`)."""
+    from harness.core.device import device_name
+
+    try:
+        return device_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _device(text: str) -> str:
     from harness.core.device import resolve_device
 
@@ -260,7 +271,16 @@ def _executor(args):
             _fail(f"--{name.replace('_', '-')} applies to --executor {owner}, not {args.executor}: drop it or choose "
                   "that executor (docs/cluster.md)")
     if args.executor == "local":
+        from harness.core.device import resolve_device
+
+        try:
+            resolve_device(args.device)  # units run here: this machine must have the device
+        except ValueError as e:
+            _fail(str(e))
         return None
+    if args.unit_gpus and args.device == "cpu":
+        _fail(f"--unit-gpus {args.unit_gpus:g} gives each unit a GPU that --device cpu leaves unused: add --device cuda "
+              "(or auto)")
     from pathlib import Path
 
     from harness.run.executors import RayExecutor, SlurmExecutor
@@ -578,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--variants", action=_Words, help="variant names (default: each method's default variants)")
     r.add_argument("--out", default="out", help="output directory (default: out)")
     r.add_argument("--seed", type=_seed, default=0)
-    r.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    r.add_argument("--device", type=_device_name, default="cpu",
+                   help="cpu, cuda, cuda:N or auto (default: cpu); with --executor ray/slurm, the workers' device")
     r.add_argument("--split", default="validation", choices=["validation", "test"])
     r.add_argument("--ablation", action=_Words, valid=["resample", "zero"],
                    help="references to run, each result under one (default: both; a variant runs under those it accepts)")

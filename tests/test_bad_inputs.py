@@ -23,6 +23,12 @@ RUN = ["run", "--tasks", "tracr-xproportion", "--methods", "random", "--no-progr
        "--no-faithfulness"]
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _file(tmp: Path, name="a-file", text="x") -> Path:
     p = tmp / name
     p.write_text(text)
@@ -138,6 +144,10 @@ CASES = [
      "--slurm-partition applies to --executor slurm, not local", "err"),
     ("slurm-without-sbatch", lambda t: [*RUN, "--executor", "slurm", "--out", str(t / "o")] if shutil.which("sbatch") is None
      else pytest.skip("sbatch is installed here"), 2, "found no `sbatch` here", "err"),
+    ("device-cuda-absent", lambda t: [*RUN, "--device", "cuda", "--out", str(t / "o")] if not _cuda()
+     else pytest.skip("this machine has CUDA"), 2, "--device cuda asked for, but torch sees no CUDA device", "err"),
+    ("unit-gpus-on-cpu", lambda t: [*RUN, "--executor", "ray", "--unit-gpus", "0.5", "--out", str(t / "o")], 2,
+     "--unit-gpus 0.5 gives each unit a GPU that --device cpu leaves unused", "err"),
     ("unit-cpus-zero", lambda t: [*RUN, "--executor", "ray", "--unit-cpus", "0"], 2, "argument --unit-cpus", "err"),
     ("method-unknown", lambda t: ["run", "--methods", "nope"], 2, "unknown method 'nope'", "err"),
     ("variant-unknown", lambda t: ["run", "--methods", "eap", "--variants", "nope"], 2, "unknown variant 'nope'", "err"),

@@ -241,3 +241,22 @@ def test_the_cli_runs_a_program_and_a_suite_task_on_submitit_workers_as_it_runs_
     assert {r["task"] for r in records(tmp_path / "there").values()} == {"program:histogram", "suite:lib-count-3x4"}
     assert (tmp_path / "there" / "report.md").exists()
     assert len(list((tmp_path / "there" / "slurm-jobs").glob("*_result.pkl"))) == 2  # a job per task
+
+
+def test_a_driver_without_a_gpu_may_name_cuda_for_its_workers(tmp_path, monkeypatch):
+    """--device is the workers' device under --executor ray/slurm: a CPU login node plans a GPU
+    sweep; a worker without the device records each of its units as failed, saying why."""
+    pytest.importorskip("submitit")
+    import torch
+
+    from harness.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    rc = main(["-q", "run", "--tasks", "tracr-xproportion", "--methods", "random", "--controls", "trained",
+               "--ablation", "resample", "--bootstrap", "0", "--no-progress", "--device", "cuda", "--executor", "slurm",
+               "--slurm-cluster", "local", "--retries", "0", "--out", "o"])
+    assert rc == 2  # no unit ran
+    (rec,) = ResultStore(tmp_path / "o").records()
+    assert rec["status"] == "error" and "torch sees no CUDA device" in rec["error"]

@@ -4,16 +4,25 @@ from __future__ import annotations
 import torch
 
 
-def resolve_device(name: str) -> torch.device:
-    """"auto" -> cuda when torch sees one, else cpu; "cuda..." without CUDA is a ValueError."""
+def device_name(name: str) -> str:
+    """`name` when it names a device a run can use (cpu, cuda, cuda:N, auto), whether or not this
+    machine has it (a sweep's driver names its workers' device); else a ValueError."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return name
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError):
         raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return name
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when torch sees one, else cpu; "cuda..." without CUDA is a ValueError."""
+    if device_name(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

@@ -40,6 +40,10 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: " + (text if len(text) <= 300 else text[:297] + "...")
 
 
+def _times(n: int) -> str:
+    return "once" if n == 1 else f"{n} times"
+
+
 def _job_failure(e: BaseException) -> str:
     """A failed SLURM job's cause in one line: submitit's message holds the job's whole traceback,
     whose last exception line says what went wrong."""
@@ -136,7 +140,7 @@ class RayExecutor:
                     except ray.exceptions.RayTaskError as e:  # the unit's own code raised outside a method
                         yield Lost(u.job, f"failed on its worker: {_one_line(e.cause or e)}")
                     except ray.exceptions.RayError as e:  # its worker or node died, `retries` times
-                        yield Lost(u.job, f"lost on the Ray cluster after {self.retries + 1} tries: {_one_line(e)}")
+                        yield Lost(u.job, f"lost on the Ray cluster, tried {_times(self.retries + 1)}: {_one_line(e)}")
         finally:
             for ref in pending:  # interrupted: nothing more is started; finished units are written
                 ray.cancel(ref, force=True)
@@ -220,7 +224,7 @@ class SlurmExecutor:
                         active[id(again)] = (again, batch, tries + 1)
                     else:
                         for u in batch:
-                            yield Lost(u.job, f"its SLURM job failed {tries + 1} times (logs in {self.folder}): {why}")
+                            yield Lost(u.job, f"its SLURM job failed {_times(tries + 1)} (logs in {self.folder}): {why}")
         finally:
             for job, _, _ in active.values():
                 try:
