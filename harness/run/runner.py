@@ -564,6 +564,31 @@ def perform(loaded: LoadedTask, job: tuple, cfg: RunConfig, fp: dict | None, log
     return rec
 
 
+@dataclass
+class Tally:
+    """What a run reused and recomputed of the records already in its folder, said as it goes
+    (each reason for recomputing once) and summed up at the end: the local runner's and a
+    sweep's driver's (`harness.run.sweep`) words."""
+
+    log: Callable
+    reused: int = 0
+    stale: int = 0
+    told: set = field(default_factory=set)
+
+    def recomputing(self, changed: list, job: tuple) -> None:
+        self.stale += 1
+        why = "; ".join(changed)
+        if why not in self.told:
+            self.told.add(why)
+            self.log(f"recomputing stored results because {why} (first: {describe(job)})")
+
+    def summary(self, n_jobs: int, records_dir) -> None:
+        if self.reused:
+            self.log(f"reused {self.reused} of {n_jobs} results already in {records_dir}"
+                     + (f"; recomputed {self.stale} whose options or inputs changed" if self.stale else "")
+                     + " (use --fresh to redo all)")
+
+
 def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
     if cfg.fresh:
         store.clear()
@@ -574,7 +599,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
     for j in jobs:
         by_task.setdefault(j[0], []).append(j)
     methods = all_methods()
-    reused, stale, told = 0, 0, set()
+    tally = Tally(log)
     bar = tqdm(total=len(jobs), disable=not cfg.progress, unit="run", dynamic_ncols=True)
     try:
         for t, task_jobs in by_task.items():
@@ -589,25 +614,20 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
                                    and not _reusable(store, loaded, j, cfg)], cfg, log, bar)
             for job in task_jobs:
                 t, m, v, ablation, control = job
-                what = describe(job)
                 fp = None
                 if loaded.runs(methods[m], control) is not None:
                     fp, changed = _stored(store, loaded, job, cfg)
                     if changed is not None:
                         if not changed:
-                            reused += 1
+                            tally.reused += 1
                             bar.update()
                             continue
-                        stale += 1
-                        why = "; ".join(changed)
-                        if why not in told:
-                            told.add(why)
-                            log(f"recomputing stored results because {why} (first: {what})")
+                        tally.recomputing(changed, job)
                     bar.set_description(f"{t} | {m} | {v} | {ablation}" + (" | reset" if control == "reset" else ""))
                 rec = perform(loaded, job, cfg, fp, log)
                 store.write(rec)
                 if fp is not None:
-                    _debug(f"{what}: {rec.get('status', 'ok')} in {rec.get('seconds') or 0:.2f} s")
+                    _debug(f"{describe(job)}: {rec.get('status', 'ok')} in {rec.get('seconds') or 0:.2f} s")
                 bar.update()
             del loaded  # one task's model in memory at a time
     finally:
@@ -617,9 +637,7 @@ def _run_locked(cfg: RunConfig, store: ResultStore, log) -> ResultStore:
         if not meta_path.exists():
             meta_path.parent.mkdir(parents=True, exist_ok=True)
             meta_path.write_text(json.dumps(meta, indent=1))
-    if reused:
-        log(f"reused {reused} of {len(jobs)} results already in {store.records_dir}"
-            + (f"; recomputed {stale} whose options or inputs changed" if stale else "") + " (use --fresh to redo all)")
+    tally.summary(len(jobs), store.records_dir)
     return store
 
 

@@ -5,8 +5,8 @@ The driver plans and records; workers compute. It lists the run's units as the l
 record's fingerprint), hands the units to the executor (`harness.run.executors`) and writes each
 result to the run folder the moment it comes back: one results store, written by one process, so
 records, resume, `--fresh`, the report and `compare` are the local runner's. The driver loads no
-model: the first unit of a task on each worker sends back the task's lines for meta.json and its
-edges file.
+model: units that ask (`Unit.facts`) send back their task's lines for meta.json and its edges
+file.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from harness.run.executors import Lost
-from harness.run.runner import RunConfig, describe, jobs_for, record_head, run_metadata
+from harness.run.runner import RunConfig, Tally, describe, jobs_for, record_head, run_metadata
 from harness.run.store import ResultStore
 from harness.run.units import Setup, Unit
 
@@ -48,7 +48,7 @@ def _drive(cfg: RunConfig, store: ResultStore, executor, setup: Setup, log) -> R
     meta["executor"] = executor.name
     meta_path = Path(cfg.out) / "meta.json"
     units = plan(cfg, store, log)
-    reused, stale, lost, told, heard = 0, 0, 0, set(), set()
+    tally, lost, heard = Tally(log), 0, set()
     workers: set = set()
     store.root.mkdir(parents=True, exist_ok=True)
     executor.start()  # a missing extra or an unreachable cluster fails here, before anything is shown
@@ -74,14 +74,10 @@ def _drive(cfg: RunConfig, store: ResultStore, executor, setup: Setup, log) -> R
                 if facts.get("edges") is not None:
                     store.write_edge_record(facts["edges"])
             if res.record is None:
-                reused += 1
+                tally.reused += 1
             else:
                 if res.changed:
-                    stale += 1
-                    why = "; ".join(res.changed)
-                    if why not in told:
-                        told.add(why)
-                        log(f"recomputing stored results because {why} (first: {describe(res.job)})")
+                    tally.recomputing(res.changed, res.job)
                 store.write(res.record)
             bar.update()
     finally:
@@ -91,9 +87,7 @@ def _drive(cfg: RunConfig, store: ResultStore, executor, setup: Setup, log) -> R
         store.write_scores()
         meta["workers"] = len(workers)
         meta_path.write_text(json.dumps(meta, indent=1))
-    if reused:
-        log(f"reused {reused} of {len(units)} results already in {store.records_dir}"
-            + (f"; recomputed {stale} whose options or inputs changed" if stale else "") + " (use --fresh to redo all)")
+    tally.summary(len(units), store.records_dir)
     if lost:
         log(f"{lost} unit(s) could not be finished on the cluster and are recorded as errors; run again to retry them")
     return store

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from harness.methods import all_methods
 from harness.run.fingerprint import differences
 from harness.run.runner import LoadedTask, RunConfig, _load_task, fingerprint_of, perform, run_metadata
 from harness.run.store import edge_record
@@ -134,7 +135,7 @@ def run_units(cfg: RunConfig, setup: Setup, units: list) -> list:
 
 def _one(loaded: LoadedTask, u: Unit, cfg: RunConfig, facts, who: str, t0: float) -> UnitResult:
     fp, changed = None, []
-    if loaded.runs(*_spec_and_control(u)) is not None:
+    if loaded.runs(all_methods()[u.job[1]], u.job[4]) is not None:
         fp = fingerprint_of(loaded, u.job, cfg)
         if u.stored:
             changed = differences(u.fingerprint, fp)
@@ -147,9 +148,3 @@ def _one(loaded: LoadedTask, u: Unit, cfg: RunConfig, facts, who: str, t0: float
     elif lines:
         facts = {"log": lines}
     return UnitResult(u.job, record, changed, facts, who, time.perf_counter() - t0)
-
-
-def _spec_and_control(u: Unit) -> tuple:
-    from harness.methods import all_methods
-
-    return all_methods()[u.job[1]], u.job[4]
