@@ -285,15 +285,22 @@ def _executor(args):
 
     from harness.run.executors import RayExecutor, SlurmExecutor
 
-    retries = args.retries if args.retries is not None else 2
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731  (the rest: the executor's defaults)
     if args.executor == "ray":
-        return RayExecutor(address=args.ray_address, unit_cpus=args.unit_cpus or 1.0, unit_gpus=args.unit_gpus or 0.0,
-                           retries=retries)
-    return SlurmExecutor(folder=args.slurm_folder or str(Path(args.out) / "slurm-jobs"),
-                         cluster=args.slurm_cluster or "slurm", partition=args.slurm_partition,
-                         time_min=args.slurm_time or 60, cpus=int(args.unit_cpus or 1), gpus=int(args.unit_gpus or 0),
-                         units_per_job=args.slurm_units_per_job or 16, parallelism=args.slurm_parallelism,
-                         retries=retries)
+        return RayExecutor(**given(address=args.ray_address, unit_cpus=args.unit_cpus, unit_gpus=args.unit_gpus,
+                                   retries=args.retries))
+    whole = {o: v for o, v in (("--unit-cpus", args.unit_cpus), ("--unit-gpus", args.unit_gpus))
+             if v is not None and v != int(v)}
+    if whole:
+        o, v = next(iter(whole.items()))
+        _fail(f"{o} {v:g}: SLURM gives a job whole CPUs and GPUs; use a whole number (fractions share one under "
+              "--executor ray)")
+    return SlurmExecutor(**given(folder=args.slurm_folder or str(Path(args.out) / "slurm-jobs"),
+                                 cluster=args.slurm_cluster, partition=args.slurm_partition, time_min=args.slurm_time,
+                                 cpus=None if args.unit_cpus is None else int(args.unit_cpus),
+                                 gpus=None if args.unit_gpus is None else int(args.unit_gpus),
+                                 units_per_job=args.slurm_units_per_job, parallelism=args.slurm_parallelism,
+                                 retries=args.retries))
 
 
 def cmd_list(args) -> int:

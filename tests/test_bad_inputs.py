@@ -148,6 +148,8 @@ CASES = [
      else pytest.skip("this machine has CUDA"), 2, "--device cuda asked for, but torch sees no CUDA device", "err"),
     ("unit-gpus-on-cpu", lambda t: [*RUN, "--executor", "ray", "--unit-gpus", "0.5", "--out", str(t / "o")], 2,
      "--unit-gpus 0.5 gives each unit a GPU that --device cpu leaves unused", "err"),
+    ("slurm-fraction-of-a-gpu", lambda t: [*RUN, "--executor", "slurm", "--slurm-cluster", "local", "--device", "auto",
+                                            "--unit-gpus", "0.5"], 2, "--unit-gpus 0.5: SLURM gives a job whole", "err"),
     ("unit-cpus-zero", lambda t: [*RUN, "--executor", "ray", "--unit-cpus", "0"], 2, "argument --unit-cpus", "err"),
     ("method-unknown", lambda t: ["run", "--methods", "nope"], 2, "unknown method 'nope'", "err"),
     ("variant-unknown", lambda t: ["run", "--methods", "eap", "--variants", "nope"], 2, "unknown variant 'nope'", "err"),

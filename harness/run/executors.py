@@ -82,7 +82,7 @@ class RayExecutor:
     address: str | None = None
     unit_cpus: float = 1.0
     unit_gpus: float = 0.0
-    retries: int = 3  # Ray's max_retries: tries after a worker dies
+    retries: int = 2  # Ray's max_retries: tries after a worker dies
     local_cpus: int | None = None
     name: str = "ray"
 
