@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from harness.core.engine import Engine
-from harness.core.weights import ModelConfig, random_weights
+from harness.core.weights import ModelConfig, random_weights, rotary_inv_freq
 
 CONFIGS = {
     "gpt2-like": ModelConfig("tiny-gpt2", 2, 3, 16, 4, 50, 8, d_mlp=32, act_fn="gelu_new"),
@@ -12,6 +12,12 @@ CONFIGS = {
     "tracr-like": ModelConfig("tiny-tracr", 2, 1, 12, 4, 7, 6, d_mlp=5, d_vocab_out=3, act_fn="relu",
                               normalization_type=None, causal=False, split_embed=True),
     "lnpre-gelu": ModelConfig("tiny-lnpre", 2, 2, 16, 4, 30, 8, d_mlp=16, act_fn="gelu", normalization_type="LNPre"),
+    # the families after GPT-2 (docs/graph-and-patching.md#model-families)
+    "llama-like": ModelConfig("tiny-llama", 2, 4, 16, 4, 40, 8, d_mlp=24, act_fn="silu", normalization_type="RMS",
+                              positional_embedding_type="rotary", rotary_inv_freq=rotary_inv_freq(4),
+                              n_key_value_heads=2, gated_mlp=True),
+    "neox-like": ModelConfig("tiny-neox", 2, 2, 16, 8, 40, 8, d_mlp=24, act_fn="gelu", positional_embedding_type="rotary",
+                             rotary_dim=4, rotary_inv_freq=rotary_inv_freq(4), parallel_attn_mlp=True),
 }
 
 
@@ -199,6 +205,8 @@ def test_a_traced_run_shares_one_layernorm_per_position(name, freeze):
     # per-receiver gradients really differ across receivers of one layer (so sharing is not trivial)
     assert float((ga["qkv_in"][-1][:, :, 0] - ga["qkv_in"][-1][:, :, -1]).abs().max()) > 1e-8
     cfg, w = e.cfg, e.w
+    if cfg.normalization_type == "RMS":
+        return  # RMSNorm models take the per-receiver path (`Engine.run`'s `shared`)
     x = torch.randn(2, 3, 1, cfg.d_model, dtype=torch.float64).expand(2, 3, 3 * cfg.n_heads, cfg.d_model).clone()
     x.requires_grad_(True)
     layer = layer_qkv(w, 0)
@@ -323,8 +331,9 @@ def test_holding_senders_is_patching_every_edge_out_of_them(name, which):
             assert not gg["mlp_in"][L].any()
         if mask[g.head_sender[L]].all():
             assert not gg["qkv"][L].any() and not gg["qkv_in"][L].any()
-    # the shared q/k/v path (one LayerNorm per layer), not the per-receiver one
-    assert all(type(q.grad_fn).__name__ == "SharedQKVBackward" for q in got.qkv)
+    # the shared q/k/v path (one LayerNorm per layer), not the per-receiver one (RMSNorm models
+    # take the per-receiver path)
+    assert e.cfg.normalization_type == "RMS" or all(type(q.grad_fn).__name__ == "SharedQKVBackward" for q in got.qkv)
     # without record too
     torch.testing.assert_close(e.run(clean, hold=(mask, values)).logits, want.logits, rtol=0, atol=1e-10)
 

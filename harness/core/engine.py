@@ -91,7 +91,14 @@ def _gelu_new(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-_ACTS: dict[str, Callable] = {"gelu_new": _gelu_new, "gelu": F.gelu, "relu": F.relu}
+_ACTS: dict[str, Callable] = {"gelu_new": _gelu_new, "gelu": F.gelu, "relu": F.relu, "silu": F.silu,
+                              "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) over the last dimension's halves: the rotate-half RoPE layout."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
 
 
 def spread_order(n: int) -> list:
@@ -114,6 +121,8 @@ class Engine:
             raise ValueError("graph and weights describe different architectures")
         g = self.graph
         self._flat_add = (g.add_receiver * len(g.senders) + g.add_sender).to(weights.device)
+        self._direct_slot = g.direct_slot.reshape(-1).to(weights.device)
+        self._rotary: dict = {}  # (pos, device, dtype) -> rotary cos, sin [pos, 1, rotary_dim]
         self.act_fn = _ACTS[self.cfg.act_fn]
 
     # ----- pieces -----------------------------------------------------------------------
@@ -121,6 +130,9 @@ class Engine:
         t = self.cfg.normalization_type
         if t is None:
             return x
+        if t == "RMS":
+            scale = (x.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt()
+            return x / (scale.detach() if freeze_scale else scale) * self.w[prefix + ".w"]
         x = x - x.mean(-1, keepdim=True)
         scale = (x.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt()
         if freeze_scale:
@@ -138,8 +150,36 @@ class Engine:
         add = patch.new_zeros(*lead, len(g.receivers) * len(g.senders))
         add = add.index_copy(-1, self._flat_add, patch[..., : g.n_add])
         add = add.view(*lead, len(g.receivers), len(g.senders))
-        direct = patch[..., g.n_add :].reshape(*lead, self.cfg.n_layers, 3, self.cfg.n_heads)
+        direct = patch[..., g.n_add :][..., self._direct_slot].reshape(*lead, self.cfg.n_layers, 3, self.cfg.n_heads)
         return add, direct
+
+    def rotate(self, x: torch.Tensor) -> torch.Tensor:
+        """Rotary position embedding of q or k x [..., pos, heads, d_head] (positions 0..pos-1;
+        identity for models without rotary): applied after the q/k receivers and DIRECT patching,
+        so a q/k node and its patches mean what they mean in models without it."""
+        cfg = self.cfg
+        if cfg.positional_embedding_type != "rotary":
+            return x
+        P, rd = x.shape[-3], cfg.rotary_dims
+        key = (P, x.device, x.dtype)
+        if key not in self._rotary:  # angles in float64, then rounded once to the run's dtype
+            inv = torch.tensor(cfg.rotary_inv_freq, dtype=torch.float64)
+            ang = torch.arange(P, dtype=torch.float64)[:, None] * inv[None]
+            ang = torch.cat((ang, ang), -1)[:, None]  # [P, 1, rd]
+            self._rotary[key] = tuple((t * cfg.rotary_scale).to(x.device, x.dtype) for t in (ang.cos(), ang.sin()))
+        cos, sin = self._rotary[key]
+        rot, rest = x[..., :rd], x[..., rd:]
+        rot = rot * cos + rotate_half(rot) * sin
+        return torch.cat((rot, rest), -1) if rd < x.shape[-1] else rot
+
+    def mlp_out(self, x: torch.Tensor, pre: str, freeze_ln_scale: bool = False) -> torch.Tensor:
+        """One MLP's output [..., d_model] from its input x [..., d_model] (ln2, then plain or
+        gated: act(n W_gate) * (n W_in + b_in))."""
+        w = self.w
+        n = self._norm(x, pre + "ln2", freeze_ln_scale)
+        pre_act = n @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"]
+        hidden = self.act_fn(n @ w[pre + "mlp.W_gate"]) * pre_act if self.cfg.gated_mlp else self.act_fn(pre_act)
+        return hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
 
     # ----- the forward ------------------------------------------------------------------
     def run(
@@ -223,14 +263,15 @@ class Engine:
             senders.append(x)
             return x
 
-        W_pos = w["pos_embed.W_pos"][:P]
+        W_pos = w["pos_embed.W_pos"][:P] if cfg.has_pos_embed else None
         inputs = list(input_embeds.to(w.device) if input_embeds is not None else self.input_embeddings(tokens))
         if held is not None:  # held input nodes: other input embeddings
             inputs = [held_values[i] if held_list[i] else x for i, x in enumerate(inputs)]
         if not (patching or record or zero_senders or held is not None):
             return Trace(logits=self._plain(inputs, W_pos, freeze_ln_scale, positions), positions=positions)
         # an unpatched traced (or held) run with constant weights: q/k/v through `SharedQKV`
-        shared = (record or held is not None) and not patching and not any(t.requires_grad for t in w.params.values())
+        shared = ((record or held is not None) and not patching and cfg.normalization_type != "RMS"
+                  and not any(t.requires_grad for t in w.params.values()))
         resid = 0
         for x in inputs:
             resid = resid + add_sender(x)
@@ -243,6 +284,7 @@ class Engine:
 
         for L in range(cfg.n_layers):
             pre = f"blocks.{L}."
+            layer_in = resid  # what a parallel MLP reads
             rows = g.qkv_receiver[L].reshape(-1)
             n_up = g.receivers[int(rows[0])].n_upstream
             qkv_in = resid.unsqueeze(2).expand(B, P, 3 * H, D)
@@ -275,7 +317,7 @@ class Engine:
             if n_held == H:  # the whole layer held: nothing reads its heads' computation
                 result = held_values[heads].permute(1, 2, 0, 3)  # [B, P, H, D]
             else:
-                scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
+                scores = torch.einsum("bqhe,bkhe->bhqk", self.rotate(q), self.rotate(k)) / cfg.scale
                 if cfg.causal:
                     causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
                     scores = scores.masked_fill(~causal, float("-inf"))
@@ -291,19 +333,19 @@ class Engine:
             resid = resid + result.sum(2) + w[pre + "attn.b_O"]
             if not cfg.attn_only:
                 r = int(g.mlp_receiver[L])
+                base = layer_in if cfg.parallel_attn_mlp else resid
                 if patching:
-                    mlp_in = mix_in_source(resid.unsqueeze(2), [r], g.receivers[r].n_upstream).squeeze(2)
+                    mlp_in = mix_in_source(base.unsqueeze(2), [r], g.receivers[r].n_upstream).squeeze(2)
                 else:
                     # A tensor of its own (not `resid`, which also flows on through the skip
                     # connection), so its gradient is the MLP input's alone.
-                    mlp_in = resid.clone() if record else resid
+                    mlp_in = base.clone() if record else base
                 if record:
                     trace.mlp_inputs.append(mlp_in)
                 if held is not None and held_list[int(g.mlp_sender[L])]:  # held: not computed
                     out = add_sender(held_values[int(g.mlp_sender[L])])
                 else:
-                    hidden = self.act_fn(self._norm(mlp_in, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
-                    out = add_sender(hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"])
+                    out = add_sender(self.mlp_out(mlp_in, pre, freeze_ln_scale))
                 resid = resid + out
         final_in = resid
         if patching:
@@ -356,14 +398,18 @@ class Engine:
             normed = self._norm(resid, pre + "ln1", freeze_ln_scale)
             pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
             q, k, v = fused_qkv(normed, layer_qkv(w, L), pos).unbind(2)
-            scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
+            scores = torch.einsum("bqhe,bkhe->bhqk", self.rotate(q), self.rotate(k)) / cfg.scale
             if causal is not None:
                 scores = scores.masked_fill(~causal, float("-inf"))
             z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
-            resid = resid + z.reshape(B, P, H * dh) @ w[pre + "attn.W_O"].reshape(H * dh, D) + w[pre + "attn.b_O"]
-            if not cfg.attn_only:
-                hidden = self.act_fn(self._norm(resid, pre + "ln2", freeze_ln_scale) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
-                resid = resid + hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
+            attn = z.reshape(B, P, H * dh) @ w[pre + "attn.W_O"].reshape(H * dh, D) + w[pre + "attn.b_O"]
+            if cfg.attn_only:
+                resid = resid + attn
+            elif cfg.parallel_attn_mlp:
+                resid = resid + attn + self.mlp_out(resid, pre, freeze_ln_scale)
+            else:
+                resid = resid + attn
+                resid = resid + self.mlp_out(resid, pre, freeze_ln_scale)
         return self.unembed(resid, positions, freeze_ln_scale)
 
     def clean_run(self, tokens: torch.Tensor, source: SenderCache, positions: Optional[torch.Tensor] = None):
@@ -406,11 +452,13 @@ class Engine:
     def input_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """The input nodes' outputs [n_inputs, batch, pos, d_model]: token+position embedding
         (one node), token and position embeddings (two nodes, tracr), or the token embedding
-        alone (shortformer, whose positions enter only queries and keys)."""
+        alone (shortformer and rotary models, whose positions enter only queries and keys)."""
         w, cfg = self.w, self.cfg
         tokens = tokens.to(w.device)
         B, P = tokens.shape
         emb = w["embed.W_E"][tokens]
+        if not cfg.has_pos_embed:  # rotary: positions enter only queries and keys
+            return emb.unsqueeze(0)
         W_pos = w["pos_embed.W_pos"][:P]
         if cfg.split_embed:
             return torch.stack([emb, W_pos.expand(B, P, cfg.d_model)])

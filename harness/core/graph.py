@@ -10,6 +10,18 @@ Three edge types (docs/graph-and-patching.md#computational-graph):
 - DIRECT: a head's q/k/v input into its q/k/v. Counted, and patchable, as in ACDC.
 - PLACEHOLDER: q/k/v -> head output and MLP in -> MLP out. Never counted, never patched.
 
+Grouped-query attention (docs/graph-and-patching.md#model-families): a layer has one q input
+per query head and one k and one v input per key/value head, named by the key/value head's index
+as TransformerLens names `hook_k`/`hook_v` ([:, :, g] for g < n_key_value_heads). A layer's DIRECT
+edges are its q inputs -> q (per query head), then k, then v (per key/value head). The per-head
+index tensors (`qkv_receiver`, `direct_slot`) stay [n_layers, 3, n_heads]: head h's k and v entries
+name its group's receiver and edge, so code that works per query head finds, for k and v, the
+receiver or edge it shares with its group (sum over the group when turning per-head gradient
+terms into per-edge scores: `direct_from_heads`).
+
+With parallel attention and MLP (GPT-NeoX/Pythia) an MLP input reads the layer's input
+residual: no edges from its own layer's heads.
+
 Besides the lists, the graph holds index tensors so the engine and methods work on all edges at
 once: senders and receivers are numbered in topological order, and ADDITION edge e joins
 `add_sender[e]` to `add_receiver[e]`; `dense_index[r, s]` is that edge's id or -1.
@@ -100,20 +112,25 @@ class Graph:
         # receiver slot of (layer, letter, head) input and of MLP input
         self.qkv_receiver = torch.zeros(L, 3, H, dtype=torch.long)
         self.mlp_receiver = torch.full((L,), -1, dtype=torch.long)
+        G, group = cfg.kv_heads, cfg.kv_group
         for layer in range(L):
             n_up = len(senders)
             for li, letter in enumerate(QKV):
-                for h in range(H):
-                    self.qkv_receiver[layer, li, h] = len(receivers)
+                heads = H if letter == "q" else G
+                first = len(receivers)
+                for h in range(heads):
                     receivers.append(
                         Receiver(node_name(f"blocks.{layer}.hook_{letter}_input", h), letter, layer, h, n_up)
                     )
+                per_query = torch.arange(H) if letter == "q" else torch.arange(H) // group
+                self.qkv_receiver[layer, li] = first + per_query
             for h in range(H):
                 self.head_sender[layer, h] = len(senders)
                 senders.append(Sender(node_name(f"blocks.{layer}.attn.hook_result", h), "head", layer, h))
             if not cfg.attn_only:
                 self.mlp_receiver[layer] = len(receivers)
-                receivers.append(Receiver(node_name(f"blocks.{layer}.hook_mlp_in"), "mlp", layer, None, len(senders)))
+                mlp_up = n_up if cfg.parallel_attn_mlp else len(senders)
+                receivers.append(Receiver(node_name(f"blocks.{layer}.hook_mlp_in"), "mlp", layer, None, mlp_up))
                 self.mlp_sender[layer] = len(senders)
                 senders.append(Sender(node_name(f"blocks.{layer}.hook_mlp_out"), "mlp", layer))
         self.output_receiver = len(receivers)
@@ -131,25 +148,51 @@ class Graph:
         self.n_add = len(add_r)
         self.dense_index = torch.full((len(receivers), len(senders)), -1, dtype=torch.long)
         self.dense_index[self.add_receiver, self.add_sender] = torch.arange(self.n_add)
-        # DIRECT edges: (layer, letter, head) -> n_add + flat index.
-        self.n_direct = 3 * L * H
+        # DIRECT edges, layer-major: q inputs -> q per query head, then k, then v per key/value head.
+        self.direct_per_layer = H + 2 * G
+        self.n_direct = L * self.direct_per_layer
         self.n_edges = self.n_add + self.n_direct
+        # direct_slot[L, letter, h]: the DIRECT edge (index from 0 among DIRECT edges) head h's q/k/v reads
+        offsets = torch.tensor([0, H, H + G])
+        self.direct_slot = (torch.arange(L)[:, None, None] * self.direct_per_layer + offsets[None, :, None]
+                            + torch.stack([torch.arange(H), torch.arange(H) // group, torch.arange(H) // group])[None])
 
     # ----- names -------------------------------------------------------------------------
+    def heads_of(self, letter: str) -> int:
+        """How many q (query heads) or k/v (key/value heads) receivers a layer has."""
+        return self.cfg.n_heads if letter == "q" else self.cfg.kv_heads
+
     def qkv_node(self, layer: int, letter: str, head: int) -> str:
+        """Node of q/k/v `head` (a key/value head's index for k and v)."""
         return node_name(f"blocks.{layer}.attn.hook_{letter}", head)
 
     def direct_index(self, layer: int, letter: str, head: int) -> int:
-        return self.n_add + (layer * 3 + QKV.index(letter)) * self.cfg.n_heads + head
+        """Edge id of a DIRECT edge; `head` is a query head for q, a key/value head for k and v."""
+        offset = {"q": 0, "k": self.cfg.n_heads, "v": self.cfg.n_heads + self.cfg.kv_heads}[letter]
+        return self.n_add + layer * self.direct_per_layer + offset + head
+
+    def direct_from_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-query-head DIRECT terms [..., n_layers, 3, n_heads] -> per-edge [..., n_direct]: a
+        k or v edge shared by a group gets the sum of its heads' terms (the chain rule through
+        the group's shared k/v; the identity without grouped-query attention)."""
+        lead = t.shape[:-3]
+        out = t.new_zeros(*lead, self.n_direct)
+        return out.index_add(-1, self.direct_slot.reshape(-1).to(t.device), t.reshape(*lead, -1))
+
+    def direct_to_heads(self, d: torch.Tensor) -> torch.Tensor:
+        """Per-edge DIRECT values [..., n_direct] -> [..., n_layers, 3, n_heads], each k/v edge's
+        value given to every head of its group (a patch's coefficients per head)."""
+        return d[..., self.direct_slot.reshape(-1).to(d.device)].reshape(*d.shape[:-1], *self.direct_slot.shape)
 
     @cached_property
     def edge_endpoints(self) -> list[tuple[str, str]]:
         """(sender, receiver) node names of every counted edge, in edge-index order."""
         out = [(self.senders[s].name, self.receivers[r].name) for r, s in zip(self.add_receiver.tolist(), self.add_sender.tolist())]
         for layer in range(self.cfg.n_layers):
-            for letter in QKV:
-                for h in range(self.cfg.n_heads):
-                    out.append((self.receivers[int(self.qkv_receiver[layer, QKV.index(letter), h])].name, self.qkv_node(layer, letter, h)))
+            for li, letter in enumerate(QKV):
+                for h in range(self.heads_of(letter)):
+                    r = int(self.qkv_receiver[layer, li, h * (1 if letter == "q" else self.cfg.kv_group)])
+                    out.append((self.receivers[r].name, self.qkv_node(layer, letter, h)))
         return out
 
     @cached_property
@@ -170,7 +213,8 @@ class Graph:
         for layer in range(self.cfg.n_layers):
             for h in range(self.cfg.n_heads):
                 for letter in QKV:
-                    out.append((self.qkv_node(layer, letter, h), node_name(f"blocks.{layer}.attn.hook_result", h)))
+                    src = h if letter == "q" else h // self.cfg.kv_group
+                    out.append((self.qkv_node(layer, letter, src), node_name(f"blocks.{layer}.attn.hook_result", h)))
             if not self.cfg.attn_only:
                 out.append((node_name(f"blocks.{layer}.hook_mlp_in"), node_name(f"blocks.{layer}.hook_mlp_out")))
         return out
@@ -178,7 +222,7 @@ class Graph:
     @cached_property
     def all_nodes(self) -> list[str]:
         names = {s.name for s in self.senders} | {r.name for r in self.receivers}
-        names |= {self.qkv_node(l, x, h) for l in range(self.cfg.n_layers) for x in QKV for h in range(self.cfg.n_heads)}
+        names |= {self.qkv_node(l, x, h) for l in range(self.cfg.n_layers) for x in QKV for h in range(self.heads_of(x))}
         return sorted(names)
 
     # ----- node-level ROC (docs/scoring.md#node-level-roc) -----------------------------------------------

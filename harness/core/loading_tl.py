@@ -13,25 +13,14 @@ from typing import Any, Optional
 
 import torch
 
-from harness.core.weights import ACT_FNS, ModelConfig, Weights
+from harness.core.weights import ACT_FNS, ModelConfig, Weights, expected_shapes
 
 _LN_KEYS = ("ln1.w", "ln1.b", "ln2.w", "ln2.b")
 
 
 def _expected_keys(cfg: ModelConfig) -> set[str]:
     """The parameter names `Weights.validate` wants for `cfg` (nothing more: extras are dropped)."""
-    keys = {"embed.W_E", "pos_embed.W_pos", "unembed.W_U", "unembed.b_U"}
-    for L in range(cfg.n_layers):
-        p = f"blocks.{L}."
-        keys |= {p + f"attn.{n}_{m}" for n in "Wb" for m in "QKVO"}
-        if not cfg.attn_only:
-            keys |= {p + f"mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out")}
-        if cfg.normalization_type == "LN":
-            lns = ("ln1",) if cfg.attn_only else ("ln1", "ln2")
-            keys |= {p + f"{ln}.{x}" for ln in lns for x in "wb"}
-    if cfg.normalization_type == "LN":
-        keys |= {"ln_final.w", "ln_final.b"}
-    return keys
+    return set(expected_shapes(cfg))
 
 
 def _ln_is_identity(params: dict, cfg: ModelConfig) -> bool:
@@ -105,8 +94,15 @@ def _check_against_bridge(cfg: ModelConfig, bcfg) -> None:
     pos = getattr(bcfg, "positional_embedding_type", None) or "standard"
     if pos != cfg.positional_embedding_type:
         raise ValueError(f"cfg positions {cfg.positional_embedding_type!r} but the bridge uses {pos!r}")
-    if getattr(bcfg, "normalization_type", None) not in (None, "LN", "LNPre"):
-        raise ValueError(f"bridge normalization_type {bcfg.normalization_type!r} is not supported (LN, LNPre or none)")
+    if getattr(bcfg, "normalization_type", None) not in (None, "LN", "LNPre", "RMS"):
+        raise ValueError(f"bridge normalization_type {bcfg.normalization_type!r} is not supported (LN, LNPre, RMS or none)")
+    if getattr(bcfg, "rmsnorm_uses_offset", False):
+        raise ValueError("the bridge's RMSNorm scales by 1 + w (Gemma), which the engine does not run")
+    for ours, theirs in (("kv_heads", "n_key_value_heads"), ("gated_mlp", "gated_mlp"),
+                         ("parallel_attn_mlp", "parallel_attn_mlp")):
+        b = getattr(bcfg, theirs, None)
+        if b is not None and b != getattr(cfg, ours) and not (theirs == "gated_mlp" and cfg.attn_only):
+            raise ValueError(f"cfg.{ours}={getattr(cfg, ours)!r} but the bridge has {theirs}={b!r}")
 
 
 def _act_fn(name: Optional[str], attn_only: bool, where: str) -> str:

@@ -148,7 +148,7 @@ class _Pass:
         layer = layer_qkv(w, L)
         W, b = layer.W, layer.b
         shortformer = cfg.positional_embedding_type == "shortformer"
-        W_pos = w["pos_embed.W_pos"][:P]
+        W_pos = w["pos_embed.W_pos"][:P] if shortformer else None
         qkv = fused_qkv(e._norm(resid, pre + "ln1", False), layer, W_pos if shortformer else None)  # [R, P, 3, H, dh]
         recv = g.qkv_receiver[L].reshape(-1)  # [3H], letter-major
         grp, k = self.pairs(recv)
@@ -169,7 +169,7 @@ class _Pass:
                 q5 = qkv.view(c, B, P, 3, H, dh)
                 qkv = (q5 + beta[:, None, None, :, :, None] * (src - q5)).view(R, P, 3, H, dh)
         q, k, v = qkv.unbind(2)
-        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / cfg.scale
+        scores = torch.einsum("bqhe,bkhe->bhqk", e.rotate(q), e.rotate(k)) / cfg.scale
         if cfg.causal:
             causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
             scores = scores.masked_fill(~causal, float("-inf"))
@@ -181,11 +181,10 @@ class _Pass:
         return (z.reshape(R, P, H * dh) @ W_O.reshape(H * dh, D)) + w[pre + "attn.b_O"]
 
     def mlp(self, L: int, resid: torch.Tensor) -> torch.Tensor:
-        e, g, w = self.e, self.e.graph, self.e.w
+        e, g = self.e, self.e.graph
         pre = f"blocks.{L}."
         x = self.patched_into(resid, int(g.mlp_receiver[L]))
-        hidden = e.act_fn(e._norm(x, pre + "ln2", False) @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"])
-        out = hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
+        out = e.mlp_out(x, pre)
         self.keep(int(g.mlp_sender[L]), lambda grp: out.view(self.c, self.B, self.P, -1)[grp])
         return out
 
@@ -196,8 +195,13 @@ class _Pass:
         for L in range(self.start, cfg.n_layers):
             if record is not None:
                 record.append(resid)
-            resid = resid + self.attention(L, resid)
-            if not cfg.attn_only:
+            attn = self.attention(L, resid)
+            if cfg.attn_only:
+                resid = resid + attn
+            elif cfg.parallel_attn_mlp:  # the MLP reads the layer's input
+                resid = resid + attn + self.mlp(L, resid)
+            else:
+                resid = resid + attn
                 resid = resid + self.mlp(L, resid)
         if record is not None:
             record.append(resid)

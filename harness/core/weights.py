@@ -14,9 +14,9 @@ from typing import Optional
 
 import torch
 
-ACT_FNS = ("gelu_new", "gelu", "relu")
-NORMS = (None, "LN", "LNPre")
-POS_TYPES = ("standard", "shortformer")
+ACT_FNS = ("gelu_new", "gelu", "relu", "silu", "gelu_pytorch_tanh")
+NORMS = (None, "LN", "LNPre", "RMS")
+POS_TYPES = ("standard", "shortformer", "rotary")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,20 @@ class ModelConfig:
 
     `split_embed` makes token and position embeddings two separate input nodes, as ACDC does
     for tracr models; otherwise their sum is one input node (`blocks.0.hook_resid_pre`).
+
+    The families after GPT-2 (docs/graph-and-patching.md#model-families) add:
+    - `n_key_value_heads`: grouped-query attention; head h reads key/value head
+      h // (n_heads / n_key_value_heads). Weights keep TL's per-query-head layout (W_K, W_V, b_K,
+      b_V [n_heads, ...], equal within a group, as the bridge's `get_params` returns them);
+    - `normalization_type` "RMS": x / sqrt(mean(x^2) + eps) * w, no centring, no bias;
+    - `positional_embedding_type` "rotary": no position embedding; q and k are rotated after
+      their receivers (and after DIRECT patching), over the first `rotary_dim` dimensions of each
+      head, in the rotate-half layout (Llama, GPT-NeoX), by angles position * `rotary_inv_freq`
+      (the model's own frequencies, so RoPE scaling variants are exact), cos and sin multiplied
+      by `rotary_scale`;
+    - `gated_mlp`: hidden = act(x W_gate) * (x W_in + b_in) (SwiGLU/GeGLU);
+    - `parallel_attn_mlp`: the MLP reads the layer's input residual, not the attention's output
+      (GPT-NeoX/Pythia), so layer L's MLP input has no edges from layer L's heads.
     """
 
     name: str
@@ -43,6 +57,12 @@ class ModelConfig:
     split_embed: bool = False
     eps: float = 1e-5
     attn_scale: Optional[float] = None  # None means sqrt(d_head)
+    n_key_value_heads: Optional[int] = None  # None means n_heads (no grouping)
+    gated_mlp: bool = False
+    parallel_attn_mlp: bool = False
+    rotary_dim: Optional[int] = None  # rotary: dimensions rotated per head (None: all of d_head)
+    rotary_inv_freq: Optional[tuple] = None  # rotary: rotary_dim / 2 inverse frequencies
+    rotary_scale: float = 1.0  # rotary: cos and sin multiplied by this (HF's attention_scaling)
 
     def __post_init__(self):
         if self.act_fn not in ACT_FNS:
@@ -53,6 +73,42 @@ class ModelConfig:
             raise ValueError(f"positional_embedding_type must be one of {POS_TYPES}")
         if self.split_embed and self.positional_embedding_type != "standard":
             raise ValueError("split_embed needs standard (additive) positional embeddings")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads {self.n_heads} is not a multiple of n_key_value_heads {self.kv_heads}")
+        if self.positional_embedding_type == "rotary":
+            dim = self.rotary_dims
+            if dim % 2 or not 0 < dim <= self.d_head:
+                raise ValueError(f"rotary_dim {dim} must be even and in 1..d_head ({self.d_head})")
+            if self.rotary_inv_freq is None or len(self.rotary_inv_freq) != dim // 2:
+                raise ValueError(f"rotary models need rotary_inv_freq: {dim // 2} inverse frequencies")
+        if self.gated_mlp and self.attn_only:
+            raise ValueError("gated_mlp needs an MLP (d_mlp)")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads per layer (n_heads without grouped-query attention)."""
+        return self.n_key_value_heads if self.n_key_value_heads is not None else self.n_heads
+
+    @property
+    def kv_group(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.kv_heads
+
+    @property
+    def rotary_dims(self) -> int:
+        return self.rotary_dim if self.rotary_dim is not None else self.d_head
+
+    @property
+    def gpt2_style(self) -> bool:
+        """Only what GPT-2, the ACDC models and tracr use (LayerNorm or none, learned or
+        shortformer positions, one key/value head per head, plain sequential MLPs). Code that
+        re-derives parts of the forward by hand (some methods' fast paths) covers these only."""
+        return (self.normalization_type != "RMS" and self.positional_embedding_type != "rotary"
+                and self.kv_heads == self.n_heads and not self.gated_mlp and not self.parallel_attn_mlp)
+
+    @property
+    def has_pos_embed(self) -> bool:
+        return self.positional_embedding_type != "rotary"
 
     @property
     def attn_only(self) -> bool:
@@ -116,33 +172,10 @@ class Weights:
         return self.params["embed.W_E"].dtype
 
     def validate(self) -> None:
-        """Check every expected tensor is present with the shape TL uses; raise a clear error."""
+        """Check every expected tensor is present with the shape TL uses, and grouped key/value
+        weights equal within each group; raise a clear error."""
         c = self.cfg
-        expected = {
-            "embed.W_E": (c.d_vocab, c.d_model),
-            "pos_embed.W_pos": (c.n_ctx, c.d_model),
-            "unembed.W_U": (c.d_model, c.vocab_out),
-            "unembed.b_U": (c.vocab_out,),
-        }
-        for L in range(c.n_layers):
-            p = f"blocks.{L}."
-            for m in "QKV":
-                expected[p + f"attn.W_{m}"] = (c.n_heads, c.d_model, c.d_head)
-                expected[p + f"attn.b_{m}"] = (c.n_heads, c.d_head)
-            expected[p + "attn.W_O"] = (c.n_heads, c.d_head, c.d_model)
-            expected[p + "attn.b_O"] = (c.d_model,)
-            if not c.attn_only:
-                expected[p + "mlp.W_in"] = (c.d_model, c.d_mlp)
-                expected[p + "mlp.b_in"] = (c.d_mlp,)
-                expected[p + "mlp.W_out"] = (c.d_mlp, c.d_model)
-                expected[p + "mlp.b_out"] = (c.d_model,)
-            if c.normalization_type == "LN":
-                for ln in ("ln1",) + (() if c.attn_only else ("ln2",)):
-                    expected[p + f"{ln}.w"] = (c.d_model,)
-                    expected[p + f"{ln}.b"] = (c.d_model,)
-        if c.normalization_type == "LN":
-            expected["ln_final.w"] = (c.d_model,)
-            expected["ln_final.b"] = (c.d_model,)
+        expected = expected_shapes(c)
         for k, shape in expected.items():
             if k not in self.params:
                 raise ValueError(f"weights for {c.name!r} lack {k!r} (expected shape {shape})")
@@ -150,6 +183,59 @@ class Weights:
                 raise ValueError(
                     f"weights for {c.name!r}: {k!r} has shape {tuple(self.params[k].shape)}, expected {shape}"
                 )
+        if c.kv_group > 1:
+            for L in range(c.n_layers):
+                for m in ("W_K", "W_V", "b_K", "b_V"):
+                    t = self.params[f"blocks.{L}.attn.{m}"]
+                    if not torch.equal(t, expand_kv(compact_kv(t, c), c)):
+                        raise ValueError(f"weights for {c.name!r}: blocks.{L}.attn.{m} differs within a key/value group "
+                                         f"({c.kv_group} query heads share each of {c.kv_heads} key/value heads)")
+
+
+def expected_shapes(c: ModelConfig) -> dict:
+    """Parameter name -> shape, every tensor the engine reads for config `c` (TL names and
+    layouts; biases a family lacks are zero tensors, as the bridge's `get_params` gives them)."""
+    out = {"embed.W_E": (c.d_vocab, c.d_model), "unembed.W_U": (c.d_model, c.vocab_out), "unembed.b_U": (c.vocab_out,)}
+    if c.has_pos_embed:
+        out["pos_embed.W_pos"] = (c.n_ctx, c.d_model)
+    norms = ("w", "b") if c.normalization_type == "LN" else ("w",) if c.normalization_type == "RMS" else ()
+    for L in range(c.n_layers):
+        p = f"blocks.{L}."
+        for m in "QKV":
+            out[p + f"attn.W_{m}"] = (c.n_heads, c.d_model, c.d_head)
+            out[p + f"attn.b_{m}"] = (c.n_heads, c.d_head)
+        out[p + "attn.W_O"] = (c.n_heads, c.d_head, c.d_model)
+        out[p + "attn.b_O"] = (c.d_model,)
+        if not c.attn_only:
+            out[p + "mlp.W_in"] = (c.d_model, c.d_mlp)
+            out[p + "mlp.b_in"] = (c.d_mlp,)
+            if c.gated_mlp:
+                out[p + "mlp.W_gate"] = (c.d_model, c.d_mlp)
+            out[p + "mlp.W_out"] = (c.d_mlp, c.d_model)
+            out[p + "mlp.b_out"] = (c.d_model,)
+        for ln in ("ln1",) + (() if c.attn_only else ("ln2",)):
+            out.update({p + f"{ln}.{x}": (c.d_model,) for x in norms})
+    out.update({f"ln_final.{x}": (c.d_model,) for x in norms})
+    return out
+
+
+def rotary_inv_freq(rotary_dim: int, base: float = 10000.0) -> tuple:
+    """Default RoPE inverse frequencies base^(-2i / rotary_dim), i < rotary_dim / 2 (Su et al.
+    2021), computed as transformers computes them (float32 of an int64 arange), for configs
+    built by hand; loaded models bring their own (`harness.core.loading_hf`)."""
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim
+    return tuple(float(x) for x in (1.0 / (base ** exponent)))
+
+
+def compact_kv(t: torch.Tensor, c: ModelConfig) -> torch.Tensor:
+    """A per-query-head key/value tensor [n_heads, ...] -> one row per key/value head (the first
+    of each group) [n_key_value_heads, ...]."""
+    return t[:: c.kv_group]
+
+
+def expand_kv(t: torch.Tensor, c: ModelConfig) -> torch.Tensor:
+    """[n_key_value_heads, ...] -> [n_heads, ...], each key/value head repeated for its group."""
+    return t.repeat_interleave(c.kv_group, dim=0)
 
 
 def random_weights(cfg: ModelConfig, seed: int = 0, dtype=torch.float32, init_range: float = 0.02) -> Weights:
@@ -163,17 +249,18 @@ def random_weights(cfg: ModelConfig, seed: int = 0, dtype=torch.float32, init_ra
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * std).to(dtype)
 
     c = cfg
-    p = {
-        "embed.W_E": rnd(c.d_vocab, c.d_model),
-        "pos_embed.W_pos": rnd(c.n_ctx, c.d_model),
-        "unembed.W_U": rnd(c.d_model, c.vocab_out),
-        "unembed.b_U": rnd(c.vocab_out),
-    }
+    p = {"embed.W_E": rnd(c.d_vocab, c.d_model)}
+    if c.has_pos_embed:
+        p["pos_embed.W_pos"] = rnd(c.n_ctx, c.d_model)
+    p["unembed.W_U"] = rnd(c.d_model, c.vocab_out)
+    p["unembed.b_U"] = rnd(c.vocab_out)
+    norm_b = c.normalization_type == "LN"
     for L in range(c.n_layers):
         b = f"blocks.{L}."
         for m in "QKV":
-            p[b + f"attn.W_{m}"] = rnd(c.n_heads, c.d_model, c.d_head, std=init_range * 4)
-            p[b + f"attn.b_{m}"] = rnd(c.n_heads, c.d_head)
+            heads = c.n_heads if m == "Q" else c.kv_heads  # grouped keys/values: one draw per group
+            W, bias = rnd(heads, c.d_model, c.d_head, std=init_range * 4), rnd(heads, c.d_head)
+            p[b + f"attn.W_{m}"], p[b + f"attn.b_{m}"] = (W, bias) if m == "Q" else (expand_kv(W, c), expand_kv(bias, c))
         p[b + "attn.W_O"] = rnd(c.n_heads, c.d_head, c.d_model, std=init_range * 4)
         p[b + "attn.b_O"] = rnd(c.d_model)
         if not c.attn_only:
@@ -181,13 +268,17 @@ def random_weights(cfg: ModelConfig, seed: int = 0, dtype=torch.float32, init_ra
             p[b + "mlp.b_in"] = rnd(c.d_mlp)
             p[b + "mlp.W_out"] = rnd(c.d_mlp, c.d_model, std=init_range * 4)
             p[b + "mlp.b_out"] = rnd(c.d_model)
-        if c.normalization_type == "LN":
+            if c.gated_mlp:
+                p[b + "mlp.W_gate"] = rnd(c.d_model, c.d_mlp, std=init_range * 4)
+        if c.normalization_type in ("LN", "RMS"):
             for ln in ("ln1",) + (() if c.attn_only else ("ln2",)):
                 p[b + f"{ln}.w"] = (1 + rnd(c.d_model, std=0.1))
-                p[b + f"{ln}.b"] = rnd(c.d_model)
-    if c.normalization_type == "LN":
+                if norm_b:
+                    p[b + f"{ln}.b"] = rnd(c.d_model)
+    if c.normalization_type in ("LN", "RMS"):
         p["ln_final.w"] = 1 + rnd(c.d_model, std=0.1)
-        p["ln_final.b"] = rnd(c.d_model)
+        if norm_b:
+            p["ln_final.b"] = rnd(c.d_model)
     w = Weights(cfg, p, {"source": "random-init", "seed": seed})
     w.validate()
     return w

@@ -38,8 +38,10 @@ DEFAULT_THRESHOLDS = tuple(float(t) for t in 10 ** np.linspace(-5, -1, 21))  # f
 def visit_order(graph):
     """[(receiver index or None, edge ids to try, reach rule)] in ACDC's visiting order.
 
-    reach rule: ("always",), ("sender", s) - sender s has a kept outgoing edge -, or
-    ("edge", e) - edge e is kept."""
+    reach rule: ("always",), ("senders", [s, ...]) - one of the senders has a kept outgoing edge
+    (a head; an MLP; with grouped-query attention, a k/v head's group) -, or ("edge", e) - edge e
+    is kept. A grouped k or v is visited after its group's last head's q, in ACDC's reverse head
+    order (ACDC itself has no grouped-query models)."""
     cfg, g = graph.cfg, graph
     steps = []
 
@@ -50,11 +52,16 @@ def visit_order(graph):
     steps.append((add_edges(g.output_receiver), ("always",)))
     for L in reversed(range(cfg.n_layers)):
         if not cfg.attn_only:
-            steps.append((add_edges(int(g.mlp_receiver[L])), ("sender", int(g.mlp_sender[L]))))
+            steps.append((add_edges(int(g.mlp_receiver[L])), ("senders", [int(g.mlp_sender[L])])))
         for h in reversed(range(cfg.n_heads)):
             for li, letter in enumerate("qkv"):
-                d = g.direct_index(L, letter, h)
-                steps.append(([d], ("sender", int(g.head_sender[L, h]))))
+                if letter == "q":
+                    d, readers = g.direct_index(L, "q", h), [h]
+                elif h % cfg.kv_group == 0:  # grouped k/v: visited with its group's last head (the lowest)
+                    d, readers = g.direct_index(L, letter, h // cfg.kv_group), list(range(h, h + cfg.kv_group))
+                else:
+                    continue
+                steps.append(([d], ("senders", g.head_sender[L, readers].tolist())))
                 steps.append((add_edges(int(g.qkv_receiver[L, li, h])), ("edge", d)))
     return steps
 
@@ -81,8 +88,8 @@ def acdc_sweep(engine, data, thresholds, abs_value=False, chunk=None, max_rows=2
     for ids, rule in visit_order(g):
         if rule[0] == "always":
             reached = torch.ones(T, dtype=torch.bool)
-        elif rule[0] == "sender":
-            reached = kept[:, out_edges[rule[1]]].any(1)
+        elif rule[0] == "senders":
+            reached = kept[:, torch.cat([out_edges[s] for s in rule[1]])].any(1)
         else:
             reached = kept[:, rule[1]].clone()
         for e in ids:

@@ -326,6 +326,7 @@ def atp_star_terms(engine, data, qk_fix: bool = True, grad_drop: bool = True, ob
     per_position=("atp",),  # the QK fix recomputes a pattern with every position's q (k) changed at once
     objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("atp-star"), Timing("qk-fix"), Timing("graddrop")],
+    architectures="gpt2-style",
 )
 def atp_star(engine, data, qk_fix: bool = True, grad_drop: bool = True, objective: str = "logit-diff",
              per_example: bool = False, per_position: bool = False):

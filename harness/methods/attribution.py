@@ -98,7 +98,10 @@ def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: tor
     for L in range(cfg.n_layers):
         rows = g.qkv_receiver[L].reshape(-1)
         n_up = g.receivers[int(rows[0])].n_upstream
-        dense[..., rows, :n_up] = block(grads["qkv_in"][L], n_up)
+        if cfg.kv_group > 1:  # a group's heads read one k/v receiver each: their terms add up
+            dense[..., :n_up].index_add_(len(lead), rows.to(dense.device), block(grads["qkv_in"][L], n_up))
+        else:
+            dense[..., rows, :n_up] = block(grads["qkv_in"][L], n_up)
         if not cfg.attn_only:
             r = int(g.mlp_receiver[L])
             n_up = g.receivers[r].n_upstream
@@ -108,5 +111,6 @@ def contract(engine: Engine, grads: dict, sender_vec: torch.Tensor, qkv_vec: tor
     flat = (g.add_receiver * n_senders + g.add_sender).to(dense.device)
     add = dense.reshape(*lead, -1)[..., flat]
     eq = f"xbphe,xbphe->{keep}xh"
-    direct = torch.stack([torch.einsum(eq, gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], -3)
-    return torch.cat([add, direct.reshape(*lead, -1)], -1)
+    direct = torch.stack([torch.einsum(eq, gq, qkv_vec[L]) for L, gq in enumerate(grads["qkv"])], -3)  # [*, L, 3, H]
+    direct = g.direct_from_heads(direct) if cfg.kv_group > 1 else direct.reshape(*lead, -1)
+    return torch.cat([add, direct], -1)

@@ -59,6 +59,7 @@ def _site_options(target: str, site: str) -> dict:
     objective=lambda opts, logits, clean_logits, source_logits, data: target_loss(opts["target"], logits, data, clean_logits, source_logits),
     timings=lambda bench: [Timing(f"{TIMED_TARGET}/{site}", memory_bytes=weight_edge_bytes if site.startswith("weight-edge") else None)
                            for site in SITES],
+    architectures=lambda options: "gpt2-style" if options.get("site", "").startswith("weight") else "all",
 )
 def grad_wrong(engine, data, target="logit-diff-mse", site="activation", per_example=False, per_position=False,
                freeze_ln_scale=None, chunk=None):

@@ -232,6 +232,7 @@ def family(graph, scores: torch.Tensor) -> CircuitFamily:
     gradient=True,
     # per precision: one source forward and one traced forward + backward, like EAP
     timings=lambda bench: [Timing("logit-diff")],
+    architectures="one-kv",
 )
 def hisp(engine, data, objective: str = "metric", chunk=None, normalise: bool = True, measure_floor: bool = True):
     """A `CircuitFamily` of N + 1 circuits (k = N..0 components kept). `normalise`: divide by each

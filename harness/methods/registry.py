@@ -29,6 +29,11 @@ runner and the benchmarks need to know, so nothing is found out by inspecting it
 - grid: (rows, columns), each name -> one-line description, when every variant is "row/column"
   (grad-wrong: targets x gradient sites); `circuit-bench list` then shows a grid, not each line;
 - default_max_edges: skipped by default on larger graphs (cost grows with edges x examples);
+- architectures: the models it runs on (`ARCHITECTURES`): "all" (it reads the model only through
+  the engine and the graph), "one-kv" (not grouped-query attention: it works per head on q/k/v
+  weights or components), "gpt2-style" (it re-derives parts of the GPT-2-style forward by hand:
+  no RMSNorm, rotary, grouped-query attention, gated or parallel MLPs); or a function of a
+  variant's options giving one of these. A run skips a job whose model it does not cover, saying why;
 - timings: how `circuit-bench bench` times it (`Timing`, one per timed row), given the bench
   settings;
 - objective(options, logits, clean_logits, source_logits, data) -> [batch] or scalar: the
@@ -59,6 +64,19 @@ import torch
 from harness.core.data import ABLATIONS
 
 OUTPUTS = ("ranking", "family")
+ARCHITECTURES = {  # level -> (does a config pass, what the method lacks)
+    "all": (lambda cfg: True, ""),
+    "one-kv": (lambda cfg: cfg.kv_heads == cfg.n_heads,
+               "it works per head on q/k/v and has no grouped-query attention (shared key/value heads) yet"),
+    "gpt2-style": (lambda cfg: cfg.gpt2_style,
+                   "it re-derives parts of the GPT-2-style forward (LayerNorm, learned positions, one key/value head "
+                   "per head, plain sequential MLPs) and has no RMSNorm, rotary, grouped-query, gated or parallel "
+                   "blocks yet"),
+}
+
+
+class UnsupportedArchitecture(ValueError):
+    """A method asked to run on a model family it does not cover (`MethodSpec.unsupported`)."""
 
 
 @dataclass
@@ -120,6 +138,15 @@ class MethodSpec:
     model_free: bool = False
     chunks_itself: frozenset = frozenset()
     grid: Optional[tuple] = None  # (row name -> description, column name -> description)
+    architectures: object = "all"  # a level of ARCHITECTURES, or variant options -> level
+
+    def unsupported(self, cfg, variant: str) -> Optional[str]:
+        """Why this variant cannot run on a model of config `cfg`, or None when it can."""
+        level = self.architectures(self.options(variant)) if callable(self.architectures) else self.architectures
+        ok, lacks = ARCHITECTURES[level]
+        if ok(cfg):
+            return None
+        return f"{self.name}/{variant} does not run on {cfg.name}: {lacks}"
 
     def add_variant(self, name: str, options: dict, description: str, *, references=None, per_example=None,
                     per_position=None, chunks_itself: bool = False, default: bool = False,
@@ -204,6 +231,9 @@ class MethodSpec:
         examples); variants in `chunks_itself` pass it on; other variants see the whole batch."""
         if chunk and self.splits(variant, data.n, chunk):  # model-free methods may get data without examples
             return self._run_chunked(engine, data, variant, chunk, seed, per_example, per_position, overrides)
+        why = self.unsupported(engine.graph.cfg, variant)
+        if why:
+            raise UnsupportedArchitecture(why)
         accepted = self.references_for(variant)
         if data.ablation not in accepted:
             raise ValueError(f"{self.name}/{variant} does not measure against a {data.ablation!r} reference "
@@ -269,7 +299,7 @@ def task_objective(default: str) -> Callable:
 def register(name: str, description: str, variants: dict, *, output: str = "ranking", default_variants=None,
              references=ABLATIONS, gradient: bool = False, seeded: bool = False, per_example=False, per_position=False,
              default_max_edges=None, timings=None, objective=None, chance=False, model_free=None, chunks_itself=(),
-             grid=None):
+             grid=None, architectures="all"):
     """Decorator: declare a method (see the module docstring for each field)."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
@@ -278,6 +308,8 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
         raise ValueError(f"{name}: default variants {sorted(unknown)} are not variants")
     if grid is not None and {f"{r}/{c}" for r in grid[0] for c in grid[1]} != set(variants):
         raise ValueError(f"{name}: the grid's rows x columns are not its variants")
+    if not callable(architectures) and architectures not in ARCHITECTURES:
+        raise ValueError(f"{name}: architectures must be one of {', '.join(ARCHITECTURES)} (or a function of a variant's options)")
 
     def deco(fn):
         METHODS[name] = MethodSpec(name, fn, description, variants, output, tuple(default_variants or variants),
@@ -286,7 +318,7 @@ def register(name: str, description: str, variants: dict, *, output: str = "rank
                                    per_position if isinstance(per_position, bool) else frozenset(per_position),
                                    default_max_edges, timings, objective, chance,
                                    chance if model_free is None else model_free, frozenset(chunks_itself),
-                                   (dict(grid[0]), dict(grid[1])) if grid is not None else None)
+                                   (dict(grid[0]), dict(grid[1])) if grid is not None else None, architectures)
         return fn
 
     return deco

@@ -117,6 +117,7 @@ def relevance_run(engine, tokens, rules, positions=None):
     per_position=True,
     objective=task_objective("logit-diff"),
     timings=lambda bench: [Timing("paper"), Timing("no-ah")],
+    architectures="gpt2-style",
 )
 def relp(engine, data, rules=("ln", "ah", "identity"), objective="logit-diff", per_example=False, per_position=False):
     cols, scored = data.scored()  # only the scored columns are unembedded

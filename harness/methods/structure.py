@@ -21,7 +21,7 @@ def edge_features(graph) -> dict:
     r_layer = torch.tensor([r.layer for r in graph.receivers])
     r_fan = torch.bincount(graph.add_receiver, minlength=len(graph.receivers))
     s_fan = torch.bincount(graph.add_sender, minlength=len(graph.senders))
-    direct_layer = torch.arange(graph.cfg.n_layers).repeat_interleave(3 * graph.cfg.n_heads)
+    direct_layer = torch.arange(graph.cfg.n_layers).repeat_interleave(graph.direct_per_layer)
     one = torch.ones(graph.n_direct, dtype=torch.long)
     return {
         "sender_layer": torch.cat([s_layer[graph.add_sender], direct_layer]),

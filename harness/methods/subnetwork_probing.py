@@ -313,6 +313,7 @@ TIMED_EPOCHS = 100
         Timing("acdc", label=f"acdc-{TIMED_EPOCHS}-epochs", options={"epochs": TIMED_EPOCHS},
                patched_forwards=_forwards(TIMED_EPOCHS, len(DEFAULT_LAMBDAS))),
     ],
+    architectures="one-kv",
 )
 def subnetwork_probing(engine, data, lambdas=None, n_lambdas: Optional[int] = None, epochs: int = ACDC_EPOCHS,
                        lr: float = ACDC_LR, examples: Optional[int] = None, seed: int = 0, final_gate: str = "sample",

@@ -544,6 +544,9 @@ def perform(loaded: LoadedTask, job: tuple, cfg: RunConfig, fp: dict | None, log
         status, why = loaded.failure or ("skipped", f"{t} has no reset control")
         return {**head, "status": status, "error": why, "rows": []}
     task, engine, data, problems = loaded.task, loaded.engine, loaded.data, loaded.problems
+    why = all_methods()[m].unsupported(loaded.graph.cfg, v) if loaded.graph is not None else None
+    if why:
+        return {**head, "status": "skipped", "error": why, "rows": []}
     try:
         if how == "graph":
             rec = run_graph_only(task, loaded.graph, m, v, ablation, cfg)

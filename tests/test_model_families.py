@@ -1,0 +1,247 @@
+"""Llama, Mistral, Qwen2 and GPT-NeoX on the engine and graph (docs/graph-and-patching.md#model-families).
+
+Random-init transformers models of each family (reduced sizes, the family's features kept:
+grouped-query attention, RoPE and Llama 3's RoPE scaling, partial rotary, gated MLPs, parallel
+attention and MLP, q/k/v biases, tied and untied embeddings), read through the bridge, against
+transformers' own forward and the bridge's hooks; EAP against finite differences on the mask.
+"""
+import pytest
+import torch
+
+from harness.core.engine import Engine
+from harness.core.graph import Graph
+from harness.core.loading import packaged_gpt2_files, packaged_gpt2_tokenizer
+from harness.core.loading_hf import REAL_CONFIGS, config_from_hf, family, random_hf_model, weights_from_hf
+from harness.core.weights import compact_kv
+from harness.methods import get_method
+
+pytestmark = pytest.mark.skipif(packaged_gpt2_files() is None, reason="needs the packaged GPT-2 tokenizer files")
+
+FAMILIES = {  # name -> (model_type, config overrides)
+    "llama": ("llama", {}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "pythia": ("gpt_neox", {}),
+    "neox-sequential": ("gpt_neox", {"use_parallel_residual": False, "rotary_pct": 0.5}),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    tok = packaged_gpt2_tokenizer(for_bridge=True)
+    out = {}
+    for name, (t, kw) in FAMILIES.items():
+        hf = random_hf_model(t, seed=3, **kw)
+        out[name] = (hf, weights_from_hf(hf, tok, name))
+    return out
+
+
+def _tokens(cfg, B=3, P=11, seed=0):
+    return torch.randint(0, cfg.d_vocab, (B, P), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_engine_is_transformers_forward(models, name):
+    hf, w = models[name]
+    x = _tokens(w.cfg)
+    with torch.no_grad():
+        ref = hf(x).logits
+    e = Engine(w)
+    for got in (e.run(x).logits, e.run(x, record=True).logits,
+                e.run(x, torch.zeros(e.graph.n_edges), e.cache(_tokens(w.cfg, seed=1))).logits):
+        assert float((got - ref).abs().max()) < 1e-4
+    assert float(ref.std()) > 1e-2  # not trivially equal
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_engine_is_the_bridges_every_hook(models, name):
+    """Every residual, attention and MLP hook the bridge exposes, against what the engine records:
+    q/k/v (before rotation, k and v per key/value head), rotated q/k, the pattern, attention
+    and MLP outputs, the residual before, between and after."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from harness.core.loading_hf import FAMILIES as HF_FAMILIES
+
+    hf, w = models[name]
+    bridge = TransformerBridge.boot_transformers(HF_FAMILIES[hf.config.model_type][1], hf_model=hf,
+                                                 tokenizer=packaged_gpt2_tokenizer(for_bridge=True), dtype=torch.float32)
+    x = _tokens(w.cfg)
+    with torch.no_grad():
+        _, cache = bridge.run_with_cache(x)
+    e, cfg, g = Engine(w), w.cfg, Engine(w).graph
+    tr = e.run(x, record=True)
+    close = lambda a, b: float((a - b).abs().max()) < 1e-4  # noqa: E731
+    assert close(tr.senders[0], cache["hook_embed"])
+    checked = 1
+    for L in range(cfg.n_layers):
+        q, k, v = tr.qkv[L]
+        pre = f"blocks.{L}."
+        assert close(tr.qkv_inputs[L][:, :, 0], cache[pre + "hook_resid_pre"])
+        assert close(q, cache[pre + "attn.hook_q"])
+        assert close(compact_kv(k.transpose(0, 2), cfg).transpose(0, 2), cache[pre + "attn.hook_k"])
+        assert close(compact_kv(v.transpose(0, 2), cfg).transpose(0, 2), cache[pre + "attn.hook_v"])
+        checked += 4
+        for hook, ours in (("attn.hook_rot_q", e.rotate(q)), ("attn.hook_rot_k", e.rotate(k))):
+            if pre + hook in cache:
+                theirs = cache[pre + hook]
+                assert close(ours if theirs.shape == ours.shape else compact_kv(ours.transpose(0, 2), cfg).transpose(0, 2), theirs)
+                checked += 1
+        scores = torch.einsum("bqhe,bkhe->bhqk", e.rotate(q), e.rotate(k)) / cfg.scale
+        pattern = scores.masked_fill(~torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril(), float("-inf")).softmax(-1)
+        assert close(pattern, cache[pre + "attn.hook_pattern"])
+        heads = torch.stack([tr.senders[int(s)] for s in g.head_sender[L]]).sum(0) + w[pre + "attn.b_O"]
+        assert close(heads, cache[pre + "hook_attn_out"])
+        assert close(tr.senders[int(g.mlp_sender[L])], cache[pre + "hook_mlp_out"])
+        checked += 3
+        if pre + "hook_resid_mid" in cache:  # sequential blocks: the MLP reads it
+            assert close(tr.mlp_inputs[L], cache[pre + "hook_resid_mid"])
+            checked += 1
+        elif cfg.parallel_attn_mlp:
+            assert close(tr.mlp_inputs[L], cache[pre + "hook_resid_pre"])
+    assert close(tr.output_input, cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"])
+    assert checked >= 1 + 7 * cfg.n_layers
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_eap_equals_finite_differences_on_the_mask(models, name):
+    """In float64: EAP's score of every edge (ADDITION, and DIRECT per query head or key/value
+    head) is the derivative of the objective along that edge's patch, by central differences
+    on the engine's patch."""
+    from tests.test_eap import finite_differences, random_prompts
+
+    _, w = models[name]
+    e = Engine(w.to(dtype=torch.float64))
+    data = random_prompts(w.cfg, 2, 6, 0, "resample")
+    fd = finite_differences(e, data, data.clean, e.cache(data.corrupted), "logit-diff")
+    eap = get_method("eap").run(e, data, "noising", objective="logit-diff")
+    assert float(fd.abs().max()) > 1e-4
+    d = e.graph.n_add
+    assert float(fd[d:].abs().max()) > 1e-6  # DIRECT edges carry signal too
+    torch.testing.assert_close(eap, fd, rtol=1e-6, atol=1e-9)
+
+
+def _closed_form(n_layers, n_heads, kv_heads, parallel):
+    """ACDC's edge count extended: layer l's q/k/v inputs (n_heads + 2 kv_heads of them) read the
+    1 + l (n_heads + 1) senders before it, its MLP input those and (unless parallel) its heads,
+    the output every sender; plus the DIRECT edges."""
+    up = lambda layer: 1 + layer * (n_heads + 1)  # noqa: E731
+    total = sum((n_heads + 2 * kv_heads) * up(layer) + up(layer) + (0 if parallel else n_heads) for layer in range(n_layers))
+    return total + up(n_layers) + n_layers * (n_heads + 2 * kv_heads)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_graph_counts_and_names(models, name):
+    _, w = models[name]
+    cfg, g = w.cfg, Graph(w.cfg)
+    assert g.n_edges == _closed_form(cfg.n_layers, cfg.n_heads, cfg.kv_heads, cfg.parallel_attn_mlp)
+    assert len(set(g.edge_names)) == g.n_edges
+    # k and v receivers and nodes per key/value head, named by its index
+    assert f"blocks.0.hook_k_input[:, :, {cfg.kv_heads - 1}] -> blocks.0.attn.hook_k[:, :, {cfg.kv_heads - 1}]" in g.edge_ids
+    assert f"blocks.0.hook_k_input[:, :, {cfg.kv_heads}] -> blocks.0.attn.hook_k[:, :, {cfg.kv_heads}]" not in g.edge_ids \
+        or cfg.kv_heads == cfg.n_heads
+    # a parallel MLP reads nothing from its own layer's heads
+    own_head = "blocks.0.attn.hook_result[:, :, 0] -> blocks.0.hook_mlp_in[:]"
+    assert (own_head in g.edge_ids) != cfg.parallel_attn_mlp
+    for L in range(cfg.n_layers):
+        for h in range(cfg.n_heads):
+            kv = h // cfg.kv_group
+            assert g.edge_names[g.direct_slot[L, 1, h] + g.n_add].endswith(f"blocks.{L}.attn.hook_k[:, :, {kv}]")
+
+
+REAL_EDGES = {  # model -> edges, by the closed form (checked against Graph in the test)
+    "llama": _closed_form(16, 32, 8, False),  # Llama-3.2-1B
+    "mistral": _closed_form(32, 32, 8, False),  # Mistral-7B-v0.1
+    "qwen2": _closed_form(24, 14, 2, False),  # Qwen2.5-0.5B
+    "gpt_neox": _closed_form(6, 8, 8, True),  # pythia-70m
+}
+
+
+@pytest.mark.parametrize("model_type", list(REAL_CONFIGS))
+def test_real_configs_graph_sizes(model_type):
+    """The published configs' graphs (config only: no weights are made)."""
+    import transformers
+
+    from harness.core.weights import ModelConfig, rotary_inv_freq
+
+    c = getattr(transformers, {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt_neox": "GPTNeoX"}[model_type]
+                + "Config")(**REAL_CONFIGS[model_type])
+    family(c)
+    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    cfg = ModelConfig(model_type, c.num_hidden_layers, c.num_attention_heads, c.hidden_size, d_head, c.vocab_size, 8,
+                      d_mlp=c.intermediate_size, positional_embedding_type="rotary", rotary_inv_freq=rotary_inv_freq(d_head),
+                      n_key_value_heads=kv, parallel_attn_mlp=bool(getattr(c, "use_parallel_residual", False)))
+    assert Graph(cfg).n_edges == REAL_EDGES[model_type]
+
+
+def test_unsupported_families_are_refused_with_the_reason():
+    from transformers import Gemma2Config
+
+    with pytest.raises(ValueError, match="gemma2.*post-attention RMSNorm.*supported: llama"):
+        family(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+
+
+def test_config_reads_the_models_own_rope(models):
+    hf, w = models["llama"]
+    cfg = config_from_hf(hf, "x")
+    assert cfg.rotary_inv_freq == w.cfg.rotary_inv_freq
+    # Llama 3's scaling changes the low frequencies: not the default RoPE's
+    from harness.core.weights import rotary_inv_freq
+
+    plain = rotary_inv_freq(cfg.rotary_dims, 500000.0)
+    assert cfg.rotary_inv_freq[-1] == pytest.approx(plain[-1] / 8.0, rel=1e-6)  # the lowest, divided by the factor
+    assert models["pythia"][1].cfg.rotary_dims == models["pythia"][1].cfg.d_head // 4
+
+
+def test_acdc_visits_every_edge_once_with_grouped_key_values():
+    """ACDC's visiting order on a grouped-query graph: every counted edge exactly once, a grouped
+    k/v edge after all its group's heads' q edges, reached through any head of the group."""
+    from harness.methods.acdc import visit_order
+    from tests.test_engine_patching import CONFIGS
+
+    g = Graph(CONFIGS["llama-like"])
+    steps = visit_order(g)
+    seen = [e for ids, _ in steps for e in ids]
+    assert sorted(seen) == list(range(g.n_edges))
+    where = {e: i for i, (ids, _) in enumerate(steps) for e in ids}
+    group = g.cfg.kv_group
+    for L in range(g.cfg.n_layers):
+        for kv in range(g.cfg.kv_heads):
+            d = g.direct_index(L, "k", kv)
+            heads = range(kv * group, (kv + 1) * group)
+            assert all(where[d] > where[g.direct_index(L, "q", h)] for h in heads)
+            assert steps[where[d]][1] == ("senders", g.head_sender[L, list(heads)].tolist())
+
+
+def test_every_method_runs_on_each_family_or_says_why_not(models):
+    """Every registered variant on a grouped-query Llama and on a parallel partial-rotary
+    Pythia: finite scores of every edge, or `UnsupportedArchitecture` naming what it lacks; and
+    the engine-only methods (EAP, EAP-IG, patching, ACDC, grad-wrong's activation site,
+    random, structure) are among those that run."""
+    from harness.methods import CircuitFamily, all_methods
+    from harness.methods.registry import UnsupportedArchitecture
+    from tests.test_eap import random_prompts
+
+    for name in ("llama", "pythia"):
+        _, w = models[name]
+        e = Engine(w.to(dtype=torch.float64))
+        data = random_prompts(w.cfg, 2, 5, 0, "resample")
+        ran = set()
+        for m, spec in all_methods().items():
+            opts = {"acdc": {"thresholds": [1e-4, 1e-2]}, "sp": {"epochs": 2, "n_lambdas": 2}}.get(m, {})
+            for v in spec.variants:
+                ref = spec.references_for(v)[0]
+                if spec.unsupported(w.cfg, v):
+                    with pytest.raises(UnsupportedArchitecture, match=f"does not run on {name}: it"):
+                        spec.run(e, data.with_ablation(ref), v, **opts)
+                    continue
+                out = spec.run(e, data.with_ablation(ref), v, **opts)
+                if isinstance(out, CircuitFamily):
+                    assert out.circuits.shape[1] == e.graph.n_edges
+                else:
+                    assert out.shape == (e.graph.n_edges,) and torch.isfinite(out).all(), (m, v)
+                ran.add(m if "/" not in v else f"{m}/{v.split('/')[1]}")
+        assert {"eap", "eap-ig", "act-patch-edge", "acdc", "grad-wrong/activation", "random", "structure"} <= ran, ran
+        if name == "pythia":  # one key/value head per head: the per-head methods run too
+            assert {"hisp", "sp"} <= ran
