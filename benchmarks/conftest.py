@@ -159,6 +159,24 @@ def check_targets(benchmark, setups):
     return run
 
 
+@pytest.fixture
+def time_cases(benchmark, setups):
+    """time_cases(model, batch, seq_len, keys) -> the timing rows of those cases, measured in one
+    run (interleaved, as `check_targets` does), with the setup's facts in extra_info."""
+
+    def run(model, batch, seq_len, keys):
+        s = setups(model, batch, seq_len)
+        cfg = BenchConfig(models=[model], device=DEVICE, dtype=DTYPE, batches=[batch], seq_len=seq_len,
+                          repeats=ROUNDS, heavy_repeats=1, warmup=1, ig_steps=IG_STEPS, single_edges=SINGLE_EDGES,
+                          budget_s=BUDGET_S, progress=False)
+        rows = []
+        benchmark.pedantic(lambda: rows.extend(bench_setup(cfg, s, [CASES[k] for k in keys])), rounds=1, iterations=1)
+        benchmark.extra_info.update(_info(s))
+        return s, rows
+
+    return run
+
+
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
         metafunc.parametrize("case", list(CASES))

@@ -405,10 +405,13 @@ def cmd_heads(args) -> int:
 def cmd_graph(args) -> int:
     from harness.core.architectures import ARCHITECTURES
     from harness.core.graph import Graph
+    from harness.core.loading_hf import MODELS, family_architecture
 
-    if args.model not in ARCHITECTURES:
-        _fail(f"unknown model {args.model!r}; valid models: {', '.join(ARCHITECTURES)}")
-    if args.random_init:
+    if args.model not in ARCHITECTURES and args.model not in MODELS:
+        _fail(f"unknown model {args.model!r}; valid models: {', '.join([*ARCHITECTURES, *MODELS])}")
+    if args.model in MODELS:  # the published config: the graph needs nothing else
+        cfg = family_architecture(args.model)
+    elif args.random_init:
         cfg = ARCHITECTURES[args.model]
     elif args.model.startswith("tracr-"):  # compiled here, nothing to load
         from harness.programs.tracr_models import load_tracr

@@ -11,7 +11,7 @@ import torch
 from harness.core.engine import Engine
 from harness.core.graph import Graph
 from harness.core.loading import packaged_gpt2_files, packaged_gpt2_tokenizer
-from harness.core.loading_hf import REAL_CONFIGS, config_from_hf, family, random_hf_model, weights_from_hf
+from harness.core.loading_hf import config_from_hf, family, random_hf_model, weights_from_hf
 from harness.core.weights import compact_kv
 from harness.methods import get_method
 
@@ -149,29 +149,28 @@ def test_graph_counts_and_names(models, name):
 
 
 REAL_EDGES = {  # model -> edges, by the closed form (checked against Graph in the test)
-    "llama": _closed_form(16, 32, 8, False),  # Llama-3.2-1B
-    "mistral": _closed_form(32, 32, 8, False),  # Mistral-7B-v0.1
-    "qwen2": _closed_form(24, 14, 2, False),  # Qwen2.5-0.5B
-    "gpt_neox": _closed_form(6, 8, 8, True),  # pythia-70m
+    "llama-3.2-1b": _closed_form(16, 32, 8, False),
+    "llama-3.1-8b": _closed_form(32, 32, 8, False),
+    "mistral-7b": _closed_form(32, 32, 8, False),
+    "qwen2.5-0.5b": _closed_form(24, 14, 2, False),
+    "pythia-70m": _closed_form(6, 8, 8, True),
 }
 
 
-@pytest.mark.parametrize("model_type", list(REAL_CONFIGS))
-def test_real_configs_graph_sizes(model_type):
-    """The published configs' graphs (config only: no weights are made)."""
-    import transformers
+@pytest.mark.parametrize("model", list(REAL_EDGES))
+def test_published_configs_graph_sizes(model, capsys):
+    """The published configs' graphs (config only: no weights are made), as `circuit-bench graph`
+    prints them."""
+    import json
 
-    from harness.core.weights import ModelConfig, rotary_inv_freq
+    from harness.cli import main
+    from harness.core.loading_hf import MODELS, family_architecture
 
-    c = getattr(transformers, {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt_neox": "GPTNeoX"}[model_type]
-                + "Config")(**REAL_CONFIGS[model_type])
-    family(c)
-    kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    cfg = ModelConfig(model_type, c.num_hidden_layers, c.num_attention_heads, c.hidden_size, d_head, c.vocab_size, 8,
-                      d_mlp=c.intermediate_size, positional_embedding_type="rotary", rotary_inv_freq=rotary_inv_freq(d_head),
-                      n_key_value_heads=kv, parallel_attn_mlp=bool(getattr(c, "use_parallel_residual", False)))
-    assert Graph(cfg).n_edges == REAL_EDGES[model_type]
+    assert set(MODELS) == set(REAL_EDGES)
+    cfg = family_architecture(model)
+    assert Graph(cfg).n_edges == REAL_EDGES[model]
+    assert main(["graph", "--model", model]) == 0
+    assert json.loads(capsys.readouterr().out)["edges"] == REAL_EDGES[model]
 
 
 def test_unsupported_families_are_refused_with_the_reason():

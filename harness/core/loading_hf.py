@@ -44,11 +44,28 @@ def family(hf_config) -> str:
     raise ValueError(f"model_type {t!r}: {why}; supported: {', '.join(FAMILIES)} (and gpt2)")
 
 
+CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt_neox": "GPTNeoX"}  # transformers' prefixes
+
+
 def config_from_hf(hf_model, name: str) -> ModelConfig:
     """The `ModelConfig` of a loaded transformers causal LM of a supported family."""
-    c = hf_model.config
-    t = family(c)
+    t = family(hf_model.config)
     rot = hf_model.gpt_neox.rotary_emb if t == "gpt_neox" else hf_model.model.rotary_emb
+    return _config(hf_model.config, rot, name)
+
+
+def config_from_hf_config(hf_config, name: str) -> ModelConfig:
+    """The `ModelConfig` of a transformers config alone (no weights are made: only the family's
+    rotary module, for its frequencies)."""
+    import importlib
+
+    t = family(hf_config)
+    module = importlib.import_module(f"transformers.models.{t}.modeling_{t}")
+    return _config(hf_config, getattr(module, CLASSES[t] + "RotaryEmbedding")(config=hf_config), name)
+
+
+def _config(c, rot, name: str) -> ModelConfig:
+    t = c.model_type
     inv = tuple(float(x) for x in rot.inv_freq.detach().double().cpu())
     d_model, n_heads = c.hidden_size, c.num_attention_heads
     common = dict(name=name, n_layers=c.num_hidden_layers, n_heads=n_heads, d_model=d_model, d_mlp=c.intermediate_size,
@@ -84,25 +101,44 @@ def weights_from_hf(hf_model, tokenizer, name: str, provenance: Optional[dict] =
     return w
 
 
-# Published configs of one model per family (each model's config.json on the hub), the
-# architecture facts the graph and the engine read; `reduced` keeps the family's features at a
-# size a test runs in a second.
-REAL_CONFIGS = {
-    "llama": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+# Published configs (each model's config.json on the hub): the architecture facts the graph and
+# the engine read. `REAL_CONFIGS` has one model per family; `reduced` keeps the family's features
+# at a size a test runs in a second.
+MODELS = {  # name -> (model_type, config kwargs)
+    "llama-3.2-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                   num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
                   rms_norm_eps=1e-5, tie_word_embeddings=True,
                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),  # Llama-3.2-1B
-    "mistral": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})),
+    "llama-3.1-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                                   num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                    "original_max_position_embeddings": 8192})),
+    "mistral-7b": ("mistral", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=8, vocab_size=32000, max_position_embeddings=32768, sliding_window=4096,
-                    rms_norm_eps=1e-5, tie_word_embeddings=False),  # Mistral-7B-v0.1
-    "qwen2": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                    rms_norm_eps=1e-5, tie_word_embeddings=False)),
+    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                  tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}),  # Qwen2.5-0.5B
-    "gpt_neox": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
+                  tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "pythia-70m": ("gpt_neox", dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
                      vocab_size=50304, max_position_embeddings=2048, rotary_pct=0.25, use_parallel_residual=True,
-                     layer_norm_eps=1e-5, tie_word_embeddings=False),  # pythia-70m
+                     layer_norm_eps=1e-5, tie_word_embeddings=False)),
 }
+REAL_CONFIGS = {t: kw for t, kw in (MODELS[m] for m in ("llama-3.2-1b", "mistral-7b", "qwen2.5-0.5b", "pythia-70m"))}
+
+
+def family_architecture(name: str, **overrides) -> ModelConfig:
+    """The `ModelConfig` of a published model of `MODELS` (config only, no weights), with config
+    `overrides` (e.g. num_hidden_layers=2 for a reduced copy)."""
+    import transformers
+
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; family models: {', '.join(MODELS)}")
+    t, kw = MODELS[name]
+    hf_config = getattr(transformers, CLASSES[t] + "Config")(**{**kw, **overrides})
+    return config_from_hf_config(hf_config, name)
 REDUCED = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, vocab_size=512,
                max_position_embeddings=64)
 REDUCED_EXTRA = {  # what keeps each family's features at the reduced size
@@ -122,7 +158,7 @@ def random_hf_model(model_type: str, seed: int = 0, reduced: bool = True, pertur
     every parameter of the forward."""
     import transformers
 
-    classes = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt_neox": "GPTNeoX"}
+    classes = CLASSES
     if model_type not in classes:
         raise ValueError(f"no random initialisation for model_type {model_type!r}; known: {', '.join(classes)}")
     kw = {**REDUCED, **REDUCED_EXTRA[model_type]} if reduced else dict(REAL_CONFIGS[model_type])
