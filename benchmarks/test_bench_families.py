@@ -1,5 +1,5 @@
 """Timing suite for the model families after GPT-2 (docs/graph-and-patching.md#model-families):
-Pythia (GPT-NeoX: parallel blocks, partial rotary), Qwen2.5 and Llama 3 (RMSNorm, rotary,
+Pythia (GPT-NeoX: parallel blocks, partial rotary), Qwen2.5, Llama 3 and Gemma-2 (RMSNorm, rotary,
 grouped-query attention, SwiGLU), random weights of the published configs, reduced where they
 would not fit this machine (`harness.bench.setups.FAMILY_SETUPS`). Per model, in one run: EAP's
 and grad-wrong's seconds over one forward + backward (the gradient methods' floor), recorded in

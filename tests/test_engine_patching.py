@@ -18,6 +18,10 @@ CONFIGS = {
                               n_key_value_heads=2, gated_mlp=True),
     "neox-like": ModelConfig("tiny-neox", 2, 2, 16, 8, 40, 8, d_mlp=24, act_fn="gelu", positional_embedding_type="rotary",
                              rotary_dim=4, rotary_inv_freq=rotary_inv_freq(4), parallel_attn_mlp=True),
+    "gemma2-like": ModelConfig("tiny-gemma2", 3, 4, 16, 4, 40, 8, d_mlp=24, act_fn="gelu_pytorch_tanh",
+                               normalization_type="RMS", positional_embedding_type="rotary", rotary_inv_freq=rotary_inv_freq(4),
+                               n_key_value_heads=2, gated_mlp=True, embed_scale=4.0, post_norms=True, attn_softcap=0.5,
+                               logit_softcap=2.0, sliding_window=3, local_layers=(0, 2)),
 }
 
 

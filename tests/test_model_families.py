@@ -23,6 +23,7 @@ FAMILIES = {  # name -> (model_type, config overrides)
     "qwen2": ("qwen2", {}),
     "pythia": ("gpt_neox", {}),
     "neox-sequential": ("gpt_neox", {"use_parallel_residual": False, "rotary_pct": 0.5}),
+    "gemma2": ("gemma2", {}),
 }
 
 
@@ -86,9 +87,7 @@ def test_the_engine_is_the_bridges_every_hook(models, name):
                 theirs = cache[pre + hook]
                 assert close(ours if theirs.shape == ours.shape else compact_kv(ours.transpose(0, 2), cfg).transpose(0, 2), theirs)
                 checked += 1
-        scores = torch.einsum("bqhe,bkhe->bhqk", e.rotate(q), e.rotate(k)) / cfg.scale
-        pattern = scores.masked_fill(~torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril(), float("-inf")).softmax(-1)
-        assert close(pattern, cache[pre + "attn.hook_pattern"])
+        assert close(e.pattern(q, k, L), cache[pre + "attn.hook_pattern"])
         heads = torch.stack([tr.senders[int(s)] for s in g.head_sender[L]]).sum(0) + w[pre + "attn.b_O"]
         assert close(heads, cache[pre + "hook_attn_out"])
         assert close(tr.senders[int(g.mlp_sender[L])], cache[pre + "hook_mlp_out"])
@@ -154,6 +153,7 @@ REAL_EDGES = {  # model -> edges, by the closed form (checked against Graph in t
     "mistral-7b": _closed_form(32, 32, 8, False),
     "qwen2.5-0.5b": _closed_form(24, 14, 2, False),
     "pythia-70m": _closed_form(6, 8, 8, True),
+    "gemma-2-2b": _closed_form(26, 8, 4, False),
 }
 
 
@@ -174,11 +174,13 @@ def test_published_configs_graph_sizes(model, capsys):
 
 
 def test_unsupported_families_are_refused_with_the_reason():
-    from transformers import Gemma2Config
+    from transformers import GemmaConfig, GPT2Config
 
-    with pytest.raises(ValueError, match="gemma2.*post-attention RMSNorm.*supported: llama"):
-        family(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                            num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    with pytest.raises(ValueError, match="'gemma'.*1 \\+ w.*supported: llama"):
+        family(GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16))
+    with pytest.raises(ValueError, match="'gpt2'.*not a supported architecture"):
+        family(GPT2Config())
 
 
 def test_config_reads_the_models_own_rope(models):
@@ -222,7 +224,7 @@ def test_every_method_runs_on_each_family_or_says_why_not(models):
     from harness.methods.registry import UnsupportedArchitecture
     from tests.test_eap import random_prompts
 
-    for name in ("llama", "pythia"):
+    for name in ("llama", "pythia", "gemma2"):
         _, w = models[name]
         e = Engine(w.to(dtype=torch.float64))
         data = random_prompts(w.cfg, 2, 5, 0, "resample")

@@ -54,6 +54,7 @@ FAMILY_SETUPS = {
     "qwen2.5-0.5b-reduced": ("qwen2.5-0.5b", {"num_hidden_layers": 4, "vocab_size": 32000}),
     "llama-3.2-1b-reduced": ("llama-3.2-1b", {"num_hidden_layers": 2, "vocab_size": 32000}),
     "llama-3.1-8b-reduced": ("llama-3.1-8b", {"num_hidden_layers": 1, "vocab_size": 32000}),
+    "gemma-2-2b-reduced": ("gemma-2-2b", {"num_hidden_layers": 2, "vocab_size": 32000}),
 }
 
 

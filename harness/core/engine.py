@@ -179,7 +179,29 @@ class Engine:
         n = self._norm(x, pre + "ln2", freeze_ln_scale)
         pre_act = n @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"]
         hidden = self.act_fn(n @ w[pre + "mlp.W_gate"]) * pre_act if self.cfg.gated_mlp else self.act_fn(pre_act)
-        return hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
+        out = hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
+        return self._norm(out, pre + "ln2_post", freeze_ln_scale) if self.cfg.post_norms else out
+
+    def _post_scale(self, total: torch.Tensor, prefix: str, freeze_scale: bool) -> torch.Tensor:
+        """w / rms(total) [..., d_model]: what a post-attention RMSNorm multiplies the attention
+        output `total` [..., d_model] by, so each head's output times it is that head's share."""
+        rms = (total.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt()
+        return self.w[prefix + ".w"] / (rms.detach() if freeze_scale else rms)
+
+    def pattern(self, q: torch.Tensor, k: torch.Tensor, layer: int) -> torch.Tensor:
+        """Attention pattern [B, H, Q, K] of layer `layer` from unrotated q, k [B, P, H, d_head]:
+        rotary, scale, soft-capping, causal and sliding-window masks, softmax."""
+        cfg = self.cfg
+        scores = torch.einsum("bqhe,bkhe->bhqk", self.rotate(q), self.rotate(k)) / cfg.scale
+        if cfg.attn_softcap is not None:
+            scores = torch.tanh(scores / cfg.attn_softcap) * cfg.attn_softcap
+        P = scores.shape[-1]
+        if cfg.causal:
+            keep = torch.ones(P, P, dtype=torch.bool, device=scores.device).tril()
+            if layer in cfg.local_layers:
+                keep = keep.triu(-(cfg.sliding_window - 1))
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return scores.softmax(-1)
 
     # ----- the forward ------------------------------------------------------------------
     def run(
@@ -310,27 +332,25 @@ class Engine:
                 qkv = torch.stack([q, k, v])
                 trace.qkv.append(qkv)
                 q, k, v = qkv.unbind(0)
-            n_held = 0
+            n_held, post = 0, None
             if held is not None:
                 heads = g.head_sender[L].tolist()
                 n_held = sum(held_list[s] for s in heads)
             if n_held == H:  # the whole layer held: nothing reads its heads' computation
                 result = held_values[heads].permute(1, 2, 0, 3)  # [B, P, H, D]
             else:
-                scores = torch.einsum("bqhe,bkhe->bhqk", self.rotate(q), self.rotate(k)) / cfg.scale
-                if cfg.causal:
-                    causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
-                    scores = scores.masked_fill(~causal, float("-inf"))
-                pattern = scores.softmax(-1)
-                z = torch.einsum("bhqk,bkhe->bqhe", pattern, v)
+                z = torch.einsum("bhqk,bkhe->bqhe", self.pattern(q, k, L), v)
                 result = torch.einsum("bqhe,hed->bqhd", z, w[pre + "attn.W_O"])  # [B, P, H, D]
+                if cfg.post_norms:  # each head's share of the normed sum (b_O is zero, kept for its gradient)
+                    post = self._post_scale(result.sum(2) + w[pre + "attn.b_O"], pre + "ln1_post", freeze_ln_scale)
+                    result = result * post.unsqueeze(2)
                 if n_held:  # (a compact `hold` gives the heads not held some other row: not selected)
                     mask = held[heads].to(w.device)[:, None]  # [H, 1]
                     result = torch.where(mask, held_values[heads].permute(1, 2, 0, 3), result)
             if zero_senders:
                 result = torch.zeros_like(result)
             senders.extend(result.unbind(2))
-            resid = resid + result.sum(2) + w[pre + "attn.b_O"]
+            resid = resid + result.sum(2) + (w[pre + "attn.b_O"] if post is None else w[pre + "attn.b_O"] * post)
             if not cfg.attn_only:
                 r = int(g.mlp_receiver[L])
                 base = layer_in if cfg.parallel_attn_mlp else resid
@@ -362,7 +382,9 @@ class Engine:
         [batch, pos, d_model] (every column when None)."""
         if positions is not None:
             final_in = final_in[:, positions.to(final_in.device)]
-        return self._norm(final_in, "ln_final", freeze_ln_scale) @ self.w["unembed.W_U"] + self.w["unembed.b_U"]
+        logits = self._norm(final_in, "ln_final", freeze_ln_scale) @ self.w["unembed.W_U"] + self.w["unembed.b_U"]
+        cap = self.cfg.logit_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _receiver_qkv(self, qkv_in, pre: str, W_pos, freeze_ln_scale: bool):
         """q, k, v [B, P, H, dh] from each receiver's own input qkv_in [B, P, 3H, D]."""
@@ -392,17 +414,15 @@ class Engine:
         B, P, D = inputs[0].shape
         H, dh = cfg.n_heads, cfg.d_head
         resid = sum(inputs[1:], inputs[0])
-        causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril() if cfg.causal else None
         for L in range(cfg.n_layers):
             pre = f"blocks.{L}."
             normed = self._norm(resid, pre + "ln1", freeze_ln_scale)
             pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
             q, k, v = fused_qkv(normed, layer_qkv(w, L), pos).unbind(2)
-            scores = torch.einsum("bqhe,bkhe->bhqk", self.rotate(q), self.rotate(k)) / cfg.scale
-            if causal is not None:
-                scores = scores.masked_fill(~causal, float("-inf"))
-            z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+            z = torch.einsum("bhqk,bkhe->bqhe", self.pattern(q, k, L), v)
             attn = z.reshape(B, P, H * dh) @ w[pre + "attn.W_O"].reshape(H * dh, D) + w[pre + "attn.b_O"]
+            if cfg.post_norms:
+                attn = attn * self._post_scale(attn, pre + "ln1_post", freeze_ln_scale)
             if cfg.attn_only:
                 resid = resid + attn
             elif cfg.parallel_attn_mlp:
@@ -457,6 +477,8 @@ class Engine:
         tokens = tokens.to(w.device)
         B, P = tokens.shape
         emb = w["embed.W_E"][tokens]
+        if cfg.embed_scale != 1.0:
+            emb = emb * cfg.embed_scale
         if not cfg.has_pos_embed:  # rotary: positions enter only queries and keys
             return emb.unsqueeze(0)
         W_pos = w["pos_embed.W_pos"][:P]

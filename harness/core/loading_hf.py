@@ -1,4 +1,4 @@
-"""Causal language models of the families after GPT-2: Llama, Mistral, Qwen2, GPT-NeoX (Pythia).
+"""Causal language models of the families after GPT-2: Llama, Mistral, Qwen2, GPT-NeoX (Pythia), Gemma-2.
 
 A transformers model (from a local folder, the hub cache, or built from a config with random
 weights) is read through transformer_lens 4.3's `TransformerBridge.boot_transformers`: the
@@ -8,9 +8,10 @@ transformers config and the model's own rotary module (its inverse frequencies a
 scaling, so RoPE scaling variants such as Llama 3.1's are exact), and are checked against the
 bridge's config. Families and their graph: docs/graph-and-patching.md#model-families.
 
-Gemma-2 is not read yet: its post-attention RMSNorm acts on the sum of the heads' outputs, so
-a head's output is not an additive residual sender as ACDC's graph assumes, and its RMSNorm
-scales by 1 + w. It is refused with that reason.
+Gemma-2 is read from transformers' own parameters instead: the bridge's `get_params` has no
+post-attention and post-MLP norms and gives its RMSNorm gains without Gemma's 1 + w. Its
+post-attention norm acts on the sum of the heads' outputs; the graph's head output is that
+head's share of the normed sum (docs/graph-and-patching.md#gemma-2).
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ FAMILIES = {
     "mistral": ("Mistral", "mistralai/Mistral-7B-v0.1"),
     "qwen2": ("Qwen2", "Qwen/Qwen2.5-0.5B"),
     "gpt_neox": ("GPT-NeoX", "EleutherAI/pythia-70m"),
+    "gemma2": ("Gemma-2", "google/gemma-2-2b"),
 }
 NOT_YET = {
-    "gemma2": "its post-attention RMSNorm normalises the sum of the heads' outputs, so a head is not an additive "
-              "residual sender (ACDC's edge semantics); the engine does not run it yet",
-    "gemma3": "as for gemma2 (post-norms on the sum of the heads' outputs)",
+    "gemma": "Gemma 1 is not read yet (its RMSNorm scales by 1 + w, as Gemma-2's)",
+    "gemma3": "Gemma 3 is not read yet (q/k norms and its own local/global pattern)",
 }
 
 
@@ -44,7 +45,7 @@ def family(hf_config) -> str:
     raise ValueError(f"model_type {t!r}: {why}; supported: {', '.join(FAMILIES)} (and gpt2)")
 
 
-CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt_neox": "GPTNeoX"}  # transformers' prefixes
+CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "gpt_neox": "GPTNeoX", "gemma2": "Gemma2"}  # transformers' prefixes
 
 
 def config_from_hf(hf_model, name: str) -> ModelConfig:
@@ -77,6 +78,15 @@ def _config(c, rot, name: str) -> ModelConfig:
         return ModelConfig(**common, d_head=d_model // n_heads, act_fn=c.hidden_act, normalization_type="LN",
                            eps=c.layer_norm_eps, parallel_attn_mlp=bool(c.use_parallel_residual))
     d_head = getattr(c, "head_dim", None) or d_model // n_heads
+    if t == "gemma2":
+        if getattr(c, "attention_bias", False):
+            raise ValueError(f"{name}: attention biases inside Gemma-2's post-attention norm are not supported")
+        local = tuple(i for i, kind in enumerate(c.layer_types) if kind == "sliding_attention")
+        return ModelConfig(**common, d_head=d_head, act_fn=c.hidden_activation, normalization_type="RMS", eps=c.rms_norm_eps,
+                           n_key_value_heads=c.num_key_value_heads, gated_mlp=True, attn_scale=c.query_pre_attn_scalar ** 0.5,
+                           embed_scale=float(torch.tensor(d_model ** 0.5, dtype=torch.float32)), post_norms=True,
+                           attn_softcap=c.attn_logit_softcapping, logit_softcap=c.final_logit_softcapping,
+                           sliding_window=c.sliding_window if local else None, local_layers=local)
     window = getattr(c, "sliding_window", None) if getattr(c, "use_sliding_window", True) else None
     if window is not None and window < common["n_ctx"]:
         common["n_ctx"] = window  # longer prompts would need the sliding-window mask
@@ -94,10 +104,44 @@ def weights_from_hf(hf_model, tokenizer, name: str, provenance: Optional[dict] =
     from harness.core.loading_tl import weights_from_bridge
 
     cfg = config_from_hf(hf_model, name)
+    if hf_model.config.model_type == "gemma2":
+        return _gemma2_weights(hf_model, cfg, provenance)
     example = FAMILIES[hf_model.config.model_type][1]
     bridge = TransformerBridge.boot_transformers(example, hf_model=hf_model, tokenizer=tokenizer, dtype=torch.float32)
     w = weights_from_bridge(bridge, cfg, provenance)
     w.provenance["source"] = f"transformers {type(hf_model).__name__} via transformer_lens TransformerBridge.boot_transformers"
+    return w
+
+
+def _gemma2_weights(hf_model, cfg: ModelConfig, provenance: Optional[dict]) -> Weights:
+    """TL-layout weights of a transformers Gemma2ForCausalLM, from its own parameters (see the
+    module docstring): RMSNorm gains 1 + w; q/k/v/o split per head; biases Gemma has not, zero."""
+    from harness.core.weights import expand_kv
+
+    c, H, G, dh, D = cfg, cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model
+    m = hf_model.model
+    t = lambda x: x.detach().float().clone()  # noqa: E731
+    heads = lambda W, n: t(W).view(n, dh, D).transpose(1, 2).contiguous()  # noqa: E731  [n*dh, D] -> [n, D, dh]
+    p = {"embed.W_E": t(m.embed_tokens.weight), "unembed.W_U": t(hf_model.get_output_embeddings().weight).T.contiguous(),
+         "unembed.b_U": torch.zeros(c.vocab_out), "ln_final.w": 1 + t(m.norm.weight)}
+    for L, layer in enumerate(m.layers):
+        b, a, f = f"blocks.{L}.", layer.self_attn, layer.mlp
+        p[b + "attn.W_Q"] = heads(a.q_proj.weight, H)
+        p[b + "attn.W_K"] = expand_kv(heads(a.k_proj.weight, G), c)
+        p[b + "attn.W_V"] = expand_kv(heads(a.v_proj.weight, G), c)
+        p[b + "attn.W_O"] = t(a.o_proj.weight).T.reshape(H, dh, D).contiguous()
+        for x in "QKV":
+            p[b + f"attn.b_{x}"] = torch.zeros(H, dh)
+        p[b + "attn.b_O"] = torch.zeros(D)
+        p[b + "mlp.W_gate"], p[b + "mlp.W_in"] = t(f.gate_proj.weight).T.contiguous(), t(f.up_proj.weight).T.contiguous()
+        p[b + "mlp.W_out"] = t(f.down_proj.weight).T.contiguous()
+        p[b + "mlp.b_in"], p[b + "mlp.b_out"] = torch.zeros(c.d_mlp), torch.zeros(D)
+        for ours, theirs in (("ln1", "input_layernorm"), ("ln1_post", "post_attention_layernorm"),
+                             ("ln2", "pre_feedforward_layernorm"), ("ln2_post", "post_feedforward_layernorm")):
+            p[b + f"{ours}.w"] = 1 + t(getattr(layer, theirs).weight)
+    w = Weights(cfg, p, {"source": f"transformers {type(hf_model).__name__} parameters (Gemma-2: not through the bridge)",
+                         **(provenance or {})})
+    w.validate()
     return w
 
 
@@ -122,6 +166,10 @@ MODELS = {  # name -> (model_type, config kwargs)
     "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6,
                   tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
+    "gemma-2-2b": ("gemma2", dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                                  num_key_value_heads=4, head_dim=256, vocab_size=256000, max_position_embeddings=8192,
+                                  query_pre_attn_scalar=256, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                                  sliding_window=4096, rms_norm_eps=1e-6, tie_word_embeddings=True)),
     "pythia-70m": ("gpt_neox", dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
                      vocab_size=50304, max_position_embeddings=2048, rotary_pct=0.25, use_parallel_residual=True,
                      layer_norm_eps=1e-5, tie_word_embeddings=False)),
@@ -148,6 +196,8 @@ REDUCED_EXTRA = {  # what keeps each family's features at the reduced size
     "mistral": dict(num_key_value_heads=2, sliding_window=32),
     "qwen2": dict(num_key_value_heads=1, tie_word_embeddings=True),
     "gpt_neox": dict(rotary_pct=0.25, use_parallel_residual=True),
+    "gemma2": dict(num_key_value_heads=2, head_dim=16, num_hidden_layers=3, sliding_window=4, query_pre_attn_scalar=24,
+                   attn_logit_softcapping=1.0, final_logit_softcapping=3.0, tie_word_embeddings=True),
 }
 
 

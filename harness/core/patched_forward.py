@@ -169,16 +169,19 @@ class _Pass:
                 q5 = qkv.view(c, B, P, 3, H, dh)
                 qkv = (q5 + beta[:, None, None, :, :, None] * (src - q5)).view(R, P, 3, H, dh)
         q, k, v = qkv.unbind(2)
-        scores = torch.einsum("bqhe,bkhe->bhqk", e.rotate(q), e.rotate(k)) / cfg.scale
-        if cfg.causal:
-            causal = torch.ones(P, P, dtype=torch.bool, device=w.device).tril()
-            scores = scores.masked_fill(~causal, float("-inf"))
-        z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)  # [R, P, H, dh]
+        z = torch.einsum("bhqk,bkhe->bqhe", e.pattern(q, k, L), v)  # [R, P, H, dh]
         W_O = w[pre + "attn.W_O"]  # [H, dh, D]
         zc = z.view(c, B, P, H, dh)
+        out = (z.reshape(R, P, H * dh) @ W_O.reshape(H * dh, D)) + w[pre + "attn.b_O"]
+        if cfg.post_norms:  # each head's output is its share of the normed sum (b_O is zero)
+            mult = e._post_scale(out, pre + "ln1_post", False)  # [R, P, D]
+            mc = mult.view(c, B, P, D)
+            for h in range(H):
+                self.keep(int(g.head_sender[L, h]), lambda grp, h=h: (zc[grp, :, :, h] @ W_O[h]) * mc[grp])
+            return out * mult
         for h in range(H):  # a head's own output, in the row groups that read it
             self.keep(int(g.head_sender[L, h]), lambda grp, h=h: zc[grp, :, :, h] @ W_O[h])
-        return (z.reshape(R, P, H * dh) @ W_O.reshape(H * dh, D)) + w[pre + "attn.b_O"]
+        return out
 
     def mlp(self, L: int, resid: torch.Tensor) -> torch.Tensor:
         e, g = self.e, self.e.graph

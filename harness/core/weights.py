@@ -63,6 +63,13 @@ class ModelConfig:
     rotary_dim: Optional[int] = None  # rotary: dimensions rotated per head (None: all of d_head)
     rotary_inv_freq: Optional[tuple] = None  # rotary: rotary_dim / 2 inverse frequencies
     rotary_scale: float = 1.0  # rotary: cos and sin multiplied by this (HF's attention_scaling)
+    # Gemma-2 (docs/graph-and-patching.md#gemma-2)
+    embed_scale: float = 1.0  # the token embedding multiplied by this (Gemma: sqrt(d_model))
+    post_norms: bool = False  # RMSNorm after attention (ln1_post; attention biases b_O zero) and after the MLP (ln2_post)
+    attn_softcap: Optional[float] = None  # scores -> cap * tanh(scores / cap), before the mask
+    logit_softcap: Optional[float] = None  # logits -> cap * tanh(logits / cap)
+    sliding_window: Optional[int] = None  # local layers: a query sees the last `sliding_window` keys
+    local_layers: tuple = ()  # the layers with sliding-window attention
 
     def __post_init__(self):
         if self.act_fn not in ACT_FNS:
@@ -83,6 +90,12 @@ class ModelConfig:
                 raise ValueError(f"rotary models need rotary_inv_freq: {dim // 2} inverse frequencies")
         if self.gated_mlp and self.attn_only:
             raise ValueError("gated_mlp needs an MLP (d_mlp)")
+        if self.post_norms and self.normalization_type != "RMS":
+            raise ValueError("post_norms needs RMS normalization (Gemma-2's)")
+        if self.local_layers and self.sliding_window is None:
+            raise ValueError("local_layers need a sliding_window")
+        if any(not 0 <= layer < self.n_layers for layer in self.local_layers):
+            raise ValueError(f"local_layers {self.local_layers} must be layers of 0..{self.n_layers - 1}")
 
     @property
     def kv_heads(self) -> int:
@@ -104,7 +117,9 @@ class ModelConfig:
         shortformer positions, one key/value head per head, plain sequential MLPs). Code that
         re-derives parts of the forward by hand (some methods' fast paths) covers these only."""
         return (self.normalization_type != "RMS" and self.positional_embedding_type != "rotary"
-                and self.kv_heads == self.n_heads and not self.gated_mlp and not self.parallel_attn_mlp)
+                and self.kv_heads == self.n_heads and not self.gated_mlp and not self.parallel_attn_mlp
+                and self.embed_scale == 1.0 and not self.post_norms and self.attn_softcap is None
+                and self.logit_softcap is None and not self.local_layers)
 
     @property
     def has_pos_embed(self) -> bool:
@@ -183,6 +198,11 @@ class Weights:
                 raise ValueError(
                     f"weights for {c.name!r}: {k!r} has shape {tuple(self.params[k].shape)}, expected {shape}"
                 )
+        if c.post_norms:
+            for L in range(c.n_layers):
+                if bool(self.params[f"blocks.{L}.attn.b_O"].any()):
+                    raise ValueError(f"weights for {c.name!r}: blocks.{L}.attn.b_O must be zero with post-attention norms "
+                                     "(a bias inside the norm would not belong to any head)")
         if c.kv_group > 1:
             for L in range(c.n_layers):
                 for m in ("W_K", "W_V", "b_K", "b_V"):
@@ -213,7 +233,8 @@ def expected_shapes(c: ModelConfig) -> dict:
                 out[p + "mlp.W_gate"] = (c.d_model, c.d_mlp)
             out[p + "mlp.W_out"] = (c.d_mlp, c.d_model)
             out[p + "mlp.b_out"] = (c.d_model,)
-        for ln in ("ln1",) + (() if c.attn_only else ("ln2",)):
+        lns = ("ln1",) + (() if c.attn_only else ("ln2",))
+        for ln in lns + (tuple(f"{ln}_post" for ln in lns) if c.post_norms else ()):
             out.update({p + f"{ln}.{x}": (c.d_model,) for x in norms})
     out.update({f"ln_final.{x}": (c.d_model,) for x in norms})
     return out
@@ -262,7 +283,7 @@ def random_weights(cfg: ModelConfig, seed: int = 0, dtype=torch.float32, init_ra
             W, bias = rnd(heads, c.d_model, c.d_head, std=init_range * 4), rnd(heads, c.d_head)
             p[b + f"attn.W_{m}"], p[b + f"attn.b_{m}"] = (W, bias) if m == "Q" else (expand_kv(W, c), expand_kv(bias, c))
         p[b + "attn.W_O"] = rnd(c.n_heads, c.d_head, c.d_model, std=init_range * 4)
-        p[b + "attn.b_O"] = rnd(c.d_model)
+        p[b + "attn.b_O"] = rnd(c.d_model) * (0 if c.post_norms else 1)
         if not c.attn_only:
             p[b + "mlp.W_in"] = rnd(c.d_model, c.d_mlp, std=init_range * 4)
             p[b + "mlp.b_in"] = rnd(c.d_mlp)
@@ -271,7 +292,8 @@ def random_weights(cfg: ModelConfig, seed: int = 0, dtype=torch.float32, init_ra
             if c.gated_mlp:
                 p[b + "mlp.W_gate"] = rnd(c.d_model, c.d_mlp, std=init_range * 4)
         if c.normalization_type in ("LN", "RMS"):
-            for ln in ("ln1",) + (() if c.attn_only else ("ln2",)):
+            lns = ("ln1",) + (() if c.attn_only else ("ln2",))
+            for ln in lns + (tuple(f"{ln}_post" for ln in lns) if c.post_norms else ()):
                 p[b + f"{ln}.w"] = (1 + rnd(c.d_model, std=0.1))
                 if norm_b:
                     p[b + f"{ln}.b"] = rnd(c.d_model)
