@@ -187,6 +187,21 @@ def cmd_run(args) -> int:
             register_suite(suite)
         except ProgramError as e:
             _fail(str(e))
+    if args.model:  # tasks that run on any causal LM, on the model the user studies (harness.tasks.on_model)
+        from harness.tasks.on_model import ANY_LM_TASKS, register_on_model
+
+        try:
+            args.tasks = [t if "@" in t else register_on_model(t, args.model) for t in (args.tasks or ANY_LM_TASKS)]
+        except ValueError as e:
+            _fail(f"--model {args.model}: {e}")
+    for t in args.tasks or []:
+        if "@" in t and t not in TASKS:  # <task>@<model> named directly
+            from harness.tasks.on_model import resolve
+
+            try:
+                resolve(t)
+            except ValueError as e:
+                _fail(str(e))
     tasks = _check_names("task", args.tasks, list(TASKS)) if args.tasks else ([] if programs else offline_tasks())
     tasks += [t for t in programs if t not in tasks]
     _existing_folder(args.weights_dir, "--weights-dir")
@@ -600,6 +615,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run methods on tasks, score them against ground truth, write results and a report")
     r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline; suite:<name> "
                                                   "compiles a program of the generated suite, docs/suite.md)")
+    r.add_argument("--model", default=None, metavar="MODEL",
+                   help="run tasks that work on any causal LM (ioi, greaterthan, seed-pair; default: all three) on this "
+                        "model with its own tokenizer: llama-3.2-1b, llama-3.1-8b, mistral-7b, qwen2.5-0.5b, pythia-70m, "
+                        "gemma-2-2b (weights from the hub cache or --weights-dir; no ground truth: scores and "
+                        "faithfulness, docs/tasks.md#tasks-on-other-models)")
     r.add_argument("--program", action="append", default=[], metavar="FILE",
                    help="a .py file defining program() (a RASP expression), VOCAB and MAX_SEQ_LEN: compiled with "
                         "tracr and run as task program:NAME, alone or besides --tasks (repeatable; "

@@ -75,6 +75,15 @@ DOWNLOAD = {
     "gpt-neox-tokenizer-digits": ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"],
     "induction-data": ["validation_data.pt", "mask_repeat_candidates.pkl"],
 }
+# The model families after GPT-2 (harness.core.loading_hf.MODELS): weights, config and tokenizer
+# in one repo; sharded checkpoints are found by their index file.
+FAMILY_REPOS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+                "mistral-7b": "mistralai/Mistral-7B-v0.1", "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B",
+                "pythia-70m": "EleutherAI/pythia-70m", "gemma-2-2b": "google/gemma-2-2b"}
+for _name, _repo in FAMILY_REPOS.items():
+    SOURCES[_name] = Source(_name, (_repo,), ("config.json", "model.safetensors|model.safetensors.index.json", "tokenizer.json"))
+    DOWNLOAD[_name] = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                       "tokenizer_config.json", "special_tokens_map.json"]
 MODEL_TOKENIZER = {"gpt2": "gpt2-tokenizer", "attn-only-4l": "gpt-neox-tokenizer-digits", "redwood_attn_2l": "gpt2-tokenizer"}
 ACDC_PROCESSING = {"gpt2": True, "attn-only-4l": True, "redwood_attn_2l": False}
 # The config.json keys transformer_lens reads for legacy repos (convert_neel_model_config /
@@ -254,6 +263,8 @@ def load_weights(model_name: str, weights_dir=None, device="cpu", dtype=torch.fl
     try:
         if model_name == "gpt2":
             w = _load_hf_gpt2(model_name, files)
+        elif model_name in FAMILY_REPOS:
+            w = _load_hf_family(model_name, files)
         else:
             w = load_tl_legacy(model_name, files["config.json"], files["*final.pth"])
     except MissingWeightsError:
@@ -263,7 +274,7 @@ def load_weights(model_name: str, weights_dir=None, device="cpu", dtype=torch.fl
         why = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         raise CorruptWeightsError(f"{model_name} files in {folder} could not be read ({why}); fix: download them again "
                                   f"(README, 'Pretrained models') or point --weights-dir at a good copy") from e
-    if ACDC_PROCESSING[model_name]:
+    if ACDC_PROCESSING.get(model_name, False):  # the families after GPT-2 run as transformers runs them
         w = acdc_process(w)
     return w.to(device, dtype)
 
@@ -298,6 +309,20 @@ def _load_hf_gpt2(name: str, files: dict) -> Weights:
                                          use_safetensors=safe or None, trust_remote_code=False).eval()
     tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     return weights_from_hf_gpt2(hf, tok, name, {"files": str(folder)})
+
+
+def _load_hf_family(name: str, files: dict) -> Weights:
+    """A Llama/Mistral/Qwen2/GPT-NeoX/Gemma-2 model from a local HF folder (safetensors only: a
+    pickle can run code), unprocessed, read as `harness.core.loading_hf` reads it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.core.loading_hf import weights_from_hf
+
+    folder = files["config.json"].parent
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager", dtype=torch.float32,
+                                              use_safetensors=True, trust_remote_code=False).eval()
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    return weights_from_hf(hf, tok, name, {"files": str(folder)})
 
 
 def weights_from_hf_gpt2(hf, tokenizer, name: str, provenance: dict) -> Weights:

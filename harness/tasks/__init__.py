@@ -24,6 +24,12 @@ def register_task(cls):
 
 
 def get_task(name: str) -> Task:
+    """A task by name; `<task>@<model>` (a task on another model, `harness.tasks.on_model`) is
+    registered on first use, so a cluster worker finds it as the driver did."""
+    if name not in TASKS:
+        from harness.tasks.on_model import resolve
+
+        resolve(name)
     try:
         return TASKS[name]()
     except KeyError:

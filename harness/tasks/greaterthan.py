@@ -28,9 +28,15 @@ N_PROMPTS = 200
 TEMPLATE = "The {noun} lasted from the year {year} to "
 
 
-def year_tokens(tokenizer) -> list:
-    """Token id of the two-digit string "00".."99" (no leading space), first token each."""
-    return [encode(tokenizer, f"{i:02d}")[0] for i in range(100)]
+def year_tokens(tokenizer, single: bool = False) -> list:
+    """Token id of the two-digit string "00".."99" (no leading space), first token each
+    (`single`: each must be one token, else a ValueError)."""
+    ids = [encode(tokenizer, f"{i:02d}") for i in range(100)]
+    if single and any(len(i) != 1 for i in ids):
+        bad = next(f"{i:02d}" for i, t in enumerate(ids) if len(t) != 1)
+        raise ValueError(f"the two-digit year {bad!r} is {len(ids[int(bad)])} tokens in this tokenizer; Greater-Than "
+                         "reads one logit per year, so \"00\"..\"99\" must each be one token")
+    return [i[0] for i in ids]
 
 
 def acdc_years(tokenizer) -> list:
@@ -60,6 +66,7 @@ class GreaterThan(PretrainedTask):
     model = "gpt2"
     description = "Greater-Than on GPT-2 small (ACDC: years 11XX-17XX, '01' corruption, 100+100)"
     requires = ("gpt2", "gpt2-tokenizer")
+    prompt_tokens = 10
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 100
     metrics = {
@@ -71,18 +78,23 @@ class GreaterThan(PretrainedTask):
     def tokens(self) -> dict:
         if self._cache is None:
             tok = self.tokenizer()
-            ytok = year_tokens(tok)
+            try:
+                ytok = year_tokens(tok, single=self.on_model)
+            except ValueError as e:
+                raise ValueError(f"{self.name}: {e}") from None
             prompts = greaterthan_prompts(tok)
+            if not prompts:
+                raise ValueError(f"{self.name}: no year ' YYYY' tokenises as ' XX' + 'YY' in {self.model}'s tokenizer, "
+                                 "which Greater-Than's data needs")
             texts = [TEMPLATE.format(noun=noun, year=year) + year[:2] for noun, year in prompts]
-            clean = stack_equal([encode(tok, t) for t in texts], "greaterthan")
-            if clean.shape[1] != 10:
-                raise ValueError(f"greaterthan: expected 10 tokens per prompt, got {clean.shape[1]}")
+            clean = stack_equal([self.encode_prompt(tok, t) for t in texts], self.name)
+            self.check_length(clean, "prompts")
             yy = torch.tensor([int(year[2:]) for _, year in prompts])
             ytab = torch.tensor(ytok)
-            if not torch.equal(clean[:, 7], ytab[yy]):
-                raise ValueError("greaterthan: position 7 is not the year's YY token")
+            if not torch.equal(clean[:, -3], ytab[yy]):
+                raise ValueError(f"{self.name}: the third token from the end is not the year's YY token")
             corrupted = clean.clone()
-            corrupted[:, 7] = ytab[1]  # "01"
+            corrupted[:, -3] = ytab[1]  # "01"
             self._cache = {"clean": clean, "corrupted": corrupted, "yy": yy, "year_tokens": ytab, "texts": texts}
         return self._cache
 

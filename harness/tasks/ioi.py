@@ -94,34 +94,37 @@ class IOI(PretrainedTask):
     requires = ("gpt2", "gpt2-tokenizer")
     tokenizer_key = "gpt2-tokenizer"
     n_per_split = 100
+    prompt_tokens = 16
     metrics = {
         "logit_diff": Metric("logit_diff", objectives.logit_diff, {"correct": "io", "wrong": "s"}, acdc_thresholds=SWEEP_LOGIT_DIFF),
         "kl": Metric("kl", objectives.kl, {"pos_mask": "pos_mask"}, acdc_thresholds=SWEEP_KL),
     }
 
     def tokens(self) -> dict:
-        """All 200 rows: clean/corrupted token ids [200, 16] and the IO/S/ABC-IO token ids."""
+        """All 200 rows: clean/corrupted token ids [200, 16] (on GPT-2) and the IO/S/ABC-IO token ids."""
         if self._cache is None:
             tok = self.tokenizer()
             clean = ioi_prompts()
             abc = abc_prompts(clean)
-            ct = stack_equal([encode(tok, p["text"]) for p in clean], "ioi clean")
-            at = stack_equal([encode(tok, p["text"]) for p in abc], "ioi corrupted")
-            if ct.shape[1] != 16 or at.shape != ct.shape:
-                raise ValueError(f"ioi: expected 16 tokens per prompt (ACDC asserts it), got {ct.shape[1]} / {at.shape[1]}")
-            first = lambda name: encode(tok, " " + name)[0]  # noqa: E731
+            first = lambda name: self.one_token(tok, " " + name, "the name")  # noqa: E731
             io = torch.tensor([first(p["IO"]) for p in clean])
-            if not torch.equal(io, ct[:, 15]):
-                raise ValueError("ioi: the label token (position 15) is not the IO name's first token")
-            self._cache = {"clean": ct, "corrupted": at, "io": io, "s": torch.tensor([first(p["S"]) for p in clean]),
-                           "abc_io": at[:, 15].clone(), "prompts": clean, "abc_prompts": abc}
+            s = torch.tensor([first(p["S"]) for p in clean])
+            ct = stack_equal([self.encode_prompt(tok, p["text"]) for p in clean], f"{self.name} clean")
+            at = stack_equal([self.encode_prompt(tok, p["text"]) for p in abc], f"{self.name} corrupted")
+            self.check_length(ct, "clean")
+            if at.shape != ct.shape:
+                raise ValueError(f"{self.name}: clean and corrupted prompts have {ct.shape[1]} and {at.shape[1]} tokens")
+            if not torch.equal(io, ct[:, -1]):
+                raise ValueError(f"{self.name}: the label token (the last) is not the IO name's first token")
+            self._cache = {"clean": ct, "corrupted": at, "io": io, "s": s,
+                           "abc_io": at[:, -1].clone(), "prompts": clean, "abc_prompts": abc}
         return self._cache
 
     def data(self, split="validation", seed=0, ablation="resample", metric=None) -> TaskData:
         """ACDC's fixed data (the same for every `seed`); metric "logit_diff" (default) or "kl"."""
         metric = self.check_metric(metric)
         t, rows = self.tokens(), self.split_rows(split)
-        clean, corr = t["clean"][rows, :15], t["corrupted"][rows, :15]
+        clean, corr = t["clean"][rows, :-1], t["corrupted"][rows, :-1]
         # the counterfactual answer is S, the wrong answer of ACDC's loss metric (not the ABC prompt's new name)
         pos_mask, correct, wrong, cf = last_position_answers(clean, t["io"][rows], t["s"][rows], t["s"][rows])
         return TaskData(

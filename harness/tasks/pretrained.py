@@ -36,6 +36,8 @@ class PretrainedTask(Task, metaclass=_AvailabilityMeta):
 
     requires: tuple = ()  # loading.SOURCES keys needed to run
     tokenizer_key: Optional[str] = None
+    prompt_tokens: Optional[int] = None  # prompts tokenise to exactly this many (ACDC's data on GPT-2); None: any one length
+    on_model: bool = False  # run on another model than ACDC's (harness.tasks.on_model): its BOS, single-token checks
     n_per_split: int = 100
     metrics: dict = {}  # name -> harness.core.data.Metric; the first is the default ("Loss" metric)
 
@@ -57,6 +59,33 @@ class PretrainedTask(Task, metaclass=_AvailabilityMeta):
         if self._tokenizer is None:
             self._tokenizer = loading.load_tokenizer(self.tokenizer_key, self.weights_dir)
         return self._tokenizer
+
+    def encode_prompt(self, tokenizer, text: str) -> list:
+        """A whole prompt's token ids: as ACDC's data on GPT-2 (no BOS), or, on another model,
+        with the BOS its tokenizer adds by default (as the model is run)."""
+        ids = encode(tokenizer, text)
+        if self.on_model:
+            bos = getattr(tokenizer, "bos_token_id", None)
+            try:
+                adds = bos is not None and list(tokenizer("x")["input_ids"][:1]) == [bos]
+            except Exception:  # a tokenizer without __call__ (tests' fakes)
+                adds = False
+            ids = [bos] + ids if adds else ids
+        return ids
+
+    def one_token(self, tokenizer, text: str, what: str) -> int:
+        """The single token of `text` (an answer); on another model a text of several tokens is a
+        clear error (the metrics read one logit per answer)."""
+        ids = encode(tokenizer, text)
+        if len(ids) != 1 and (self.on_model or not ids):
+            raise ValueError(f"{self.name}: {what} {text!r} is {len(ids)} tokens in {self.model}'s tokenizer; this task "
+                             "reads one logit per answer, so its answers must be single tokens")
+        return ids[0]
+
+    def check_length(self, rows: torch.Tensor, what: str) -> None:
+        if self.prompt_tokens is not None and rows.shape[1] != self.prompt_tokens:
+            raise ValueError(f"{self.name}: expected {self.prompt_tokens} tokens per prompt (ACDC asserts it), "
+                             f"got {rows.shape[1]} ({what})")
 
     def split_rows(self, split: str) -> slice:
         check_split(split)

@@ -40,12 +40,13 @@ class SeedPair(PretrainedTask):
     def tokens(self) -> dict:
         if self._cache is None:
             tok = self.tokenizer()
-            clean = stack_equal([encode(tok, p) for p, _, _ in PROMPTS], "seed-pair prompts")
+            clean = stack_equal([self.encode_prompt(tok, p) for p, _, _ in PROMPTS], f"{self.name} prompts")
             answers = []
             for _, *names in PROMPTS:
                 ids = [encode(tok, n) for n in names]
                 if any(len(i) != 1 for i in ids):
-                    raise ValueError(f"seed-pair: {names} must each be one token (is this GPT-2's tokenizer?)")
+                    raise ValueError(f"{self.name}: {names} must each be one token in {self.model}'s tokenizer; "
+                                     "this task reads one logit per answer")
                 answers.append([i[0] for i in ids])
             a = torch.tensor(answers)
             self._cache = {"clean": clean, "io": a[:, 0], "s": a[:, 1]}
