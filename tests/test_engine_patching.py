@@ -209,8 +209,6 @@ def test_a_traced_run_shares_one_layernorm_per_position(name, freeze):
     # per-receiver gradients really differ across receivers of one layer (so sharing is not trivial)
     assert float((ga["qkv_in"][-1][:, :, 0] - ga["qkv_in"][-1][:, :, -1]).abs().max()) > 1e-8
     cfg, w = e.cfg, e.w
-    if cfg.normalization_type == "RMS":
-        return  # RMSNorm models take the per-receiver path (`Engine.run`'s `shared`)
     x = torch.randn(2, 3, 1, cfg.d_model, dtype=torch.float64).expand(2, 3, 3 * cfg.n_heads, cfg.d_model).clone()
     x.requires_grad_(True)
     layer = layer_qkv(w, 0)
@@ -335,9 +333,8 @@ def test_holding_senders_is_patching_every_edge_out_of_them(name, which):
             assert not gg["mlp_in"][L].any()
         if mask[g.head_sender[L]].all():
             assert not gg["qkv"][L].any() and not gg["qkv_in"][L].any()
-    # the shared q/k/v path (one LayerNorm per layer), not the per-receiver one (RMSNorm models
-    # take the per-receiver path)
-    assert e.cfg.normalization_type == "RMS" or all(type(q.grad_fn).__name__ == "SharedQKVBackward" for q in got.qkv)
+    # the shared q/k/v path (one LayerNorm per layer), not the per-receiver one
+    assert all(type(q.grad_fn).__name__ == "SharedQKVBackward" for q in got.qkv)
     # without record too
     torch.testing.assert_close(e.run(clean, hold=(mask, values)).logits, want.logits, rtol=0, atol=1e-10)
 

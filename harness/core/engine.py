@@ -292,8 +292,7 @@ class Engine:
         if not (patching or record or zero_senders or held is not None):
             return Trace(logits=self._plain(inputs, W_pos, freeze_ln_scale, positions), positions=positions)
         # an unpatched traced (or held) run with constant weights: q/k/v through `SharedQKV`
-        shared = ((record or held is not None) and not patching and cfg.normalization_type != "RMS"
-                  and not any(t.requires_grad for t in w.params.values()))
+        shared = (record or held is not None) and not patching and not any(t.requires_grad for t in w.params.values())
         resid = 0
         for x in inputs:
             resid = resid + add_sender(x)

@@ -25,9 +25,9 @@ class LayerQKV:
     of a traced GPT-2 run).
 
     W [3, H, D, dh]; b [3, H, dh]; fused [D, 3 H dh] (W as one matrix); gamma, beta [D] or None
-    (the ln1 LayerNorm, when it has weights); const [3, H, dh]: b plus beta's image (the part of
+    (the ln1 LayerNorm or RMSNorm, when it has weights); const [3, H, dh]: b plus beta's image (the part of
     q/k/v that does not depend on the input); back [3H, dh, D]: the traced backward's weight, each
-    receiver's W transposed (gamma-scaled and centred over d_model under a normalisation), laid
+    receiver's W transposed (gamma-scaled, and centred over d_model under a LayerNorm), laid
     out for the batched product (contiguous: 7% faster than a transposed view)."""
 
     W: torch.Tensor
@@ -46,18 +46,22 @@ def layer_qkv(w, L: int) -> LayerQKV:
     names = tuple(pre + f"attn.{m}_{x}" for m in "Wb" for x in "QKV")
     if norm == "LN":
         names += (pre + "ln1.w", pre + "ln1.b")
+    elif norm == "RMS":
+        names += (pre + "ln1.w",)
 
     def make():
         W = torch.stack([w[pre + "attn.W_Q"], w[pre + "attn.W_K"], w[pre + "attn.W_V"]])
         b = torch.stack([w[pre + "attn.b_Q"], w[pre + "attn.b_K"], w[pre + "attn.b_V"]])
         _, H, D, dh = W.shape
-        gamma, beta = (w[pre + "ln1.w"], w[pre + "ln1.b"]) if norm == "LN" else (None, None)
+        gamma = w[pre + "ln1.w"] if norm in ("LN", "RMS") else None
+        beta = w[pre + "ln1.b"] if norm == "LN" else None
         const = b if beta is None else b + torch.einsum("d,lhde->lhe", beta, W)
         back = W.reshape(3 * H, D, dh)
         if norm is not None:
             if gamma is not None:
                 back = back * gamma[:, None]
-            back = back - back.mean(1, keepdim=True)
+            if norm != "RMS":  # RMSNorm does not centre
+                back = back - back.mean(1, keepdim=True)
         back = back.transpose(1, 2).contiguous()
         return LayerQKV(W, b, W.permute(2, 0, 1, 3).reshape(D, 3 * H * dh), gamma, beta, const, back)
 
@@ -83,7 +87,8 @@ class SharedQKV(torch.autograd.Function):
     """x [B, P, 3H, D] (equal along dim 2) -> qkv [3, B, P, H, dh].
 
     The backward gives receiver j the LayerNorm backward of its own gradient g_j = dq_j W_j^T:
-    inv * (centre(gamma g_j) - xhat mean(gamma g_j xhat)). Centring is folded into the weights
+    inv * (centre(gamma g_j) - xhat mean(gamma g_j xhat)); an RMSNorm's is the same without the
+    centring (xhat = x inv, no mean taken out, in the forward too). Centring is folded into the weights
     (centre(gamma W_j) over d_model, made once per set of weights: `LayerQKV.back`), the
     per-position scale inv into the [.., d_head] gradient before the product, and mean(gamma g_j xhat) is the inner product of dq_j
     with Z_j = (gamma xhat) W_j, the forward's own projection kept for it, so the [B, P, 3H, D]
@@ -100,10 +105,10 @@ class SharedQKV(torch.autograd.Function):
         if norm is None:
             qkv = fused_qkv(x0, layer, W_pos)
         else:
-            xc = x0 - x0.mean(-1, keepdim=True)
+            xc = x0 if norm == "RMS" else x0 - x0.mean(-1, keepdim=True)
             inv = 1.0 / (xc.pow(2).mean(-1, keepdim=True) + eps).sqrt()
             xhat = xc * inv
-            scaled = xhat * layer.gamma if norm == "LN" else xhat
+            scaled = xhat * layer.gamma if layer.gamma is not None else xhat
             Z = fused_qkv(scaled, layer, None, with_bias=False)  # [B, P, 3, H, dh]: (gamma xhat) W
             const = layer.const
             if W_pos is not None:  # positions enter q and k after the LayerNorm
