@@ -246,3 +246,26 @@ def test_every_method_runs_on_each_family_or_says_why_not(models):
         assert {"eap", "eap-ig", "act-patch-edge", "acdc", "grad-wrong/activation", "random", "structure"} <= ran, ran
         if name == "pythia":  # one key/value head per head: the per-head methods run too
             assert {"hisp", "sp"} <= ran
+
+
+@pytest.mark.parametrize("kind", ["acdc", "random"])
+def test_reset_networks_keep_grouped_keys_and_values_shared(kind):
+    """A reset control of a grouped-query model is a grouped-query model: keys and values are
+    permuted (or redrawn) per key/value head, so `Weights.validate` passes and the group's
+    heads still read one k and one v."""
+    from harness.core.reset import reset_weights
+    from harness.core.weights import random_weights
+    from tests.test_engine_patching import CONFIGS
+
+    cfg = CONFIGS["llama-like"]
+    w = random_weights(cfg, seed=0)
+    K0 = w["blocks.0.attn.W_K"]
+    changed = 0
+    for seed in range(6):  # with 2 key/value heads a permutation is the identity half the time
+        K = reset_weights(w, kind, seed=seed)["blocks.0.attn.W_K"]  # validates
+        assert torch.equal(K[0], K[1]) and torch.equal(K[2], K[3])
+        changed += not torch.equal(K, K0)
+        if kind == "acdc":  # a permutation of the key/value heads, each kept whole
+            rows = {tuple(K0[h].flatten().tolist()) for h in range(cfg.n_heads)}
+            assert all(tuple(K[h].flatten().tolist()) in rows for h in range(cfg.n_heads))
+    assert changed >= 2
