@@ -269,3 +269,39 @@ def test_reset_networks_keep_grouped_keys_and_values_shared(kind):
             rows = {tuple(K0[h].flatten().tolist()) for h in range(cfg.n_heads)}
             assert all(tuple(K[h].flatten().tolist()) in rows for h in range(cfg.n_heads))
     assert changed >= 2
+
+
+def test_head_direct_effects_add_up_to_the_logit_difference_under_rmsnorm():
+    """`circuit-bench heads`' direct effects on an RMSNorm model: with the final norm's scale
+    fixed, the logit difference is the sum of every sender's direct effect plus the biases', so
+    the heads' effects (`direct_effects`) and the rest, computed here, add up to the model's."""
+    from harness.core.data import TaskData
+    from harness.core.weights import random_weights
+    from harness.eval.head_maps import direct_effects
+    from tests.test_engine_patching import CONFIGS
+    from tests.test_seed_pair import ANSWER
+
+    e = Engine(random_weights(CONFIGS["llama-like"], seed=4, init_range=0.3).to("cpu", torch.float64))
+    g, w, cfg = e.graph, e.w, e.cfg
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.randint(0, cfg.d_vocab, (4, 6), generator=gen)
+    pos = torch.zeros(4, 6, dtype=torch.bool)
+    pos[:, -1] = True
+    correct = torch.randint(0, cfg.d_vocab, (4, 6), generator=gen)
+    wrong = ((correct + 1) % cfg.d_vocab).unsqueeze(-1)
+    data = TaskData(clean=clean, corrupted=clean.flip(0), pos_mask=pos, metric=ANSWER, correct=correct, wrong=wrong,
+                    ablation="zero")
+    heads = direct_effects(e, data).sum()
+    tr = e.run(clean, record=True)
+    final = tr.output_input[:, -1]  # [B, D]
+    mult = w["ln_final.w"] / (final.pow(2).mean(-1, keepdim=True) + cfg.eps).sqrt()
+    W_U, b_U = w["unembed.W_U"], w["unembed.b_U"]
+    c, x = correct[:, -1], wrong[:, -1, 0]
+    direction = (W_U[:, c] - W_U[:, x]).T  # [B, D]
+    rest = sum(tr.senders[s][:, -1] for s in range(len(g.senders)) if g.senders[s].kind != "head")
+    rest = rest + sum(w[f"blocks.{L}.attn.b_O"] for L in range(cfg.n_layers))
+    others = ((rest * mult) * direction).sum(-1).mean() + (b_U[c] - b_U[x]).mean()
+    logits = tr.logits[:, -1]
+    diff = (logits[torch.arange(4), c] - logits[torch.arange(4), x]).mean()
+    assert float(heads.abs()) > 1e-3
+    torch.testing.assert_close(heads + others, diff, rtol=1e-9, atol=1e-9)

@@ -19,7 +19,7 @@ _ACTIVATIONS = {"gelu_new": "gelu_new", "gelu": "gelu", "relu": "relu"}
 def hf_applies(cfg) -> bool:
     """Whether `cfg` (a ModelConfig) is a GPT-2 HF can run: LayerNorm, learned absolute positions,
     MLPs, heads that tile d_model, one embedding node."""
-    return (cfg.normalization_type == "LN" and cfg.positional_embedding_type == "standard" and not cfg.attn_only
+    return (cfg.gpt2_style and cfg.normalization_type == "LN" and cfg.positional_embedding_type == "standard" and not cfg.attn_only
             and not cfg.split_embed and cfg.n_heads * cfg.d_head == cfg.d_model and cfg.causal
             and cfg.act_fn in _ACTIVATIONS)
 

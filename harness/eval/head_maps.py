@@ -47,16 +47,19 @@ def ground_truth_heads(graph, edge_mask: torch.Tensor) -> set:
 
 def direct_effects(engine: Engine, data) -> torch.Tensor:
     """[n_layers, n_heads]: each head's mean direct effect on logit[correct] - logit[first wrong]
-    at the scored positions, with the final LayerNorm's scale frozen at the clean run's."""
+    at the scored positions, with the final LayerNorm's (RMSNorm's) scale frozen at the clean
+    run's; on the logits before soft-capping (Gemma-2), where heads' effects add up."""
     cfg, g, w = engine.cfg, engine.graph, engine.w
     with torch.no_grad():
         tr = engine.run(data.clean, record=True, positions=torch.zeros(0, dtype=torch.long))  # no logits needed
         final = tr.output_input  # [B, P, D]
         scale = torch.ones_like(final[..., :1])
+        centring = cfg.normalization_type in ("LN", "LNPre")
         if cfg.normalization_type is not None:
-            centred = final - final.mean(-1, keepdim=True)
+            centred = final - final.mean(-1, keepdim=True) if centring else final
             scale = (centred.pow(2).mean(-1, keepdim=True) + cfg.eps).sqrt()
-        gamma = w["ln_final.w"] if cfg.normalization_type == "LN" else torch.ones(cfg.d_model, dtype=final.dtype, device=final.device)
+        gamma = (w["ln_final.w"] if cfg.normalization_type in ("LN", "RMS")
+                 else torch.ones(cfg.d_model, dtype=final.dtype, device=final.device))
         W_U = w["unembed.W_U"]
         direction = W_U[:, data.correct] - W_U[:, data.wrong[..., 0]]  # [D, B, P]
         m = data.pos_mask.to(final.dtype).to(final.device)
@@ -64,7 +67,7 @@ def direct_effects(engine: Engine, data) -> torch.Tensor:
         for L in range(cfg.n_layers):
             for h in range(cfg.n_heads):
                 c = tr.senders[int(g.head_sender[L, h])]
-                if cfg.normalization_type is not None:
+                if centring:
                     c = c - c.mean(-1, keepdim=True)
                 eff = torch.einsum("bpd,dbp->bp", c / scale * gamma, direction)
                 out[L, h] = float(((eff * m).sum(-1) / m.sum(-1).clamp(min=1)).mean())
@@ -79,8 +82,13 @@ def head_maps(engine: Engine, data, task=None, target: str = "logit-diff-mse") -
     cfg = engine.cfg
     maps = {}
     for X in "QKVO":
-        maps[f"dL/dW_{X}"] = torch.tensor([[float(dW[f"blocks.{L}.attn.W_{X}"][h].double().norm()) for h in range(cfg.n_heads)]
-                                          for L in range(cfg.n_layers)], dtype=torch.float64)
+        # grouped-query keys and values: the shared W_K/W_V's gradient is the sum of its group's
+        # per-head copies' (the chain rule), shown at every head of the group
+        grouped = X in "KV" and cfg.kv_group > 1
+        maps[f"dL/dW_{X}"] = torch.tensor(
+            [[float((dW[f"blocks.{L}.attn.W_{X}"].view(cfg.kv_heads, cfg.kv_group, *dW[f"blocks.{L}.attn.W_{X}"].shape[1:])
+                     .sum(1)[h // cfg.kv_group] if grouped else dW[f"blocks.{L}.attn.W_{X}"][h]).double().norm())
+              for h in range(cfg.n_heads)] for L in range(cfg.n_layers)], dtype=torch.float64)
     maps["direct effect"] = direct_effects(engine, data)
     heads = set()
     if task is not None:
