@@ -305,3 +305,21 @@ def test_head_direct_effects_add_up_to_the_logit_difference_under_rmsnorm():
     diff = (logits[torch.arange(4), c] - logits[torch.arange(4), x]).mean()
     assert float(heads.abs()) > 1e-3
     torch.testing.assert_close(heads + others, diff, rtol=1e-9, atol=1e-9)
+
+
+def test_per_example_and_per_position_terms_sum_to_the_scores_with_grouped_key_values():
+    """The contraction's kept axes with grouped k/v receivers and DIRECT edges (summed over a
+    group): per-example, per-position and both sum to the scores."""
+    from harness.core.weights import random_weights
+    from tests.test_eap import random_prompts
+    from tests.test_engine_patching import CONFIGS
+
+    cfg = CONFIGS["gemma2-like"]
+    e = Engine(random_weights(cfg, seed=0, dtype=torch.float64, init_range=0.15))
+    data = random_prompts(cfg, 3, 5, 0, "resample")
+    spec = get_method("eap")
+    total = spec.run(e, data, "noising")
+    assert float(total[e.graph.n_add:].abs().max()) > 1e-6
+    for kw, axes in (({"per_example": True}, (0,)), ({"per_position": True}, (0,)),
+                     ({"per_example": True, "per_position": True}, (0, 1))):
+        torch.testing.assert_close(spec.run(e, data, "noising", **kw).sum(axes), total, rtol=1e-10, atol=1e-12)
