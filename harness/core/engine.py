@@ -172,13 +172,15 @@ class Engine:
         rot = rot * cos + rotate_half(rot) * sin
         return torch.cat((rot, rest), -1) if rd < x.shape[-1] else rot
 
-    def mlp_out(self, x: torch.Tensor, pre: str, freeze_ln_scale: bool = False) -> torch.Tensor:
+    def mlp_out(self, x: torch.Tensor, pre: str, freeze_ln_scale: bool = False, bias: bool = True) -> torch.Tensor:
         """One MLP's output [..., d_model] from its input x [..., d_model] (ln2, then plain or
-        gated: act(n W_gate) * (n W_in + b_in))."""
+        gated: act(n W_gate) * (n W_in + b_in)); `bias=False`: without b_out (no post-norm)."""
         w = self.w
         n = self._norm(x, pre + "ln2", freeze_ln_scale)
         pre_act = n @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"]
         hidden = self.act_fn(n @ w[pre + "mlp.W_gate"]) * pre_act if self.cfg.gated_mlp else self.act_fn(pre_act)
+        if not bias and not self.cfg.post_norms:
+            return hidden @ w[pre + "mlp.W_out"]
         out = hidden @ w[pre + "mlp.W_out"] + w[pre + "mlp.b_out"]
         return self._norm(out, pre + "ln2_post", freeze_ln_scale) if self.cfg.post_norms else out
 
@@ -419,16 +421,17 @@ class Engine:
             pos = W_pos if cfg.positional_embedding_type == "shortformer" else None
             q, k, v = fused_qkv(normed, layer_qkv(w, L), pos).unbind(2)
             z = torch.einsum("bhqk,bkhe->bqhe", self.pattern(q, k, L), v)
-            attn = z.reshape(B, P, H * dh) @ w[pre + "attn.W_O"].reshape(H * dh, D) + w[pre + "attn.b_O"]
+            zW = z.reshape(B, P, H * dh) @ w[pre + "attn.W_O"].reshape(H * dh, D)
             if cfg.post_norms:
-                attn = attn * self._post_scale(attn, pre + "ln1_post", freeze_ln_scale)
-            if cfg.attn_only:
-                resid = resid + attn
-            elif cfg.parallel_attn_mlp:
-                resid = resid + attn + self.mlp_out(resid, pre, freeze_ln_scale)
-            else:
-                resid = resid + attn
+                attn = zW + w[pre + "attn.b_O"]
+                resid = resid + attn * self._post_scale(attn, pre + "ln1_post", freeze_ln_scale)
                 resid = resid + self.mlp_out(resid, pre, freeze_ln_scale)
+            elif cfg.parallel_attn_mlp:
+                resid = resid + zW + w[pre + "attn.b_O"] + self.mlp_out(resid, pre, freeze_ln_scale)
+            else:  # summed in this order (GPT-2's, tracr's, the trained models'): their logits stay bit for bit
+                resid = resid + zW + w[pre + "attn.b_O"]
+                if not cfg.attn_only:
+                    resid = resid + self.mlp_out(resid, pre, freeze_ln_scale, bias=False) + w[pre + "mlp.b_out"]
         return self.unembed(resid, positions, freeze_ln_scale)
 
     def clean_run(self, tokens: torch.Tensor, source: SenderCache, positions: Optional[torch.Tensor] = None):
