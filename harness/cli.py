@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--tasks", action=_Words, help="task names (default: every task that runs offline; suite:<name> "
                                                   "compiles a program of the generated suite, docs/suite.md)")
     r.add_argument("--model", default=None, metavar="MODEL",
-                   help="run tasks that work on any causal LM (ioi, greaterthan, seed-pair; default: all three) on this "
+                   help="run tasks that work on any causal LM (ioi, greaterthan, seed-pair, repeated-tokens; default: all) on this "
                         "model with its own tokenizer: llama-3.2-1b, llama-3.1-8b, mistral-7b, qwen2.5-0.5b, pythia-70m, "
                         "gemma-2-2b (weights from the hub cache or --weights-dir; no ground truth: scores and "
                         "faithfulness, docs/tasks.md#tasks-on-other-models)")

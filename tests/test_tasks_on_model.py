@@ -45,14 +45,14 @@ def test_missing_weights_name_the_fix(offline_hub, tmp_path):
 
 def test_run_with_model_scores_every_edge_without_ground_truth(weights_dir, offline_hub, tmp_path, restore_tasks):
     out = tmp_path / "out"
-    rc = main(["-q", "run", "--model", "llama-3.2-1b", "--tasks", "ioi", "seed-pair", "--methods", "eap", "random",
+    rc = main(["-q", "run", "--model", "llama-3.2-1b", "--tasks", "ioi", "seed-pair", "repeated-tokens", "--methods", "eap", "random",
                "--ablation", "resample", "--bootstrap", "0", "--weights-dir", str(weights_dir), "--out", str(out)])
     assert rc == 0
     from harness.core.graph import Graph
 
     n_edges = Graph(load_weights("llama-3.2-1b", weights_dir=weights_dir).cfg).n_edges
     records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
-    assert {r["task"] for r in records} == {"ioi@llama-3.2-1b", "seed-pair@llama-3.2-1b"}
+    assert {r["task"] for r in records} == {"ioi@llama-3.2-1b", "seed-pair@llama-3.2-1b", "repeated-tokens@llama-3.2-1b"}
     for r in records:
         assert r["status"] == "ok", r.get("error")
         assert len(r["scores"]) == n_edges and r["rows"] == []  # every edge scored; no ground truth, no AUC
@@ -120,3 +120,27 @@ def test_absent_weights_skip_the_task_saying_why(offline_hub, tmp_path, restore_
     assert records and all(r["task"] == "ioi@pythia-70m" for r in records)
     for rec in records:
         assert rec["status"] == "skipped" and "EleutherAI/pythia-70m" in rec["error"] and "Fix:" in rec["error"]
+
+
+def test_repeated_tokens_are_a_repeat_scored_on_the_second_copy(restore_tasks):
+    from harness.tasks import TASKS
+    from harness.tasks.on_model import register_on_model
+    from harness.tasks.repeated_tokens import HALF
+
+    tok = packaged_gpt2_tokenizer()
+    d = TASKS["repeated-tokens"](tokenizer=tok).data()
+    T = HALF
+    assert d.clean.shape == (100, 2 * T - 1) and int(d.pos_mask.sum(1).unique()) == T - 1
+    full = torch.cat([d.clean, d.correct[:, -1:]], 1)  # the prompt and its last label: the whole sequence
+    assert torch.equal(full[:, :T], full[:, T:])  # a repeat
+    assert torch.equal(d.corrupted[:, T:], d.clean[:, T:]) and not torch.equal(d.corrupted[:, :T], d.clean[:, :T])
+    assert torch.equal(d.correct[:, :-1], d.clean[:, 1:])  # labels: the next token
+    assert bool(d.pos_mask[:, T:].all()) and not bool(d.pos_mask[:, :T].any())
+    assert tok.eos_token_id not in full.unique().tolist()  # no special tokens
+    # the two splits differ; a model whose tokenizer adds a BOS gets it first, the same tokens after
+    test = TASKS["repeated-tokens"](tokenizer=tok).data(split="test")
+    assert not torch.equal(test.clean, d.clean)
+    with_bos = packaged_gpt2_tokenizer(for_bridge=True)
+    b = TASKS[register_on_model("repeated-tokens", "llama-3.2-1b")](tokenizer=with_bos).data()
+    assert bool((b.clean[:, 0] == with_bos.bos_token_id).all()) and b.clean.shape[1] == 2 * T
+    assert int(b.pos_mask.sum(1).unique()) == T - 1 and bool(b.pos_mask[:, T + 1:].all())

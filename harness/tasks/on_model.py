@@ -1,18 +1,18 @@
 """Tasks that run on any causal LM, on a model the user studies: `<task>@<model>` (`run --model M`).
 
-IOI, Greater-Than and the seed's prompt pair need only a tokenizer and a causal LM. On another
-model (a family of `harness.core.loading_hf.MODELS`, found as `harness.core.loading` finds
-weights) the task is the same data tokenised with that model's own tokenizer, with the BOS its
-tokenizer adds by default; every answer must be one token there (a clear error otherwise), and
-prompts must tokenise to one length. ACDC's circuits are circuits of GPT-2, so these tasks have no
-stored ground truth: a run gives every method's edge scores and faithfulness curves, no AUC
-(docs/tasks.md#tasks-on-other-models).
+IOI, Greater-Than, the seed's prompt pair and repeated random tokens need only a tokenizer and
+a causal LM. On another model (a family of `harness.core.loading_hf.MODELS`, found as
+`harness.core.loading` finds weights) the task is the same data tokenised with that model's own
+tokenizer, with the BOS its tokenizer adds by default; every answer must be one token there (a
+clear error otherwise), and prompts must tokenise to one length. ACDC's circuits are circuits of
+GPT-2, so these tasks have no stored ground truth: a run gives every method's edge scores and
+faithfulness curves, no AUC (docs/tasks.md#tasks-on-other-models).
 """
 from __future__ import annotations
 
 from harness.tasks import TASKS, register_task
 
-ANY_LM_TASKS = ("ioi", "greaterthan", "seed-pair")
+ANY_LM_TASKS = ("ioi", "greaterthan", "seed-pair", "repeated-tokens")
 SEPARATOR = "@"
 
 
