@@ -23,7 +23,7 @@ import torch
 from harness.tasks.data_lists import IOI_NAMES, IOI_OBJECTS, IOI_PLACES
 from harness.core import objectives
 from harness.core.data import Metric, TaskData, log_thresholds
-from harness.tasks.pretrained import PretrainedTask, encode, last_position_answers, stack_equal
+from harness.tasks.pretrained import PretrainedTask, last_position_answers, stack_equal
 from harness.tasks import register_task
 
 TEMPLATE = "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to [A]"
