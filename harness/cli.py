@@ -815,6 +815,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished results are kept; re-run the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped reading (`| head`): stop quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141
     except OSError as e:  # a disk full, a folder removed under the run, a permission changed
         _fail(f"{e.strerror or type(e).__name__}" + (f": {e.filename}" if e.filename else "")
               + (" (finished results are kept; fix it and re-run the same command to resume)" if args.cmd == "run" else ""), 1)

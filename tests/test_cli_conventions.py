@@ -43,3 +43,14 @@ def test_list_shows_grad_wrong_as_a_grid_describing_each_target_once(capsys):
     assert out.count("the seed's: MSE") == 1 and "variants are ROW/COLUMN" in out
     row = next(ln for ln in out.splitlines() if ln.strip().startswith("logit-diff-mse") and "*" in ln)
     assert row.count("*") == 5  # every site of the seed's target runs by default
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`circuit-bench graph ... | head -3`: the closed pipe is no error message (as other Unix tools)."""
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m harness.cli graph --model gemma-2-2b --names | head -3"
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines()[0] == "{" and len(out.stdout.splitlines()) == 3
+    assert out.stderr == ""
