@@ -56,9 +56,10 @@ def test_the_engine_is_transformers_forward(models, name):
 
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_the_engine_is_the_bridges_every_hook(models, name):
-    """Every residual, attention and MLP hook the bridge exposes, against what the engine records:
-    q/k/v (before rotation, k and v per key/value head), rotated q/k, the pattern, attention
-    and MLP outputs, the residual before, between and after."""
+    """The bridge's hooks against what the engine records or computes: q/k/v (before rotation, k
+    and v per key/value head), rotated q/k, the pattern, z, attention and MLP outputs, the
+    residual before, between and after, the norms' inputs and outputs, the MLP's pre- and
+    post-activations, the final norm and the unembedding (before soft-capping)."""
     from transformer_lens.model_bridge import TransformerBridge
 
     from harness.core.loading_hf import FAMILIES as HF_FAMILIES
@@ -97,8 +98,24 @@ def test_the_engine_is_the_bridges_every_hook(models, name):
             checked += 1
         elif cfg.parallel_attn_mlp:
             assert close(tr.mlp_inputs[L], cache[pre + "hook_resid_pre"])
+        # inside the nodes: z, the norms' inputs and outputs, the MLP's pre- and post-activations
+        n2 = e._norm(tr.mlp_inputs[L], pre + "ln2", False)
+        lin = n2 @ w[pre + "mlp.W_in"] + w[pre + "mlp.b_in"]
+        inside = {"attn.hook_z": torch.einsum("bhqk,bkhe->bqhe", e.pattern(q, k, L), v),
+                  "ln1.hook_in": tr.qkv_inputs[L][:, :, 0], "ln1.hook_out": e._norm(tr.qkv_inputs[L][:, :, 0], pre + "ln1", False),
+                  "ln2.hook_in": tr.mlp_inputs[L], "ln2.hook_out": n2,
+                  "mlp.hook_pre": n2 @ w[pre + "mlp.W_gate"] if cfg.gated_mlp else lin,
+                  "mlp.hook_post": e.act_fn(n2 @ w[pre + "mlp.W_gate"]) * lin if cfg.gated_mlp else e.act_fn(lin)}
+        if cfg.gated_mlp:
+            inside["mlp.hook_pre_linear"] = lin
+        for hook, ours in inside.items():
+            assert close(ours, cache[pre + hook]), hook
+        checked += len(inside)
     assert close(tr.output_input, cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"])
-    assert checked >= 1 + 7 * cfg.n_layers
+    normed = e._norm(tr.output_input, "ln_final", False)
+    assert close(normed, cache["ln_final.hook_out"])
+    assert close(normed @ w["unembed.W_U"] + w["unembed.b_U"], cache["hook_unembed"])  # before Gemma's soft-capping
+    assert checked >= 1 + 14 * cfg.n_layers
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
