@@ -144,7 +144,8 @@ class Engine:
 
     def dense_patch(self, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[*, n_edges] -> ADDITION part as [*, n_receivers, n_senders] and DIRECT part as
-        [*, n_layers, 3, n_heads]; * is () or (batch,)."""
+        [*, n_layers, 3, n_heads] (a grouped k/v edge's coefficient given to every head of its
+        group, `Graph.direct_slot`); * is () or (batch,)."""
         g = self.graph
         lead = patch.shape[:-1]
         add = patch.new_zeros(*lead, len(g.receivers) * len(g.senders))

@@ -179,11 +179,6 @@ class Graph:
         out = t.new_zeros(*lead, self.n_direct)
         return out.index_add(-1, self.direct_slot.reshape(-1).to(t.device), t.reshape(*lead, -1))
 
-    def direct_to_heads(self, d: torch.Tensor) -> torch.Tensor:
-        """Per-edge DIRECT values [..., n_direct] -> [..., n_layers, 3, n_heads], each k/v edge's
-        value given to every head of its group (a patch's coefficients per head)."""
-        return d[..., self.direct_slot.reshape(-1).to(d.device)].reshape(*d.shape[:-1], *self.direct_slot.shape)
-
     @cached_property
     def edge_endpoints(self) -> list[tuple[str, str]]:
         """(sender, receiver) node names of every counted edge, in edge-index order."""
