@@ -208,15 +208,14 @@ def random_hf_model(model_type: str, seed: int = 0, reduced: bool = True, pertur
     every parameter of the forward."""
     import transformers
 
-    classes = CLASSES
-    if model_type not in classes:
-        raise ValueError(f"no random initialisation for model_type {model_type!r}; known: {', '.join(classes)}")
+    if model_type not in CLASSES:
+        raise ValueError(f"no random initialisation for model_type {model_type!r}; known: {', '.join(CLASSES)}")
     kw = {**REDUCED, **REDUCED_EXTRA[model_type]} if reduced else dict(REAL_CONFIGS[model_type])
     kw.update(overrides)
-    config = getattr(transformers, classes[model_type] + "Config")(**kw)
+    config = getattr(transformers, CLASSES[model_type] + "Config")(**kw)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = getattr(transformers, classes[model_type] + "ForCausalLM")(config).eval()
+        model = getattr(transformers, CLASSES[model_type] + "ForCausalLM")(config).eval()
         if perturb:
             with torch.no_grad():
                 for name, p in model.named_parameters():
