@@ -533,6 +533,10 @@ def cmd_train_siit(args) -> int:
     kw = {"seed": args.seed, "strict_nodes": args.strict_nodes}
     if args.strict_weight is not None:
         kw["strict_weight"] = args.strict_weight
+    if args.strict_grad:
+        kw["strict_grad"] = True
+    if args.step_per_loss:
+        kw["step_per_loss"] = True
     if args.max_steps:
         kw["max_steps"] = args.max_steps
     tc = TrainConfig(**kw)
@@ -743,6 +747,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="non-circuit nodes resample-ablated per step by the strict loss: one (InterpBench's "
                          "'individual', default), each with probability 1/2, or all")
     ts.add_argument("--strict-weight", type=_float_range(0), help="the strict loss's weight (default 1; InterpBench: 0.4)")
+    ts.add_argument("--strict-grad", action="store_true", help="the strict loss's gradient also reaches the ablated "
+                    "node through its output on the source (InterpBench detaches it; docs/trained.md#training)")
+    ts.add_argument("--step-per-loss", action="store_true", help="one optimiser step per loss, as InterpBench by "
+                    "default (default: one step on their weighted sum)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

@@ -340,6 +340,37 @@ def test_holding_senders_is_patching_every_edge_out_of_them(name, which):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
+def test_sender_outputs_recompute_the_recorded_senders_with_gradient_into_their_own_weights(name):
+    """`sender_outputs(trace, ids)` gives the recorded outputs of heads and MLPs again (float64), and
+    with `hold_grad` a loss on a run holding them reaches their own weights, not their inputs'."""
+    from harness.methods.weight_sites import weights_with_grad
+
+    e, clean, corr = setup(name, seed=19)
+    g = e.graph
+    h = e.cfg.n_heads - 1
+    ids = [int(g.head_sender[-1, h])] + ([int(g.mlp_sender[0])] if e.cfg.d_mlp else [])
+    if e.cfg.post_norms:
+        with pytest.raises(ValueError, match="post-norms"):
+            e.sender_outputs(e.run(corr, record=True), ids)
+        return
+    tr = e.run(corr, record=True)
+    torch.testing.assert_close(e.sender_outputs(tr, ids), torch.stack([tr.senders[j] for j in ids]), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="heads and MLPs"):
+        e.sender_outputs(tr, [0])
+    w = weights_with_grad(e.w)
+    eg = Engine(w)
+    mask = torch.zeros(len(g.senders), dtype=torch.bool)
+    mask[ids] = True
+    with torch.no_grad():
+        tr = eg.run(corr, record=True)
+    for grad in (False, True):
+        held = eg.sender_outputs(tr, ids)
+        loss = eg.run(clean, hold=(mask, held), hold_grad=grad).logits.pow(2).sum()
+        (gw_o,) = torch.autograd.grad(loss, [w[f"blocks.{e.cfg.n_layers - 1}.attn.W_O"]], allow_unused=True)
+        assert (gw_o is not None and bool(gw_o[h].abs().sum() > 0)) == grad  # the held head's own output weights
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
 def test_holding_the_input_nodes_is_running_on_other_embeddings(name):
     e, clean, corr = setup(name, seed=17)
     g = e.graph

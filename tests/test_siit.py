@@ -62,8 +62,10 @@ def test_an_intervention_takes_the_source_output_of_exactly_that_node():
     torch.testing.assert_close(pair.ll_out(d.clean, src.senders, [j]), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("base", ["tracr-xproportion", "tracr-reverse"])
-def test_a_few_steps_decrease_every_loss(base):
+@pytest.mark.parametrize("base,options", [("tracr-xproportion", {}), ("tracr-reverse", {}),
+                                          ("tracr-xproportion", {"step_per_loss": True}),
+                                          ("tracr-xproportion", {"strict_grad": True})])
+def test_a_few_steps_decrease_every_loss(base, options):
     task, pair = _pair(base)
     pool = tt.training_inputs(task)
     g = torch.Generator().manual_seed(3)
@@ -76,10 +78,34 @@ def test_a_few_steps_decrease_every_loss(base):
                     "strict": sum(strict) / len(strict)}
 
     before = losses()
-    siit.train(pair, pool, b[:16], s[:16], siit.TrainConfig(max_steps=100, eval_every=1000))
+    siit.train(pair, pool, b[:16], s[:16], siit.TrainConfig(max_steps=100, eval_every=1000, **options))
     after = losses()
     for k in ("iit", "behaviour", "strict"):
         assert after[k] < 0.7 * before[k], (k, before, after)
+
+
+def test_strict_grad_reaches_the_ablated_node_through_its_output_on_the_source():
+    """InterpBench's strict loss reads the ablated node's cached (detached) source output, so the
+    node's own weights get no gradient from it; with strict_grad they do, and the loss's value is
+    the same."""
+    task, pair = _pair("tracr-reverse")
+    pool = tt.training_inputs(task)
+    g = torch.Generator().manual_seed(1)
+    b, s = pool[torch.randint(len(pool), (32,), generator=g)], pool[torch.randint(len(pool), (32,), generator=g)]
+    senders = pair.ll_engine.graph.senders
+    j = next(i for i in pair.corr.non_circuit if senders[i].kind == "head")
+    w_o = pair.ll.params[f"blocks.{senders[j].layer}.attn.W_O"]
+    values = []
+    for grad in (False, True):
+        w_o.requires_grad_(True)
+        try:
+            loss = pair.losses(b, s, 0, [j], strict_grad=grad)["strict"]
+            (dw,) = torch.autograd.grad(loss, w_o)
+        finally:
+            w_o.requires_grad_(False)
+        assert bool(dw[senders[j].head].abs().sum() > 0) == grad
+        values.append(loss.detach())
+    torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
 
 
 def test_training_is_seeded():

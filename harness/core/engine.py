@@ -219,6 +219,7 @@ class Engine:
         input_embeds: Optional[torch.Tensor] = None,
         positions: Optional[torch.Tensor] = None,
         hold: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        hold_grad: bool = False,
     ) -> Trace:
         """Forward `tokens` [batch, pos]; patch edges by `patch` ([n_edges] or [batch, n_edges],
         1 = patched) towards `source`. `record` keeps senders, receiver inputs and q/k/v in the
@@ -231,7 +232,7 @@ class Engine:
         `hold` = (mask, values): mask bool [n_senders]; values [n_senders, batch, pos, d_model]
         (only the held rows are read) or [n_held, batch, pos, d_model] (the held senders' rows
         alone, in sender order; the two agree when every sender is held). Every held sender's output is
-        values[s], detached, wherever it is read (by every receiver, and by a patch's `current`),
+        values[s], detached (unless `hold_grad`), wherever it is read (by every receiver, and by a patch's `current`),
         and `trace.senders` records it: no gradient flows back into the held sender's computation
         (its receiver inputs and q/k/v get zero gradient). A held input node is just another input
         embedding; a held MLP, or a layer all of whose heads are held, is not computed (its
@@ -240,6 +241,8 @@ class Engine:
         (tests/test_engine_patching.py), but every receiver of a layer still reads one residual,
         so an unpatched run (patch None) keeps the plain/shared q/k/v paths' cost instead of the
         per-receiver patched one. With zero_senders every output, held or not, is zero.
+        `hold_grad`: the held values are not detached, so gradients flow back into whatever
+        computed them (SIIT's strict loss through the source run, harness.programs.siit).
         """
         cfg, w, g = self.cfg, self.w, self.graph
         tokens = tokens.to(w.device)
@@ -271,7 +274,7 @@ class Engine:
             if not rows_ok or tuple(held_values.shape[1:]) != (B, P, cfg.d_model):
                 raise ValueError(f"hold values have shape {tuple(held_values.shape)}, want "
                                  f"[{len(g.senders)} or {n_held}, {B}, {P}, {cfg.d_model}]")
-            held_values = held_values.detach().to(w.device, w.dtype)
+            held_values = (held_values if hold_grad else held_values.detach()).to(w.device, w.dtype)
             if held_values.shape[0] != len(g.senders):  # compact: row j is the j-th held sender's
                 held_row = torch.full((len(g.senders),), -1, dtype=torch.long)
                 held_row[held] = torch.arange(n_held)
@@ -378,6 +381,31 @@ class Engine:
             trace.senders = senders
         trace.logits = self.unembed(final_in, positions, freeze_ln_scale)
         return trace
+
+    def sender_outputs(self, trace: Trace, ids) -> torch.Tensor:
+        """Outputs [len(ids), batch, pos, d_model] of the heads and MLPs `ids` (sender ids)
+        recomputed from a recorded trace's receiver inputs, detached: gradients reach those
+        senders' own weights and nothing upstream of them (SIIT's strict loss,
+        harness.programs.siit). Not for input nodes, nor for post-normed heads (Gemma-2's
+        post-attention norm mixes a layer's heads)."""
+        g, w = self.graph, self.w
+        if not trace.qkv_inputs:
+            raise ValueError("sender_outputs needs a trace recorded with record=True")
+        out = []
+        for j in ids:
+            s = g.senders[j]
+            pre = f"blocks.{s.layer}."
+            if s.kind == "mlp":
+                out.append(self.mlp_out(trace.mlp_inputs[s.layer].detach(), pre))
+                continue
+            if s.kind != "head" or self.cfg.post_norms:
+                raise ValueError(f"sender_outputs recomputes heads and MLPs of models without post-norms, not {s.name}")
+            qkv_in = trace.qkv_inputs[s.layer].detach()
+            W_pos = w["pos_embed.W_pos"][: qkv_in.shape[1]] if self.cfg.has_pos_embed else None
+            q, k, v = self._receiver_qkv(qkv_in, pre, W_pos, False)
+            z = torch.einsum("bhqk,bkhe->bqhe", self.pattern(q, k, s.layer), v)[:, :, s.head]
+            out.append(z @ w[pre + "attn.W_O"][s.head])
+        return torch.stack(out)
 
     def unembed(self, final_in, positions: Optional[torch.Tensor] = None, freeze_ln_scale: bool = False) -> torch.Tensor:
         """Logits [batch, n, d_vocab_out] at columns `positions` of the output's input final_in

@@ -54,6 +54,10 @@ class TrainConfig:
     strict_weight: float = 1.0  # InterpBench: 0.4 (docs/trained.md#training says why not here)
     strict_nodes: str = "one"  # per step: one non-circuit node (InterpBench's "individual"), "subset" (each
     # with probability 1/2) or "all"
+    step_per_loss: bool = False  # one Adam step per loss (IIT, behaviour, strict; InterpBench's default) instead of
+    # one on their weighted sum
+    strict_grad: bool = False  # the strict loss's gradient also reaches the ablated node through its output on the
+    # source (InterpBench detaches it); docs/trained.md#training says why
     clip: float = 1.0
     eval_every: int = 250
     stop_at: float = 0.995  # early stop when behaviour, mean IIA and mean strict accuracy reach it (InterpBench's 99.5 %)
@@ -208,16 +212,45 @@ class SIITPair:
         ok = out.argmax(-1) == labels if self.categorical else (out[..., 0] - labels).abs() < self.atol
         return ok[defined]
 
-    def losses(self, base: torch.Tensor, source: torch.Tensor, node: int, strict_nodes: list) -> dict:
+    def losses(self, base: torch.Tensor, source: torch.Tensor, node: int, strict_nodes: list,
+               strict_grad: bool = False, only: str | None = None) -> dict:
         """The three losses on one batch: IIT on HL node `node` (index into corr.nodes), strict on
-        the LL senders `strict_nodes` resample-ablated together (none: no strict loss), behaviour."""
-        with torch.no_grad():
-            src = self.ll_engine.cache(source).senders
-        hl_base = self.hl_out(base)
-        out = {"iit": self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node)),
-               "behaviour": self.loss(self.ll_out(base), hl_base)}
-        out["strict"] = (self.loss(self.ll_out(base, src, strict_nodes), hl_base) if strict_nodes
-                         else torch.zeros((), dtype=hl_base.dtype))
+        the LL senders `strict_nodes` resample-ablated together (none: no strict loss), behaviour.
+        `strict_grad`: the strict loss's gradient also reaches the ablated senders' own weights
+        through their outputs on `source` (recomputed from the source run's detached receiver
+        inputs, so nothing upstream of them); otherwise those outputs are detached, as
+        InterpBench's cached activations are. `only`: that loss alone (one optimiser step per loss)."""
+        if only is None and not (strict_grad and strict_nodes):  # (this order of the forwards keeps the shipped
+            with torch.no_grad():                                 # models' retraining bit for bit)
+                src = self.ll_engine.cache(source).senders
+            hl_base = self.hl_out(base)
+            out = {"iit": self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node)),
+                   "behaviour": self.loss(self.ll_out(base), hl_base)}
+            out["strict"] = (self.loss(self.ll_out(base, src, strict_nodes), hl_base) if strict_nodes
+                             else torch.zeros((), dtype=hl_base.dtype))
+            return out
+        want = (only,) if only else ("iit", "behaviour", "strict")
+        out = {}
+        trace = src = None
+        if "iit" in want or ("strict" in want and strict_nodes):
+            with torch.no_grad():
+                trace = self.ll_engine.run(source, record=True, positions=torch.zeros(0, dtype=torch.long))
+            src = torch.stack(trace.senders)
+        hl_base = self.hl_out(base) if "behaviour" in want or "strict" in want else None
+        if "iit" in want:
+            out["iit"] = self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node))
+        if "behaviour" in want:
+            out["behaviour"] = self.loss(self.ll_out(base), hl_base)
+        if "strict" in want:
+            if not strict_nodes:
+                out["strict"] = torch.zeros((), dtype=hl_base.dtype)
+            elif strict_grad:
+                held = self.ll_engine.sender_outputs(trace, sorted(strict_nodes))  # compact: the held senders, in order
+                logits = self.ll_engine.run(base, hold=(_mask(self.n_ll, strict_nodes), held), hold_grad=True,
+                                            positions=self.positions).logits
+                out["strict"] = self.loss(logits, hl_base)
+            else:
+                out["strict"] = self.loss(self.ll_out(base, src, strict_nodes), hl_base)
         return out
 
     @torch.no_grad()
@@ -293,13 +326,25 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
                 pick = torch.rand(len(non), generator=g) < 0.5
                 pick[int(torch.randint(len(non), (1,), generator=g))] = True
                 strict_nodes = [j for j, p in zip(non, pick.tolist()) if p]
-            parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes)
-            total = (tc.iit_weight * parts["iit"] + tc.behaviour_weight * parts["behaviour"]
-                     + tc.strict_weight * parts["strict"])
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, tc.clip)
-            opt.step()
+            weights = {"iit": tc.iit_weight, "behaviour": tc.behaviour_weight, "strict": tc.strict_weight}
+            if tc.step_per_loss:
+                parts = {}
+                for part, weight in weights.items():
+                    parts.update(pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, only=part))
+                    if part == "strict" and not strict_nodes:
+                        continue
+                    opt.zero_grad(set_to_none=True)
+                    (weight * parts[part]).backward()
+                    torch.nn.utils.clip_grad_norm_(params, tc.clip)
+                    opt.step()
+            else:
+                parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad)
+                total = (tc.iit_weight * parts["iit"] + tc.behaviour_weight * parts["behaviour"]
+                         + tc.strict_weight * parts["strict"])
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(params, tc.clip)
+                opt.step()
             sched.step()
             for k in sums:
                 sums[k] += float(parts[k].detach())
