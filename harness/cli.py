@@ -537,6 +537,8 @@ def cmd_train_siit(args) -> int:
         kw["strict_grad"] = True
     if args.step_per_loss:
         kw["step_per_loss"] = True
+    if args.strict_logits is not None:
+        kw["strict_logits"] = args.strict_logits
     if args.max_steps:
         kw["max_steps"] = args.max_steps
     tc = TrainConfig(**kw)
@@ -749,6 +751,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--strict-weight", type=_float_range(0), help="the strict loss's weight (default 1; InterpBench: 0.4)")
     ts.add_argument("--strict-grad", action="store_true", help="the strict loss's gradient also reaches the ablated "
                     "node through its output on the source (InterpBench detaches it; docs/trained.md#training)")
+    ts.add_argument("--strict-logits", type=_float_range(0), help="weight of the strict loss's logit term: the mean "
+                    "squared change of the logits when the node is ablated (default 0; docs/trained.md#training)")
     ts.add_argument("--step-per-loss", action="store_true", help="one optimiser step per loss, as InterpBench by "
                     "default (default: one step on their weighted sum)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")

@@ -64,7 +64,8 @@ def test_an_intervention_takes_the_source_output_of_exactly_that_node():
 
 @pytest.mark.parametrize("base,options", [("tracr-xproportion", {}), ("tracr-reverse", {}),
                                           ("tracr-xproportion", {"step_per_loss": True}),
-                                          ("tracr-xproportion", {"strict_grad": True})])
+                                          ("tracr-xproportion", {"strict_grad": True}),
+                                          ("tracr-xproportion", {"strict_logits": 0.01})])
 def test_a_few_steps_decrease_every_loss(base, options):
     task, pair = _pair(base)
     pool = tt.training_inputs(task)
@@ -108,6 +109,23 @@ def test_strict_grad_reaches_the_ablated_node_through_its_output_on_the_source()
     torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
 
 
+def test_strict_logits_is_the_mean_squared_change_of_the_logits_under_the_ablation_less_their_common_shift():
+    task, pair = _pair("tracr-reverse")
+    pool = tt.training_inputs(task)
+    g = torch.Generator().manual_seed(4)
+    b, s = pool[torch.randint(len(pool), (24,), generator=g)], pool[torch.randint(len(pool), (24,), generator=g)]
+    j = pair.corr.non_circuit[-1]
+    got = pair.losses(b, s, 0, [j], strict_logits=True)
+    src = pair.ll_engine.cache(s).senders
+    change = pair.ll_out(b, src, [j]) - pair.ll_out(b)
+    want = ((change - change.mean(-1, keepdim=True)) ** 2).mean()  # less the shift every class shares
+    torch.testing.assert_close(got["strict_logits"], want)
+    assert float(want) > 0
+    plain = pair.losses(b, s, 0, [j])  # the same three losses, whichever path computes them
+    for k in ("iit", "behaviour", "strict"):
+        torch.testing.assert_close(got[k], plain[k], rtol=1e-5, atol=1e-6)
+
+
 def test_training_is_seeded():
     runs = []
     for _ in range(2):
@@ -120,10 +138,27 @@ def test_training_is_seeded():
 
 
 def test_pass_or_fail_names_the_missed_threshold():
-    good = {"accuracy": 1.0, "iia": 0.99, "strict": 0.99, "strict_effect_max": 0.01}
+    good = {"accuracy": 1.0, "iia": 0.99, "strict": 0.99, "strict_effect_max": 0.01, "shift_share": 0.01}
     assert tt.passes(good) == []
     missed = tt.passes({**good, "iia": 0.5, "strict_effect_max": 0.2})
     assert len(missed) == 2 and missed[0].startswith("iia 0.5000") and "strict_effect_max" in missed[1]
+    assert tt.passes({**good, "shift_share": 0.9}) == ["shift_share 0.9000 (needs <= 0.25)"]
+
+
+def test_shift_share_is_the_part_of_the_whole_change_every_class_shares():
+    """A constant added to every class's logit, different per input, changes no probability; the
+    L2 metric sees it, and validate says how much of the whole change it is."""
+    task, pair = _pair("tracr-reverse")
+    pool = tt.training_inputs(task)
+    g = torch.Generator().manual_seed(2)
+    b, s = pool[torch.randint(len(pool), (40,), generator=g)], pool[torch.randint(len(pool), (40,), generator=g)]
+    before = pair.validate(b, s)["shift_share"]
+    w = pair.ll.params
+    gain = torch.zeros_like(w["unembed.W_U"]) + torch.randn(w["unembed.W_U"].shape[0], 1, generator=torch.Generator().manual_seed(0))
+    w["unembed.W_U"] += 50 * gain  # every class gets the same input-dependent shift
+    after = pair.validate(b, s)
+    # (an untrained model's changes are independent across its 3 classes: about 1/3 is shared)
+    assert before < 0.6 and after["shift_share"] > 0.95 and "shift_share" in " ".join(tt.passes(after))
 
 
 FAMILIES = {"tracr-reverse", "tracr-xproportion", "tracr-induction", "tracr-ioi", "tracr-greaterthan", "tracr-docstring"}
@@ -149,7 +184,7 @@ def test_stored_validation_is_what_the_weights_give_and_passes(card):
     w = tt.load_trained(card["task"])
     figs = tt.validation(task.base_task(), w, card["train"]["seed"])
     stored = card["validation"]
-    for k in ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min"):
+    for k in ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min", "shift_share"):
         assert figs[k] == pytest.approx(stored[k], abs=2e-6), k
     assert tt.passes(figs) == []
     gt = task.ground_truths()[tt.VARIANT]
@@ -232,11 +267,15 @@ def test_a_model_that_misses_a_threshold_is_written_aside_and_not_registered(tmp
 
 
 def test_analogue_training_inputs_add_random_sequences_only_where_the_program_answers_on_them():
-    ind = tt.base_task("tracr-induction")
+    ind = tt.base_task("tracr-induction")  # siit_inputs "uniform": no prompt at all
     pool = tt.training_inputs(ind)
     half = (pool.shape[1] - 1) // 2
     repeats = (pool[:, 1 : 1 + half] == pool[:, 1 + half :]).all(1)
-    assert tt.random_defined(ind) >= tt.RANDOM_MIN_DEFINED and 0.45 < repeats.double().mean() < 0.55
+    assert ind.siit_inputs == "uniform" and not repeats.any() and len(set(map(tuple, pool.tolist()))) == len(pool)
+    doc = tt.base_task("tracr-docstring")  # prompts, and a uniform half: the program answers on enough of them
+    pool = tt.training_inputs(doc)
+    prompts = (pool[:, 1] == pool[0, 1]).double().mean()  # every prompt opens with "def("
+    assert tt.random_defined(doc) >= tt.RANDOM_MIN_DEFINED and 0.5 <= prompts < 0.6
     gt = tt.base_task("tracr-greaterthan")
     assert tt.random_defined(gt) < tt.RANDOM_MIN_DEFINED
     d = gt.data("validation")

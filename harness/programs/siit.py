@@ -37,7 +37,7 @@ from harness.core.engine import Engine
 from harness.core.graph import Graph
 from harness.core.weights import ModelConfig, Weights
 
-SUMMARY = ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min")
+SUMMARY = ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min", "shift_share")
 DEFINED = 0.5  # a compiled categorical output is a class where its largest entry exceeds this (else None)
 
 
@@ -56,6 +56,8 @@ class TrainConfig:
     # with probability 1/2) or "all"
     step_per_loss: bool = False  # one Adam step per loss (IIT, behaviour, strict; InterpBench's default) instead of
     # one on their weighted sum
+    strict_logits: float = 0.0  # weight of the strict loss's logit term: the mean squared change of the logits
+    # when the strict nodes are ablated (the L2 effect the ship check bounds); 0: none (InterpBench has none)
     strict_grad: bool = False  # the strict loss's gradient also reaches the ablated node through its output on the
     # source (InterpBench detaches it); docs/trained.md#training says why
     clip: float = 1.0
@@ -213,14 +215,17 @@ class SIITPair:
         return ok[defined]
 
     def losses(self, base: torch.Tensor, source: torch.Tensor, node: int, strict_nodes: list,
-               strict_grad: bool = False, only: str | None = None) -> dict:
+               strict_grad: bool = False, only: str | None = None, strict_logits: bool = False) -> dict:
         """The three losses on one batch: IIT on HL node `node` (index into corr.nodes), strict on
         the LL senders `strict_nodes` resample-ablated together (none: no strict loss), behaviour.
         `strict_grad`: the strict loss's gradient also reaches the ablated senders' own weights
         through their outputs on `source` (recomputed from the source run's detached receiver
         inputs, so nothing upstream of them); otherwise those outputs are detached, as
-        InterpBench's cached activations are. `only`: that loss alone (one optimiser step per loss)."""
-        if only is None and not (strict_grad and strict_nodes):  # (this order of the forwards keeps the shipped
+        InterpBench's cached activations are. `only`: that loss alone (one optimiser step per loss).
+        `strict_logits`: the strict loss also gets the mean squared change of the LL's logits at the
+        scored positions (the L2 effect `validate` measures) against its own unablated logits,
+        detached, less the change every class shares (which softmax ignores), as "strict_logits"."""
+        if only is None and not (strict_grad and strict_nodes) and not strict_logits:  # (this order of the forwards keeps the shipped
             with torch.no_grad():                                 # models' retraining bit for bit)
                 src = self.ll_engine.cache(source).senders
             hl_base = self.hl_out(base)
@@ -239,18 +244,32 @@ class SIITPair:
         hl_base = self.hl_out(base) if "behaviour" in want or "strict" in want else None
         if "iit" in want:
             out["iit"] = self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node))
+        plain = None
         if "behaviour" in want:
-            out["behaviour"] = self.loss(self.ll_out(base), hl_base)
+            plain = self.ll_out(base)
+            out["behaviour"] = self.loss(plain, hl_base)
         if "strict" in want:
+            zero = torch.zeros((), dtype=hl_base.dtype)
             if not strict_nodes:
-                out["strict"] = torch.zeros((), dtype=hl_base.dtype)
-            elif strict_grad:
+                out["strict"] = zero
+                if strict_logits:
+                    out["strict_logits"] = zero
+                return out
+            if strict_grad:
                 held = self.ll_engine.sender_outputs(trace, sorted(strict_nodes))  # compact: the held senders, in order
                 logits = self.ll_engine.run(base, hold=(_mask(self.n_ll, strict_nodes), held), hold_grad=True,
                                             positions=self.positions).logits
-                out["strict"] = self.loss(logits, hl_base)
             else:
-                out["strict"] = self.loss(self.ll_out(base, src, strict_nodes), hl_base)
+                logits = self.ll_out(base, src, strict_nodes)
+            out["strict"] = self.loss(logits, hl_base)
+            if strict_logits:
+                if plain is None:
+                    with torch.no_grad():
+                        plain = self.ll_out(base)
+                change = logits - plain.detach()
+                if change.shape[-1] > 1:  # classes: a shift shared by every class changes no probability
+                    change = change - change.mean(-1, keepdim=True)
+                out["strict_logits"] = (change ** 2).mean()
         return out
 
     @torch.no_grad()
@@ -261,11 +280,16 @@ class SIITPair:
         of the LL's outputs at the scored positions (the tracr tasks' L2 metric) when it takes its
         output on the source, over the same change when the whole input is the source's;
         `strict_effect_max` the largest over non-circuit nodes, `circuit_effect_min` the smallest
-        over the correspondence's."""
+        over the correspondence's. `shift_share`: the share of the whole input's change that is one
+        shift shared by every class (softmax ignores it, the L2 metric does not; 0 for numerical
+        outputs)."""
         hl_base = self.hl_out(base)
         src, hl_src = self.ll_engine.cache(source).senders, self.hl_engine.cache(source).senders  # once, for every node
         ll_base = self.ll_out(base)
-        whole = ((self.ll_out(source) - ll_base) ** 2).mean().item()
+        change = self.ll_out(source) - ll_base
+        whole = (change ** 2).mean().item()
+        # the share of that change shared by every class (softmax ignores it; the L2 metric does not)
+        shift = (change.mean(-1) ** 2).mean().item() / whole if self.categorical and change.shape[-1] > 1 and whole else 0.0
         acc = self.correct(ll_base, hl_base).double().mean().item()
         senders = self.ll_engine.graph.senders
         iia, strict, effect = {}, {}, {}
@@ -280,7 +304,7 @@ class SIITPair:
         return {"accuracy": acc, "iia": _mean(iia), "iia_min": min(iia.values()),
                 "strict": _mean(strict), "strict_min": min(strict.values(), default=1.0),
                 "strict_effect_max": max((effect[senders[j].name] for j in self.corr.non_circuit), default=0.0),
-                "circuit_effect_min": min(effect[n] for n in self.corr.nodes),
+                "circuit_effect_min": min(effect[n] for n in self.corr.nodes), "shift_share": shift,
                 "iia_per_node": iia, "strict_per_node": strict, "effect_per_node": effect, "pairs": int(base.shape[0])}
 
 
@@ -327,20 +351,25 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
                 pick[int(torch.randint(len(non), (1,), generator=g))] = True
                 strict_nodes = [j for j, p in zip(non, pick.tolist()) if p]
             weights = {"iit": tc.iit_weight, "behaviour": tc.behaviour_weight, "strict": tc.strict_weight}
+            match = tc.strict_logits > 0
             if tc.step_per_loss:
                 parts = {}
                 for part, weight in weights.items():
-                    parts.update(pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, only=part))
+                    parts.update(pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, only=part,
+                                             strict_logits=match))
                     if part == "strict" and not strict_nodes:
                         continue
                     opt.zero_grad(set_to_none=True)
-                    (weight * parts[part]).backward()
+                    loss = weight * parts[part] + (tc.strict_logits * parts["strict_logits"] if part == "strict" and match else 0)
+                    loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, tc.clip)
                     opt.step()
             else:
-                parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad)
+                parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, strict_logits=match)
                 total = (tc.iit_weight * parts["iit"] + tc.behaviour_weight * parts["behaviour"]
                          + tc.strict_weight * parts["strict"])
+                if match:
+                    total = total + tc.strict_logits * parts["strict_logits"]
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(params, tc.clip)

@@ -121,6 +121,7 @@ class TracrInduction(TracrAnalogue):
 
     name = model = program = "tracr-induction"
     mirrors = "induction"
+    siit_inputs = "uniform"  # SIIT trains on uniform sequences alone (harness.tasks.trained_tasks.training_inputs)
     description = "tracr analogue of ACDC's Induction: previous-token head, then match-and-copy induction head"
 
     def scored(self, length):

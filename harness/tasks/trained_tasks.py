@@ -40,7 +40,7 @@ RANDOM_PAIRS = 256  # validation: random pairs of the pool besides the task's ow
 # A model is shipped only when its validation (float64, harness.programs.siit.SIITPair.validate)
 # meets every one of these (docs/trained.md#validation says why these values).
 SHIP_THRESHOLDS = {"accuracy": (">=", 0.99), "iia": (">=", 0.95), "strict": (">=", 0.95),
-                   "strict_effect_max": ("<=", 0.05)}
+                   "strict_effect_max": ("<=", 0.05), "shift_share": ("<=", 0.25)}
 
 
 def trained_dir() -> Path:
@@ -78,13 +78,15 @@ def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
     vocabulary where the compiled program answers (a one-hot at the scored positions) on at least
     RANDOM_MIN_DEFINED of those: fixed templates alone let a trained model read answers off
     positions (a positional shortcut, docs/trained.md#training-data) instead of implementing the
-    program's heads, and sequences without an answer teach nothing."""
+    program's heads, and sequences without an answer teach nothing. An analogue whose
+    `siit_inputs` is "uniform" (Induction) trains on uniform sequences alone: its prompts put every
+    answer at one distance, a shortcut even half of the pool teaches."""
     m = task.tracr()
     spec = getattr(task, "spec", None) or PROGRAMS[task.program]
     vocab, length = list(spec.vocab), input_length(task)
     rng = random.Random(7_777_777 + seed)
     seqs = []
-    if hasattr(task, "examples"):  # a RASP analogue (harness.tasks.tracr_analogues)
+    if hasattr(task, "examples") and getattr(task, "siit_inputs", "prompts") == "prompts":  # a RASP analogue
         share = 0.5 if random_defined(task) >= RANDOM_MIN_DEFINED else 0.0
         while len(seqs) < n * (1 - share):
             clean, corr, *_ = task.examples(rng)
@@ -201,6 +203,7 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
                    + (f" --max-steps {tc.max_steps}" if tc.max_steps != siit.TrainConfig().max_steps else "")
                    + (f" --strict-nodes {tc.strict_nodes}" if tc.strict_nodes != siit.TrainConfig().strict_nodes else "")
                    + (f" --strict-weight {tc.strict_weight:g}" if tc.strict_weight != siit.TrainConfig().strict_weight else "")
+                   + (f" --strict-logits {tc.strict_logits:g}" if tc.strict_logits else "")
                    + (" --step-per-loss" if tc.step_per_loss else "") + (" --strict-grad" if tc.strict_grad else ""),
         "correspondence": pair.corr.nodes, "training_inputs": int(pool.shape[0]),
         "steps": result.steps, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
