@@ -172,8 +172,8 @@ def test_ten_suite_programs_are_shipped_and_registered():
         assert c["command"].startswith(f"circuit-bench train-siit --task {c['base_task']} --seed {c['train']['seed']}")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 18 asks for all six task families; the Induction, IOI and Docstring "
-                                       "analogues have not passed validation (docs/trained.md#shipped-models)")
+@pytest.mark.xfail(strict=True, reason="issue 18 asks for all six task families; the IOI and Docstring analogues "
+                                       "have not passed validation (docs/trained.md#shipped-models)")
 def test_the_six_task_families_are_shipped():
     assert FAMILIES <= {c["base_task"] for c in SHIPPED}
 
