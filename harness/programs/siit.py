@@ -20,6 +20,10 @@ task's scored positions. The three losses are summed with weights 1, 1 and 1 (In
 strict 0.4) and take one Adam step together (InterpBench's default takes one step per loss);
 docs/trained.md#training says why.
 
+Options (`TrainConfig`, docs/trained.md#training): one optimiser step per loss (InterpBench's
+default); a logit term in the strict loss (`strict_logits`); gradient from the strict loss into the
+ablated node's own weights through its source output (`strict_grad`).
+
 Validation (`validate`), on given (base, source) pairs in float64: behaviour accuracy; IIA
 (interchange-intervention accuracy) per HL node; strict accuracy per non-circuit LL node
 (resample-ablating it must leave the HL's answer). Accuracy is per scored position: the argmax
@@ -56,8 +60,8 @@ class TrainConfig:
     # with probability 1/2) or "all"
     step_per_loss: bool = False  # one Adam step per loss (IIT, behaviour, strict; InterpBench's default) instead of
     # one on their weighted sum
-    strict_logits: float = 0.0  # weight of the strict loss's logit term: the mean squared change of the logits
-    # when the strict nodes are ablated (the L2 effect the ship check bounds); 0: none (InterpBench has none)
+    strict_logits: float = 0.0  # weight of the strict loss's logit term: the mean squared change of the logits,
+    # less the class-shared shift, when the strict nodes are ablated (what strict_effect_max bounds); 0: none
     strict_grad: bool = False  # the strict loss's gradient also reaches the ablated node through its output on the
     # source (InterpBench detaches it); docs/trained.md#training says why
     clip: float = 1.0
@@ -225,8 +229,9 @@ class SIITPair:
         `strict_logits`: the strict loss also gets the mean squared change of the LL's logits at the
         scored positions (the L2 effect `validate` measures) against its own unablated logits,
         detached, less the change every class shares (which softmax ignores), as "strict_logits"."""
-        if only is None and not (strict_grad and strict_nodes) and not strict_logits:  # (this order of the forwards keeps the shipped
-            with torch.no_grad():                                 # models' retraining bit for bit)
+        # The default recipe keeps this order of the forwards: the shipped models retrain bit for bit.
+        if only is None and not (strict_grad and strict_nodes) and not strict_logits:
+            with torch.no_grad():
                 src = self.ll_engine.cache(source).senders
             hl_base = self.hl_out(base)
             out = {"iit": self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node)),
