@@ -752,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--strict-grad", action="store_true", help="the strict loss's gradient also reaches the ablated "
                     "node through its output on the source (InterpBench detaches it; docs/trained.md#training)")
     ts.add_argument("--strict-logits", type=_float_range(0), help="weight of the strict loss's logit term: the mean "
-                    "squared change of the logits when the node is ablated (default 0; docs/trained.md#training)")
+                    "squared change of the logits, less the shift every class shares, when the node is ablated "
+                    "(default 0; docs/trained.md#training)")
     ts.add_argument("--step-per-loss", action="store_true", help="one optimiser step per loss, as InterpBench by "
                     "default (default: one step on their weighted sum)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
