@@ -537,6 +537,8 @@ def cmd_train_siit(args) -> int:
         kw["strict_grad"] = True
     if args.step_per_loss:
         kw["step_per_loss"] = True
+    if args.mixture_labels:
+        kw["mixture_labels"] = True
     if args.strict_logits is not None:
         kw["strict_logits"] = args.strict_logits
     if args.max_steps:
@@ -756,6 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 0; docs/trained.md#training)")
     ts.add_argument("--step-per-loss", action="store_true", help="one optimiser step per loss, as InterpBench by "
                     "default (default: one step on their weighted sum)")
+    ts.add_argument("--mixture-labels", action="store_true", help="also train on compiled outputs that average "
+                    "several values, labelled by their largest entry (the rule trained-tracr-induction and "
+                    "trained-gen-20-5x8 were trained with; default: one-hot outputs only; docs/trained.md#labels)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

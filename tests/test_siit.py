@@ -292,3 +292,45 @@ def test_trained_tasks_run_when_named_or_by_the_preset_beside_their_programs():
     p = get_preset("trained")
     assert set(p.tasks) == names | {c["base_task"] for c in SHIPPED}
     assert p.options["ablations"] == ("resample",) and p.methods == ()
+
+
+def test_an_averaged_compiled_output_is_no_label():
+    """A categorical Aggregate that selects several values makes tracr's model average their
+    one-hots, an output of no program value; only the earlier rule (`mixture_labels`) labels it."""
+    task, pair = _pair("tracr-ioi")
+    w = task.data("validation")
+    base, source = w.clean[:1], w.clean[1:2]  # two prompts with different names
+    s_inhibition = next(i for i, n in enumerate(pair.corr.nodes) if n.startswith("blocks.1.attn"))
+    out = pair.hl_out(base, source, s_inhibition)  # the base's mover now avoids a name it may not hold
+    assert 0.6 < float(out.amax()) < 0.7  # 2/3 S + 1/3 IO: every name of the base is selected
+    assert not pair.labels(out)[1].any() and pair.labels(out, siit.MIXTURE)[1].all()
+    assert pair.labels(pair.hl_out(base))[1].all()  # the plain output is a one-hot
+    ll = pair.ll_out(base).requires_grad_(True)
+    loss = pair.loss(ll, out)
+    loss.backward()
+    assert loss.item() == 0 and not ll.grad.any()  # nothing to learn from, and no NaN
+    pair.train_defined = siit.MIXTURE
+    assert pair.loss(ll, out).item() > 0
+
+
+@pytest.mark.parametrize("card", [c for c in SHIPPED if c["config"]["d_vocab_out"] > 1], ids=lambda c: c["task"])
+def test_a_card_says_mixture_labels_exactly_when_its_training_saw_them(card):
+    """Replays the card's training draws (the pairs and nodes of `siit.train`) on the compiled
+    model: the default rule retrains a card's model bit for bit only if no label it used was an
+    average; cards trained on such labels say `--mixture-labels`."""
+    tc = siit.TrainConfig(**card["train"])
+    task, pair = _pair(card["base_task"], tc.seed, tc)
+    pool = tt.training_inputs(task, seed=tc.seed)
+    g = torch.Generator().manual_seed(tc.seed + 1)
+    n_nodes, non, mixed = len(pair.corr.nodes), pair.corr.non_circuit, 0
+    for _ in range(card["steps"]):
+        bi, si = torch.randint(len(pool), (tc.batch,), generator=g), torch.randint(len(pool), (tc.batch,), generator=g)
+        node = int(torch.randint(n_nodes, (1,), generator=g))
+        if non and tc.strict_nodes == "subset":
+            torch.rand(len(non), generator=g)
+        if non and tc.strict_nodes != "all":
+            torch.randint(len(non), (1,), generator=g)
+        for out in (pair.hl_out(pool[bi]), pair.hl_out(pool[bi], pool[si], node)):
+            top = out.amax(-1)
+            mixed += int(((top > siit.MIXTURE) & (top <= siit.DEFINED)).sum())
+    assert (mixed > 0) == tc.mixture_labels == ("--mixture-labels" in card["command"])

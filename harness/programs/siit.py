@@ -42,7 +42,13 @@ from harness.core.graph import Graph
 from harness.core.weights import ModelConfig, Weights
 
 SUMMARY = ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min", "shift_share")
-DEFINED = 0.5  # a compiled categorical output is a class where its largest entry exceeds this (else None)
+# A compiled categorical output is the program's value only where it is a one-hot. Where a categorical
+# Aggregate selects several different values, tracr's model averages their one-hots (tracr's own
+# validator: "the compiled model will silently give incorrect outputs", tracr/compiler/validating.py),
+# e.g. 2/3 S + 1/3 IO; such positions are not labels (docs/trained.md#labels). A mixture of at most
+# 14 positions has a largest entry of at most 13/14; a one-hot's exceeds 0.999.
+DEFINED = 0.99
+MIXTURE = 0.5  # TrainConfig.mixture_labels: the earlier rule, which also labelled mixtures by their largest entry
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     width_step: int = 16  # LL d_model: the compiled residual rounded up past the next multiple of this
     min_heads: int = 4  # LL heads per layer: at least this many, and at least the compiled model's
+    mixture_labels: bool = False  # train on averaged compiled outputs too, labelled by their largest entry (the rule
+    # two shipped models were trained with; validation never counts them; docs/trained.md#labels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,6 +184,7 @@ class SIITPair:
         self.hl_engine, self.ll_engine = Engine(hl), Engine(ll)
         self.positions = scored.nonzero().flatten()
         self.categorical, self.atol = categorical, atol
+        self.train_defined = DEFINED  # the losses' label rule (`train` sets MIXTURE for TrainConfig.mixture_labels)
         self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
 
     # ----- the HL side: labels ------------------------------------------------------------
@@ -192,11 +201,11 @@ class SIITPair:
         hold = (_mask(self.n_hl, [self.corr.hl[node]]), values)
         return e.run(base, hold=hold, positions=self.positions).logits
 
-    def labels(self, out: torch.Tensor) -> tuple:
+    def labels(self, out: torch.Tensor, defined_above: float = DEFINED) -> tuple:
         """(labels, defined): class ids [B, n] (or values [B, n]) and where the HL output is
-        defined (categorical: a one-hot, amax > DEFINED)."""
+        defined (categorical: a one-hot, amax > `defined_above`)."""
         if self.categorical:
-            return out.argmax(-1), out.amax(-1) > DEFINED
+            return out.argmax(-1), out.amax(-1) > defined_above
         return out[..., 0], torch.ones(out.shape[:2], dtype=torch.bool)
 
     # ----- the LL side ----------------------------------------------------------------------
@@ -207,7 +216,11 @@ class SIITPair:
         return self.ll_engine.run(base, hold=hold, positions=self.positions).logits
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        labels, defined = self.labels(target)
+        """The training loss at the positions where `target` is defined (`train_defined`); zero,
+        with no gradient, where no position is (e.g. an interchange whose outputs are all averages)."""
+        labels, defined = self.labels(target, self.train_defined)
+        if not defined.any():
+            return out.sum() * 0.0
         if self.categorical:
             return torch.nn.functional.cross_entropy(out[defined].float(), labels[defined])
         return ((out[..., 0] - labels) ** 2)[defined].mean()
@@ -334,6 +347,7 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     evaluation. Deterministic for `tc.seed` (pairs, nodes) on one machine."""
     g = torch.Generator().manual_seed(tc.seed + 1)
     params = [t.requires_grad_(True) for t in pair.ll.params.values()]
+    pair.train_defined = MIXTURE if tc.mixture_labels else DEFINED
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)
