@@ -138,11 +138,12 @@ def test_training_is_seeded():
 
 
 def test_pass_or_fail_names_the_missed_threshold():
-    good = {"accuracy": 1.0, "iia": 0.99, "strict": 0.99, "strict_effect_max": 0.01, "shift_share": 0.01}
+    good = {"accuracy": 1.0, "iia": 0.99, "strict": 0.99, "strict_min": 0.9, "strict_effect_max": 0.01, "shift_share": 0.01}
     assert tt.passes(good) == []
     missed = tt.passes({**good, "iia": 0.5, "strict_effect_max": 0.2})
     assert len(missed) == 2 and missed[0].startswith("iia 0.5000") and "strict_effect_max" in missed[1]
     assert tt.passes({**good, "shift_share": 0.9}) == ["shift_share 0.9000 (needs <= 0.25)"]
+    assert tt.passes({**good, "strict_min": 0.8}) == ["strict_min 0.8000 (needs >= 0.85)"]  # one node the mean hides
 
 
 def test_shift_share_is_the_part_of_the_whole_change_every_class_shares():
