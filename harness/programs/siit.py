@@ -45,8 +45,9 @@ SUMMARY = ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_
 # A compiled categorical output is the program's value only where it is a one-hot. Where a categorical
 # Aggregate selects several different values, tracr's model averages their one-hots (tracr's own
 # validator: "the compiled model will silently give incorrect outputs", tracr/compiler/validating.py),
-# e.g. 2/3 S + 1/3 IO; such positions are not labels (docs/trained.md#labels). A mixture of at most
-# 14 positions has a largest entry of at most 13/14; a one-hot's exceeds 0.999.
+# e.g. 2/3 S + 1/3 IO; such positions are not labels (docs/trained.md#labels). An average over n
+# positions has a largest entry of at most (n-1)/n, below 0.99 in any context under 100 positions;
+# a one-hot's exceeds 0.999.
 DEFINED = 0.99
 MIXTURE = 0.5  # TrainConfig.mixture_labels: the earlier rule, which also labelled mixtures by their largest entry
 
@@ -217,7 +218,7 @@ class SIITPair:
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss at the positions where `target` is defined (`train_defined`); zero,
-        with no gradient, where no position is (e.g. an interchange whose outputs are all averages)."""
+        with a zero gradient, where no position is (e.g. an interchange whose outputs are all averages)."""
         labels, defined = self.labels(target, self.train_defined)
         if not defined.any():
             return out.sum() * 0.0
