@@ -221,6 +221,22 @@ def test_compare_checks_a_subset_run_on_the_rows_both_have(tmp_path):
         compare(tmp_path / "run.csv", tmp_path / "base.csv")
 
 
+def test_a_reset_control_regresses_only_below_its_spread_over_reset_networks():
+    """A reset-control row is a mean over reset networks; the baseline's spread over them
+    (auc_lo, auc_hi) is its own noise: a fall within it is no regression, below it is, and
+    tolerance 0 still asks for equal rows."""
+    from harness.report.compare import compare_frames
+
+    base = _auc_rows(tasks=("t1",)).assign(control="reset", auc_lo=0.6, auc_hi=0.95)
+    within = base.assign(auc=base["auc"] - 0.15)  # 0.8 -> 0.65: beyond the tolerance, within the spread
+    assert compare_frames(within, base).ok
+    assert not compare_frames(within, base, tolerance=0).ok
+    below = base.assign(auc=0.55)
+    assert len(compare_frames(below, base).regressions) == len(base)
+    trained = base.assign(control="trained")  # a trained row keeps the plain tolerance
+    assert not compare_frames(within.assign(control="trained"), trained).ok
+
+
 def test_unknown_names_exit_2_and_list_valid_ones(capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "--methods", "nope"])

@@ -1,7 +1,11 @@
 """Regression check: a run's results against a stored baseline.
 
 A row regresses when its AUC falls by more than `tolerance` (absolute), or, for timing rows, when
-its ratio to one forward+backward grows by more than `time_factor`. By default only the rows both
+its ratio to one forward+backward grows by more than `time_factor`. A reset-control row is a mean
+over several reset networks whose spread the baseline records (`auc_lo`, `auc_hi`): it regresses
+only when it also falls below that spread (and improves only above it), since a move within the
+control's own spread across networks is no change of the method; tolerance 0 still asks for equal
+rows (docs/reliability.md#what-compare-checks). By default only the rows both
 sides have are compared, so a run of one task checks against the full baseline; what only one
 side has is summarised as counts per task and method. A (task, method, variant, reference,
 control) the run attempted and recorded as an error, where the baseline has results, is a failure
@@ -69,16 +73,16 @@ def _load(path) -> pd.DataFrame:
 
 
 def _diff(run: pd.Series, base: pd.Series, key, worse, better, c: Comparison) -> Comparison:
-    """Walk two keyed series: missing, extra, and rows where `worse(now, baseline)`."""
+    """Walk two keyed series: missing, extra, and rows where `worse(now, baseline, row key)`."""
     run, base = run[~run.index.duplicated()], base[~base.index.duplicated()]
     c.missing += [dict(zip(key, k)) for k in base.index.difference(run.index)]
     c.extra += [dict(zip(key, k)) for k in run.index.difference(base.index)]
     for k in base.index.intersection(run.index):
         c.compared += 1
         row = {**dict(zip(key, k)), "baseline": round(float(base[k]), 4), "now": round(float(run[k]), 4)}
-        if worse(run[k], base[k]):
+        if worse(run[k], base[k], k):
             c.regressions.append(row)
-        elif better(run[k], base[k]):
+        elif better(run[k], base[k], k):
             c.improved.append(row)
     return c
 
@@ -115,8 +119,15 @@ def compare_frames(run: pd.DataFrame, base: pd.DataFrame, tolerance: float = 0.0
     r = _ok(run).dropna(subset=[value]).set_index(key)[value]
     b = _ok(base).dropna(subset=[value])
     keep = pd.Series([u not in failed for u in b[UNIT].itertuples(index=False, name=None)], index=b.index, dtype=bool)
-    b = b[keep].set_index(key)[value]
-    return _diff(r, b, key, lambda now, was: now < was - tolerance, lambda now, was: now > was + tolerance, c)
+    b = b[keep].set_index(key)
+    b = b[~b.index.duplicated()]
+    low, high = b[value] - tolerance, b[value] + tolerance
+    if tolerance > 0 and {"auc_lo", "auc_hi"} <= set(b.columns) and value == "auc":
+        spread = ((b.index.get_level_values("control") == "reset") & b["auc_lo"].notna().to_numpy()
+                  & b["auc_hi"].notna().to_numpy())
+        low[spread] = low[spread].clip(upper=b["auc_lo"][spread])  # the control's spread over reset networks
+        high[spread] = high[spread].clip(lower=b["auc_hi"][spread])
+    return _diff(r, b[value], key, lambda now, was, k: now < low[k], lambda now, was, k: now > high[k], c)
 
 
 def compare_timing(run: pd.DataFrame, base: pd.DataFrame, factor: float = 1.5, c: Comparison | None = None,
@@ -124,7 +135,7 @@ def compare_timing(run: pd.DataFrame, base: pd.DataFrame, factor: float = 1.5, c
     """Timing rows: worse when the ratio to one forward+backward grows by more than `factor`."""
     r = run.set_index(TIME_KEY)["ratio_to_fwd_bwd"]
     b = base.set_index(TIME_KEY)["ratio_to_fwd_bwd"]
-    return _diff(r, b, TIME_KEY, lambda now, was: now > was * factor, lambda now, was: now < was / factor,
+    return _diff(r, b, TIME_KEY, lambda now, was, k: now > was * factor, lambda now, was, k: now < was / factor,
                  c or Comparison(strict=strict))
 
 
