@@ -322,15 +322,9 @@ def test_a_card_says_mixture_labels_exactly_when_its_training_saw_them(card):
     tc = siit.TrainConfig(**card["train"])
     task, pair = _pair(card["base_task"], tc.seed, tc)
     pool = tt.training_inputs(task, seed=tc.seed)
-    g = torch.Generator().manual_seed(tc.seed + 1)
-    n_nodes, non, mixed = len(pair.corr.nodes), pair.corr.non_circuit, 0
-    for _ in range(card["steps"]):
-        bi, si = torch.randint(len(pool), (tc.batch,), generator=g), torch.randint(len(pool), (tc.batch,), generator=g)
-        node = int(torch.randint(n_nodes, (1,), generator=g))
-        if non and tc.strict_nodes == "subset":
-            torch.rand(len(non), generator=g)
-        if non and tc.strict_nodes != "all":
-            torch.randint(len(non), (1,), generator=g)
+    mixed = 0
+    tc = siit.TrainConfig(**{**card["train"], "max_steps": card["steps"]})
+    for bi, si, node, _ in siit.draws(tc, len(pool), len(pair.corr.nodes), pair.corr.non_circuit):
         for out in (pair.hl_out(pool[bi]), pair.hl_out(pool[bi], pool[si], node)):
             top = out.amax(-1)
             mixed += int(((top > siit.MIXTURE) & (top <= siit.DEFINED)).sum())

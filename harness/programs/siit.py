@@ -340,13 +340,34 @@ class TrainResult:
     stopped_early: bool = False
 
 
+def draws(tc: TrainConfig, n: int, n_nodes: int, non: list):
+    """Each step's random draws, in `train`'s order (seeded by `tc.seed`): base and source rows
+    [batch] of an n-row pool, the HL node index for IIT, and the non-circuit LL senders the strict
+    loss ablates (`tc.strict_nodes`)."""
+    g = torch.Generator().manual_seed(tc.seed + 1)
+    for _ in range(tc.max_steps):
+        bi = torch.randint(n, (tc.batch,), generator=g)
+        si = torch.randint(n, (tc.batch,), generator=g)
+        node = int(torch.randint(n_nodes, (1,), generator=g))
+        if not non:
+            strict_nodes = []
+        elif tc.strict_nodes == "one":
+            strict_nodes = [non[int(torch.randint(len(non), (1,), generator=g))]]
+        elif tc.strict_nodes == "all":
+            strict_nodes = list(non)
+        else:
+            pick = torch.rand(len(non), generator=g) < 0.5
+            pick[int(torch.randint(len(non), (1,), generator=g))] = True
+            strict_nodes = [j for j, p in zip(non, pick.tolist()) if p]
+        yield bi, si, node, strict_nodes
+
+
 def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_source: torch.Tensor,
           tc: TrainConfig = TrainConfig(), progress=None) -> TrainResult:
     """Train `pair.ll` in place by SIIT on random pairs of `inputs` [N, pos]; evaluate on
     (val_base, val_source) every `eval_every` steps and stop once the behaviour accuracy and the
     mean IIA and strict accuracy reach `stop_at` and no non-circuit node's effect exceeds `stop_effect`. `progress(step, figures)` is called at each
     evaluation. Deterministic for `tc.seed` (pairs, nodes) on one machine."""
-    g = torch.Generator().manual_seed(tc.seed + 1)
     params = [t.requires_grad_(True) for t in pair.ll.params.values()]
     pair.train_defined = MIXTURE if tc.mixture_labels else DEFINED
     opt = torch.optim.Adam(params, lr=tc.lr)
@@ -356,20 +377,7 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     history, t0, step, early = [], time.perf_counter(), 0, False
     sums = {"iit": 0.0, "behaviour": 0.0, "strict": 0.0}
     try:
-        for step in range(1, tc.max_steps + 1):
-            bi = torch.randint(n, (tc.batch,), generator=g)
-            si = torch.randint(n, (tc.batch,), generator=g)
-            node = int(torch.randint(n_nodes, (1,), generator=g))
-            if not non:
-                strict_nodes = []
-            elif tc.strict_nodes == "one":
-                strict_nodes = [non[int(torch.randint(len(non), (1,), generator=g))]]
-            elif tc.strict_nodes == "all":
-                strict_nodes = list(non)
-            else:
-                pick = torch.rand(len(non), generator=g) < 0.5
-                pick[int(torch.randint(len(non), (1,), generator=g))] = True
-                strict_nodes = [j for j, p in zip(non, pick.tolist()) if p]
+        for step, (bi, si, node, strict_nodes) in enumerate(draws(tc, n, n_nodes, non), start=1):
             weights = {"iit": tc.iit_weight, "behaviour": tc.behaviour_weight, "strict": tc.strict_weight}
             match = tc.strict_logits > 0
             if tc.step_per_loss:
