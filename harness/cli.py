@@ -541,6 +541,8 @@ def cmd_train_siit(args) -> int:
         kw["mixture_labels"] = True
     if args.strict_logits is not None:
         kw["strict_logits"] = args.strict_logits
+    if args.blank_weight is not None:
+        kw["blank_weight"] = args.blank_weight
     if args.max_steps:
         kw["max_steps"] = args.max_steps
     tc = TrainConfig(**kw)
@@ -761,6 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--mixture-labels", action="store_true", help="also train on compiled outputs that average "
                     "several values, labelled by their largest entry (the rule trained-tracr-induction and "
                     "trained-gen-20-5x8 were trained with; default: one-hot outputs only; docs/trained.md#labels)")
+    ts.add_argument("--blank-weight", type=_float_range(0), help="weight of a term that trains the output toward "
+                    "uniform where the compiled output is blank, as on prompts where the program has no answer "
+                    "(default 0; docs/trained.md#labels)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

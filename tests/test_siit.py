@@ -314,11 +314,14 @@ def test_an_averaged_compiled_output_is_no_label():
     assert pair.loss(ll, out).item() > 0
 
 
-@pytest.mark.parametrize("card", [c for c in SHIPPED if c["config"]["d_vocab_out"] > 1], ids=lambda c: c["task"])
+@pytest.mark.parametrize("card", [c for c in SHIPPED if c["config"]["d_vocab_out"] > 1
+                                  and c["train"].get("mixture_labels", True)], ids=lambda c: c["task"])
 def test_a_card_says_mixture_labels_exactly_when_its_training_saw_them(card):
     """Replays the card's training draws (the pairs and nodes of `siit.train`) on the compiled
     model: the default rule retrains a card's model bit for bit only if no label it used was an
-    average; cards trained on such labels say `--mixture-labels`."""
+    average; cards trained on such labels say `--mixture-labels`. The cards written before the
+    rule existed (no `mixture_labels` in their config) and those that say it; a card whose config
+    says `mixture_labels: false` was trained under the one-hot rule itself."""
     tc = siit.TrainConfig(**card["train"])
     task, pair = _pair(card["base_task"], tc.seed, tc)
     pool = tt.training_inputs(task, seed=tc.seed)
@@ -329,3 +332,36 @@ def test_a_card_says_mixture_labels_exactly_when_its_training_saw_them(card):
             top = out.amax(-1)
             mixed += int(((top > siit.MIXTURE) & (top <= siit.DEFINED)).sum())
     assert (mixed > 0) == tc.mixture_labels == ("--mixture-labels" in card["command"])
+
+
+def test_a_blank_compiled_output_trains_toward_uniform_only_with_blank_weight():
+    """Where the program selects nothing (IOI's corrupted prompts repeat no name), the compiled
+    output is blank, no label; `blank_weight` adds KL(uniform || softmax) there, zero at uniform
+    logits, and leaves labelled positions' loss as it was."""
+    task, pair = _pair("tracr-ioi")
+    w = task.data("validation")
+    blank_out, labelled_out = pair.hl_out(w.corrupted[:4]), pair.hl_out(w.clean[:4])
+    assert float(blank_out.amax()) < siit.BLANK and not pair.labels(blank_out)[1].any()
+    g = torch.Generator().manual_seed(0)
+    ll = (3 * torch.randn(blank_out.shape, generator=g, dtype=blank_out.dtype)).requires_grad_(True)
+    loss = pair.loss(ll, blank_out)
+    loss.backward()
+    assert loss.item() == 0 and not ll.grad.any()  # the default: nothing to learn there
+    plain = pair.loss(ll, labelled_out).item()
+    pair.blank_weight = 2.0
+    logp = torch.log_softmax(ll.detach(), -1)
+    uniform = torch.full_like(logp, 1 / logp.shape[-1])
+    kl = torch.nn.functional.kl_div(logp, uniform, reduction="none").sum(-1).mean()
+    torch.testing.assert_close(pair.loss(ll, blank_out), 2.0 * kl.float())
+    assert kl > 0.5
+    assert pair.loss(torch.zeros_like(ll), blank_out).item() == pytest.approx(0, abs=1e-6)
+    assert pair.loss(ll, labelled_out).item() == plain  # one-hot outputs are not blank
+
+
+def test_train_siit_blank_weight_reaches_the_training_and_the_cards_command(tmp_path, restore_tasks):
+    from harness.cli import main
+
+    assert main(["train-siit", "--task", "suite:lib-count-3x4", "--max-steps", "2", "--blank-weight", "0.5",
+                 "--out", str(tmp_path), "--quiet"]) == 1  # two steps: rejected
+    card = json.loads((tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.json").read_text())
+    assert card["train"]["blank_weight"] == 0.5 and card["command"].endswith("--max-steps 2 --blank-weight 0.5")

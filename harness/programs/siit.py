@@ -50,6 +50,10 @@ SUMMARY = ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_
 # a one-hot's exceeds 0.999.
 DEFINED = 0.99
 MIXTURE = 0.5  # TrainConfig.mixture_labels: the earlier rule, which also labelled mixtures by their largest entry
+# A compiled categorical output with no entry above this is blank: the program selected nothing there (e.g. IOI's
+# corrupted prompts, which repeat no name), and its softmax is uniform (TrainConfig.blank_weight). An average
+# over n selected positions has a largest entry of at least 1/n, above 0.05 in any context under 20 positions.
+BLANK = 0.05
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class TrainConfig:
     min_heads: int = 4  # LL heads per layer: at least this many, and at least the compiled model's
     mixture_labels: bool = False  # train on averaged compiled outputs too, labelled by their largest entry (the rule
     # two shipped models were trained with; validation never counts them; docs/trained.md#labels)
+    blank_weight: float = 0.0  # weight of a term that trains the LL's output toward uniform where the compiled output
+    # is blank (BLANK), in every loss: KL(uniform || softmax); 0: blank positions train nothing (docs/trained.md#labels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -186,6 +192,7 @@ class SIITPair:
         self.positions = scored.nonzero().flatten()
         self.categorical, self.atol = categorical, atol
         self.train_defined = DEFINED  # the losses' label rule (`train` sets MIXTURE for TrainConfig.mixture_labels)
+        self.blank_weight = 0.0  # TrainConfig.blank_weight (`train` sets it)
         self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
 
     # ----- the HL side: labels ------------------------------------------------------------
@@ -218,13 +225,22 @@ class SIITPair:
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss at the positions where `target` is defined (`train_defined`); zero,
-        with a zero gradient, where no position is (e.g. an interchange whose outputs are all averages)."""
+        with a zero gradient, where no position is (e.g. an interchange whose outputs are all averages).
+        With `blank_weight`, plus that weight times KL(uniform || softmax(out)) averaged over the
+        positions where `target` is blank (BLANK; categorical outputs only)."""
         labels, defined = self.labels(target, self.train_defined)
         if not defined.any():
-            return out.sum() * 0.0
-        if self.categorical:
-            return torch.nn.functional.cross_entropy(out[defined].float(), labels[defined])
-        return ((out[..., 0] - labels) ** 2)[defined].mean()
+            total = out.sum() * 0.0
+        elif self.categorical:
+            total = torch.nn.functional.cross_entropy(out[defined].float(), labels[defined])
+        else:
+            total = ((out[..., 0] - labels) ** 2)[defined].mean()
+        if self.blank_weight and self.categorical:
+            blank = target.amax(-1) < BLANK
+            if blank.any():
+                logp = torch.log_softmax(out[blank].float(), -1)
+                total = total + self.blank_weight * (-logp.mean(-1) - math.log(out.shape[-1])).mean()
+        return total
 
     def correct(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """[k] bool per defined (row, position): the LL output agrees with the HL's."""
@@ -370,6 +386,7 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     evaluation. Deterministic for `tc.seed` (pairs, nodes) on one machine."""
     params = [t.requires_grad_(True) for t in pair.ll.params.values()]
     pair.train_defined = MIXTURE if tc.mixture_labels else DEFINED
+    pair.blank_weight = tc.blank_weight
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)
