@@ -284,30 +284,6 @@ def test_analogue_training_inputs_add_random_sequences_only_where_the_program_an
     assert fixed.sum() >= 3 and (tt.training_inputs(gt)[:, fixed] == d.clean[0, fixed]).all()
 
 
-def test_ioi_training_inputs_shuffle_every_second_pair_and_the_answers_stay_the_programs():
-    """IOI's pool: (clean, corrupted) pairs of prompts, every second pair with its tokens before
-    the final "to" shuffled by one shuffle for both; shuffling never changes the compiled
-    program's answer, so the pool's labels are the task's and no slot tells a name's role."""
-    task = tt.base_task("tracr-ioi")
-    assert task.siit_inputs == "permuted"
-    pool = tt.training_inputs(task)
-    d = task.data("validation")
-    fixed = (d.clean == d.clean[0]).all(0) & (d.corrupted == d.clean[0]).all(0)  # BOS, template words, final "to"
-    template = (pool[:, fixed] == d.clean[0, fixed]).all(1).view(-1, 2)
-    assert template[0::2].all() and template[1::2].double().mean() < 0.01  # the second pair of each four: shuffled
-    assert (pool[:, -1] == d.clean[0, -1]).all()  # the scored token stays last
-    names = torch.cat([d.clean[d.clean != d.corrupted], d.corrupted[d.clean != d.corrupted]]).unique()
-    same = ((pool[0::2] == pool[1::2]) | torch.isin(pool[0::2], names)).all(1)
-    assert same.all() and (pool[0::2] != pool[1::2]).any(1).all()  # a pair differs in names alone: one shuffle for both
-    hl = Engine(task.tracr().weights)
-    g = torch.Generator().manual_seed(0)
-    order = torch.cat([1 + torch.randperm(d.clean.shape[1] - 2, generator=g), torch.tensor([d.clean.shape[1] - 1])])
-    order = torch.cat([torch.tensor([0]), order])
-    plain, shuffled = hl.logits(d.clean)[:, -1], hl.logits(d.clean[:, order])[:, -1]
-    assert (plain.amax(-1) > siit.DEFINED).all() and torch.equal(plain.argmax(-1), shuffled.argmax(-1))
-    assert (shuffled.amax(-1) > siit.DEFINED).all()
-
-
 def test_trained_tasks_run_when_named_or_by_the_preset_beside_their_programs():
     from harness.run.presets import get_preset
     from harness.run.runner import offline_tasks

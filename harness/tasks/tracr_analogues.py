@@ -152,10 +152,6 @@ class TracrIOI(TracrAnalogue):
 
     name = model = program = "tracr-ioi"
     mirrors = "ioi"
-    # SIIT trains on the prompts, half of them with their words before the final "to" shuffled: the program's
-    # answer does not depend on their order, and one template lets a model find S by its slot
-    # (harness.tasks.trained_tasks.training_inputs; docs/trained.md#training-data)
-    siit_inputs = "permuted"
     description = "tracr analogue of ACDC's IOI: duplicate-name head, S-inhibition head, name mover"
 
     def examples(self, rng):

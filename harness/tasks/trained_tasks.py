@@ -80,23 +80,16 @@ def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
     positions (a positional shortcut, docs/trained.md#training-data) instead of implementing the
     program's heads, and sequences without an answer teach nothing. An analogue whose
     `siit_inputs` is "uniform" (Induction) trains on uniform sequences alone: its prompts put every
-    answer at one distance, a shortcut even half of the pool teaches. One whose `siit_inputs` is
-    "permuted" (IOI) trains on prompts, every second (clean, corrupted) pair with the tokens before
-    the last one shuffled, one shuffle for both: its program's answer does not depend on their
-    order, and a single template lets a model read an answer's role off its slot."""
+    answer at one distance, a shortcut even half of the pool teaches."""
     m = task.tracr()
     spec = getattr(task, "spec", None) or PROGRAMS[task.program]
     vocab, length = list(spec.vocab), input_length(task)
     rng = random.Random(7_777_777 + seed)
     seqs = []
-    kind = getattr(task, "siit_inputs", "prompts")
-    if hasattr(task, "examples") and kind in ("prompts", "permuted"):  # a RASP analogue
+    if hasattr(task, "examples") and getattr(task, "siit_inputs", "prompts") == "prompts":  # a RASP analogue
         share = 0.5 if random_defined(task) >= RANDOM_MIN_DEFINED else 0.0
         while len(seqs) < n * (1 - share):
             clean, corr, *_ = task.examples(rng)
-            if kind == "permuted" and len(seqs) % 4 == 2:
-                order = rng.sample(range(length - 1), length - 1) + [length - 1]
-                clean, corr = [clean[i] for i in order], [corr[i] for i in order]
             seqs += [clean, corr]
         n = n - len(seqs)
         if not n:
