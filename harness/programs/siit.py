@@ -22,7 +22,8 @@ docs/trained.md#training says why.
 
 Options (`TrainConfig`, docs/trained.md#training): one optimiser step per loss (InterpBench's
 default); a logit term in the strict loss (`strict_logits`); gradient from the strict loss into the
-ablated node's own weights through its source output (`strict_grad`).
+ablated node's own weights through its source output (`strict_grad`); a term that trains the
+output toward uniform where the compiled output is blank (`blank_weight`; docs/trained.md#labels).
 
 Validation (`validate`), on given (base, source) pairs in float64: behaviour accuracy; IIA
 (interchange-intervention accuracy) per HL node; strict accuracy per non-circuit LL node
