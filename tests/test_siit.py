@@ -319,9 +319,9 @@ def test_an_averaged_compiled_output_is_no_label():
 def test_a_card_says_mixture_labels_exactly_when_its_training_saw_them(card):
     """Replays the card's training draws (the pairs and nodes of `siit.train`) on the compiled
     model: the default rule retrains a card's model bit for bit only if no label it used was an
-    average; cards trained on such labels say `--mixture-labels`. The cards written before the
-    rule existed (no `mixture_labels` in their config) and those that say it; a card whose config
-    says `mixture_labels: false` was trained under the one-hot rule itself."""
+    average; cards trained on such labels say `--mixture-labels`. It covers the cards written before
+    the rule existed (no `mixture_labels` in their config) and those that say it: a card whose config
+    says `mixture_labels: false` was trained under the one-hot rule itself, so a replay proves nothing."""
     tc = siit.TrainConfig(**card["train"])
     task, pair = _pair(card["base_task"], tc.seed, tc)
     pool = tt.training_inputs(task, seed=tc.seed)
