@@ -543,6 +543,12 @@ def cmd_train_siit(args) -> int:
         kw["strict_logits"] = args.strict_logits
     if args.blank_weight is not None:
         kw["blank_weight"] = args.blank_weight
+    if args.strict_focus is not None:
+        if args.strict_nodes != "one":
+            _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
+        if args.strict_focus > 1:
+            _fail(f"--strict-focus {args.strict_focus:g} is a share of the steps: use a number from 0 to 1")
+        kw["strict_focus"] = args.strict_focus
     if args.max_steps:
         kw["max_steps"] = args.max_steps
     tc = TrainConfig(**kw)
@@ -766,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--blank-weight", type=_float_range(0), help="weight of a term that trains the output toward "
                     "uniform where the compiled output is blank, as on prompts where the program has no answer "
                     "(default 0; docs/trained.md#labels)")
+    ts.add_argument("--strict-focus", type=_float_range(0), help="share of steps whose strict node is drawn in "
+                    "proportion to what ablating it has recently cost in training, not uniformly (default 0; "
+                    "docs/trained.md#training)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

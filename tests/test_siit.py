@@ -365,3 +365,50 @@ def test_train_siit_blank_weight_reaches_the_training_and_the_cards_command(tmp_
                  "--out", str(tmp_path), "--quiet"]) == 1  # two steps: rejected
     card = json.loads((tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.json").read_text())
     assert card["train"]["blank_weight"] == 0.5 and card["command"].endswith("--max-steps 2 --blank-weight 0.5")
+
+
+def _parts(strict: float, behaviour: float, **more) -> dict:
+    return {"strict": torch.tensor(strict), "behaviour": torch.tensor(behaviour),
+            **{k: torch.tensor(v) for k, v in more.items()}}
+
+
+def test_strict_focus_draws_the_nodes_whose_ablation_costs_most_in_training():
+    """StrictFocus: a node's cost is a running mean of its strict loss above the batch's behaviour
+    loss (plus the logit term); unseen nodes count as the costliest seen; a node that costs nothing
+    is never drawn by cost; share 0 keeps every uniform draw."""
+    f = siit.StrictFocus([3, 5, 7], share=1.0, seed=0)
+    assert {f.pick([5])[0] for _ in range(200)} == {3, 5, 7}  # nothing seen yet: every node alike
+    f.observe([3], _parts(2.0, 0.5))
+    f.observe([5], _parts(0.4, 0.5))  # ablating 5 cost nothing: clamped to 0
+    assert f.cost == {3: 1.5, 5: 0.0, 7: None}
+    picks = [f.pick([5])[0] for _ in range(400)]
+    assert set(picks) == {3, 7}  # 7, unseen, counts as costly as 3; 5 never
+    f.observe([3], _parts(0.5, 0.5, strict_logits=0.2))
+    assert f.cost[3] == pytest.approx(0.9 * 1.5 + 0.1 * 0.2)
+    f.observe([3, 5], _parts(9.0, 0.0))  # several nodes at once: no single node to charge
+    assert f.cost[3] == pytest.approx(0.9 * 1.5 + 0.1 * 0.2)
+    g = siit.StrictFocus([3, 5, 7], share=0.0, seed=0)
+    g.observe([3], _parts(5.0, 0.0))
+    assert all(g.pick([5]) == [5] for _ in range(100))
+    half = siit.StrictFocus([3, 5, 7], share=0.5, seed=1)
+    half.cost = {3: 1.0, 5: 0.0, 7: 0.0}
+    picks = [half.pick([5])[0] for _ in range(1000)]
+    assert 0.4 < picks.count(3) / 1000 < 0.6 and set(picks) == {3, 5}
+
+
+def test_train_siit_strict_focus_reaches_the_card_and_needs_one_strict_node(tmp_path, restore_tasks, capsys):
+    from harness.cli import main
+
+    assert main(["train-siit", "--task", "suite:lib-count-3x4", "--max-steps", "2", "--strict-focus", "0.5",
+                 "--out", str(tmp_path), "--quiet"]) == 1  # two steps: rejected
+    card = json.loads((tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.json").read_text())
+    assert card["train"]["strict_focus"] == 0.5 and card["command"].endswith("--max-steps 2 --strict-focus 0.5")
+    for bad, says in ((["--strict-focus", "1.5"], "from 0 to 1"), (["--strict-focus", "0.5", "--strict-nodes", "all"],
+                                                                     "one strict node")):
+        with pytest.raises(SystemExit) as e:
+            main(["train-siit", "--task", "suite:lib-count-3x4", "--out", str(tmp_path), *bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    task, pair = _pair("suite:lib-count-3x4")
+    with pytest.raises(ValueError, match="strict_nodes 'one'"):
+        siit.train(pair, tt.training_inputs(task)[:8], *(t[:4] for t in tt.validation_pairs(task, tt.training_inputs(task))),
+                   siit.TrainConfig(max_steps=1, strict_focus=0.5, strict_nodes="subset"))

@@ -88,6 +88,8 @@ class TrainConfig:
     # two shipped models were trained with; validation never counts them; docs/trained.md#labels)
     blank_weight: float = 0.0  # weight of a term that trains the LL's output toward uniform where the compiled output
     # is blank (BLANK), in every loss: KL(uniform || softmax); 0: blank positions train nothing (docs/trained.md#labels)
+    strict_focus: float = 0.0  # with strict_nodes "one": the share of steps whose strict node is drawn in proportion to
+    # how much ablating it has recently cost in training (StrictFocus), not uniformly; 0: uniform draws only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -379,6 +381,39 @@ def draws(tc: TrainConfig, n: int, n_nodes: int, non: list):
         yield bi, si, node, strict_nodes
 
 
+class StrictFocus:
+    """Draws the strict loss's node toward the non-circuit nodes whose ablation costs most
+    (TrainConfig.strict_focus). A node's cost is a running mean, over the training steps that
+    ablated it, of its strict loss in excess of the same batch's behaviour loss, plus the logit
+    term when one is trained; nodes not yet ablated count as the costliest seen. Only training
+    batches feed it, never validation pairs, so the validation that gates shipping stays held out.
+    Its own generator (seed + 2) leaves `draws`' sequence unchanged."""
+
+    def __init__(self, non: list, share: float, seed: int, decay: float = 0.9):
+        self.non, self.share, self.decay = list(non), share, decay
+        self.cost = dict.fromkeys(self.non)
+        self.g = torch.Generator().manual_seed(seed + 2)
+
+    def pick(self, drawn: list) -> list:
+        """`drawn` (one uniform node), or with probability `share` one node drawn by cost."""
+        if float(torch.rand((), generator=self.g)) >= self.share:
+            return drawn
+        seen = [c for c in self.cost.values() if c is not None]
+        top = max(seen, default=1.0)
+        w = torch.tensor([top if c is None else c for c in self.cost.values()], dtype=torch.float64)
+        if not float(w.sum()) > 0:
+            return drawn
+        return [self.non[int(torch.multinomial(w, 1, generator=self.g))]]
+
+    def observe(self, strict_nodes: list, parts: dict) -> None:
+        if len(strict_nodes) != 1:
+            return
+        c = (max(float(parts["strict"].detach()) - float(parts["behaviour"].detach()), 0.0)
+             + float(parts["strict_logits"].detach() if "strict_logits" in parts else 0.0))
+        j = strict_nodes[0]
+        self.cost[j] = c if self.cost[j] is None else self.decay * self.cost[j] + (1 - self.decay) * c
+
+
 def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_source: torch.Tensor,
           tc: TrainConfig = TrainConfig(), progress=None) -> TrainResult:
     """Train `pair.ll` in place by SIIT on random pairs of `inputs` [N, pos]; evaluate on
@@ -392,10 +427,15 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)
     n, n_nodes, non = inputs.shape[0], len(pair.corr.nodes), pair.corr.non_circuit
+    if tc.strict_focus and tc.strict_nodes != "one":
+        raise ValueError("strict_focus draws one strict node per step: use it with strict_nodes 'one'")
+    focus = StrictFocus(non, tc.strict_focus, tc.seed) if tc.strict_focus and non else None
     history, t0, step, early = [], time.perf_counter(), 0, False
     sums = {"iit": 0.0, "behaviour": 0.0, "strict": 0.0}
     try:
         for step, (bi, si, node, strict_nodes) in enumerate(draws(tc, n, n_nodes, non), start=1):
+            if focus is not None:
+                strict_nodes = focus.pick(strict_nodes)
             weights = {"iit": tc.iit_weight, "behaviour": tc.behaviour_weight, "strict": tc.strict_weight}
             match = tc.strict_logits > 0
             if tc.step_per_loss:
@@ -421,6 +461,8 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
                 torch.nn.utils.clip_grad_norm_(params, tc.clip)
                 opt.step()
             sched.step()
+            if focus is not None:
+                focus.observe(strict_nodes, parts)
             for k in sums:
                 sums[k] += float(parts[k].detach())
             if step % tc.eval_every == 0 or step == tc.max_steps:
