@@ -396,13 +396,14 @@ def test_strict_focus_draws_the_nodes_whose_ablation_costs_most_in_training():
     assert 0.4 < picks.count(3) / 1000 < 0.6 and set(picks) == {3, 5}
 
 
-def test_train_siit_strict_focus_reaches_the_card_and_needs_one_strict_node(tmp_path, restore_tasks, capsys):
+def test_train_siit_strict_focus_and_average_weight_reach_the_card(tmp_path, restore_tasks, capsys):
     from harness.cli import main
 
     assert main(["train-siit", "--task", "suite:lib-count-3x4", "--max-steps", "2", "--strict-focus", "0.5",
-                 "--out", str(tmp_path), "--quiet"]) == 1  # two steps: rejected
+                 "--average-weight", "0.25", "--out", str(tmp_path), "--quiet"]) == 1  # two steps: rejected
     card = json.loads((tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.json").read_text())
-    assert card["train"]["strict_focus"] == 0.5 and card["command"].endswith("--max-steps 2 --strict-focus 0.5")
+    assert card["train"]["strict_focus"] == 0.5 and card["train"]["average_weight"] == 0.25
+    assert card["command"].endswith("--max-steps 2 --average-weight 0.25 --strict-focus 0.5")
     for bad, says in ((["--strict-focus", "1.5"], "from 0 to 1"), (["--strict-focus", "0.5", "--strict-nodes", "all"],
                                                                      "one strict node")):
         with pytest.raises(SystemExit) as e:
@@ -412,3 +413,35 @@ def test_train_siit_strict_focus_reaches_the_card_and_needs_one_strict_node(tmp_
     with pytest.raises(ValueError, match="strict_nodes 'one'"):
         siit.train(pair, tt.training_inputs(task)[:8], *(t[:4] for t in tt.validation_pairs(task, tt.training_inputs(task))),
                    siit.TrainConfig(max_steps=1, strict_focus=0.5, strict_nodes="subset"))
+
+
+def test_an_averaged_compiled_output_trains_toward_that_average_only_with_average_weight():
+    """Swapping IOI's S-inhibition head for a source whose subject is foreign to the base makes
+    the name mover average the base's names (1/3 IO + 2/3 S): no label, not blank.
+    `average_weight` adds KL(average || softmax) there, near zero when the LL's softmax is that
+    average, and leaves labelled and blank positions' loss as it was."""
+    task, pair = _pair("tracr-ioi")
+    w = task.data("validation")
+    sinh = next(i for i, n in enumerate(pair.corr.nodes) if n.startswith("blocks.1.attn"))
+    clean = tt.training_inputs(task)[::2]  # the pool alternates clean and corrupted prompts
+    out = pair.hl_out(clean[:60], clean[60:120], sinh)
+    top = out.amax(-1)
+    avg = out[(top >= siit.BLANK) & (top <= siit.DEFINED)][:, None]
+    assert len(avg) >= 5 and torch.allclose(avg.sum(-1), torch.ones(())) 
+    torch.testing.assert_close(avg.amax(-1), torch.full(avg.shape[:2], 2 / 3), atol=1e-4, rtol=0)
+    assert not pair.labels(avg)[1].any()
+    g = torch.Generator().manual_seed(0)
+    ll = (3 * torch.randn(avg.shape, generator=g, dtype=avg.dtype)).requires_grad_(True)
+    loss = pair.loss(ll, avg)
+    loss.backward()
+    assert loss.item() == 0 and not ll.grad.any()  # the default: nothing to learn there
+    labelled, blank = pair.hl_out(w.clean[:4]), pair.hl_out(w.corrupted[:4])
+    plain = [pair.loss(ll[:4].detach(), t).item() for t in (labelled, blank)]
+    pair.average_weight = 2.0
+    logp = torch.log_softmax(ll.detach(), -1)
+    p = avg / avg.sum(-1, keepdim=True)
+    kl = (p * (p.clamp(min=1e-30).log() - logp)).sum(-1).mean()
+    torch.testing.assert_close(pair.loss(ll, avg), 2.0 * kl.float())
+    assert kl > 0.5
+    assert pair.loss(torch.log(avg + 1e-9), avg).item() == pytest.approx(0, abs=1e-6)
+    assert [pair.loss(ll[:4].detach(), t).item() for t in (labelled, blank)] == plain

@@ -88,6 +88,8 @@ class TrainConfig:
     # two shipped models were trained with; validation never counts them; docs/trained.md#labels)
     blank_weight: float = 0.0  # weight of a term that trains the LL's output toward uniform where the compiled output
     # is blank (BLANK), in every loss: KL(uniform || softmax); 0: blank positions train nothing (docs/trained.md#labels)
+    average_weight: float = 0.0  # weight of a term that trains the LL's softmax toward the compiled output where that
+    # is an average of several one-hots (neither a label nor blank), in every loss: KL(average || softmax); 0: none
     strict_focus: float = 0.0  # with strict_nodes "one": the share of steps whose strict node is drawn in proportion to
     # how much ablating it has recently cost in training (StrictFocus), not uniformly; 0: uniform draws only
 
@@ -196,6 +198,7 @@ class SIITPair:
         self.categorical, self.atol = categorical, atol
         self.train_defined = DEFINED  # the losses' label rule (`train` sets MIXTURE for TrainConfig.mixture_labels)
         self.blank_weight = 0.0  # TrainConfig.blank_weight (`train` sets it)
+        self.average_weight = 0.0  # TrainConfig.average_weight (`train` sets it)
         self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
 
     # ----- the HL side: labels ------------------------------------------------------------
@@ -230,7 +233,9 @@ class SIITPair:
         """The training loss at the positions where `target` is defined (`train_defined`); zero,
         with a zero gradient, where no position is (e.g. an interchange whose outputs are all averages).
         With `blank_weight`, plus that weight times KL(uniform || softmax(out)) averaged over the
-        positions where `target` is blank (BLANK; categorical outputs only)."""
+        positions where `target` is blank (BLANK; categorical outputs only). With `average_weight`,
+        plus that weight times KL(average || softmax(out)) over the positions where `target` averages
+        several one-hots (neither a label nor blank), the average renormalised to sum to 1."""
         labels, defined = self.labels(target, self.train_defined)
         if not defined.any():
             total = out.sum() * 0.0
@@ -243,6 +248,13 @@ class SIITPair:
             if blank.any():
                 logp = torch.log_softmax(out[blank].float(), -1)
                 total = total + self.blank_weight * (-logp.mean(-1) - math.log(out.shape[-1])).mean()
+        if self.average_weight and self.categorical:
+            average = ~defined & (target.amax(-1) >= BLANK)
+            if average.any():
+                p = target[average].float().clamp(min=0)
+                logp = torch.log_softmax(out[average].float(), -1)
+                total = total + self.average_weight * torch.nn.functional.kl_div(
+                    logp, p / p.sum(-1, keepdim=True), reduction="batchmean")
         return total
 
     def correct(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -423,6 +435,7 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     params = [t.requires_grad_(True) for t in pair.ll.params.values()]
     pair.train_defined = MIXTURE if tc.mixture_labels else DEFINED
     pair.blank_weight = tc.blank_weight
+    pair.average_weight = tc.average_weight
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)
