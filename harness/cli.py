@@ -545,6 +545,8 @@ def cmd_train_siit(args) -> int:
         kw["blank_weight"] = args.blank_weight
     if args.average_weight is not None:
         kw["average_weight"] = args.average_weight
+    if args.centre_weight is not None:
+        kw["centre_weight"] = args.centre_weight
     if args.strict_focus is not None:
         if args.strict_nodes != "one":
             _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
@@ -777,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--average-weight", type=_float_range(0), help="weight of a term that trains the output's "
                     "softmax toward the compiled output where that averages several values (no label; default 0; "
                     "docs/trained.md#labels)")
+    ts.add_argument("--centre-weight", type=_float_range(0), help="weight of a term on the squared mean of the "
+                    "logits over classes, a shift softmax ignores and the L2 metric counts (default 0; "
+                    "docs/trained.md#training)")
     ts.add_argument("--strict-focus", type=_float_range(0), help="share of steps whose strict node is drawn in "
                     "proportion to what ablating it has recently cost in training, not uniformly (default 0; "
                     "docs/trained.md#training)")

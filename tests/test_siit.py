@@ -396,14 +396,14 @@ def test_strict_focus_draws_the_nodes_whose_ablation_costs_most_in_training():
     assert 0.4 < picks.count(3) / 1000 < 0.6 and set(picks) == {3, 5}
 
 
-def test_train_siit_strict_focus_and_average_weight_reach_the_card(tmp_path, restore_tasks, capsys):
+def test_train_siit_strict_focus_and_the_new_weights_reach_the_card(tmp_path, restore_tasks, capsys):
     from harness.cli import main
 
     assert main(["train-siit", "--task", "suite:lib-count-3x4", "--max-steps", "2", "--strict-focus", "0.5",
-                 "--average-weight", "0.25", "--out", str(tmp_path), "--quiet"]) == 1  # two steps: rejected
+                 "--average-weight", "0.25", "--centre-weight", "2", "--out", str(tmp_path), "--quiet"]) == 1  # rejected
     card = json.loads((tmp_path / "trained" / "rejected" / "trained-lib-count-3x4.json").read_text())
-    assert card["train"]["strict_focus"] == 0.5 and card["train"]["average_weight"] == 0.25
-    assert card["command"].endswith("--max-steps 2 --average-weight 0.25 --strict-focus 0.5")
+    assert (card["train"]["strict_focus"], card["train"]["average_weight"], card["train"]["centre_weight"]) == (0.5, 0.25, 2)
+    assert card["command"].endswith("--max-steps 2 --average-weight 0.25 --centre-weight 2 --strict-focus 0.5")
     for bad, says in ((["--strict-focus", "1.5"], "from 0 to 1"), (["--strict-focus", "0.5", "--strict-nodes", "all"],
                                                                      "one strict node")):
         with pytest.raises(SystemExit) as e:
@@ -445,3 +445,20 @@ def test_an_averaged_compiled_output_trains_toward_that_average_only_with_averag
     assert kl > 0.5
     assert pair.loss(torch.log(avg + 1e-9), avg).item() == pytest.approx(0, abs=1e-6)
     assert [pair.loss(ll[:4].detach(), t).item() for t in (labelled, blank)] == plain
+
+
+def test_centre_weight_charges_only_the_shift_every_class_shares():
+    """Softmax ignores a shift of every logit; the L2 metric does not. `centre_weight` adds that
+    weight times the squared mean over classes, averaged over positions, and nothing else."""
+    task, pair = _pair("tracr-ioi")
+    w = task.data("validation")
+    target = pair.hl_out(w.clean[:4])
+    g = torch.Generator().manual_seed(0)
+    ll = 3 * torch.randn(target.shape, generator=g, dtype=target.dtype)
+    ll = ll - ll.mean(-1, keepdim=True)  # centred: no shared shift
+    plain = pair.loss(ll, target).item()
+    assert pair.loss(ll + 5.0, target).item() == pytest.approx(plain, abs=1e-5)  # the default ignores a shift
+    pair.centre_weight = 0.5
+    assert pair.loss(ll, target).item() == pytest.approx(plain, abs=1e-5)
+    shift = torch.arange(ll.shape[0], dtype=ll.dtype)[:, None, None]  # a different shift per row
+    assert pair.loss(ll + shift, target).item() == pytest.approx(plain + 0.5 * float((shift ** 2).mean()), rel=1e-5)

@@ -90,6 +90,8 @@ class TrainConfig:
     # is blank (BLANK), in every loss: KL(uniform || softmax); 0: blank positions train nothing (docs/trained.md#labels)
     average_weight: float = 0.0  # weight of a term that trains the LL's softmax toward the compiled output where that
     # is an average of several one-hots (neither a label nor blank), in every loss: KL(average || softmax); 0: none
+    centre_weight: float = 0.0  # weight of a term on the squared mean over classes of the LL's logits, in every loss:
+    # softmax ignores a shift every class shares, so nothing else fixes it, yet the L2 metric counts it (shift_share)
     strict_focus: float = 0.0  # with strict_nodes "one": the share of steps whose strict node is drawn in proportion to
     # how much ablating it has recently cost in training (StrictFocus), not uniformly; 0: uniform draws only
 
@@ -199,6 +201,7 @@ class SIITPair:
         self.train_defined = DEFINED  # the losses' label rule (`train` sets MIXTURE for TrainConfig.mixture_labels)
         self.blank_weight = 0.0  # TrainConfig.blank_weight (`train` sets it)
         self.average_weight = 0.0  # TrainConfig.average_weight (`train` sets it)
+        self.centre_weight = 0.0  # TrainConfig.centre_weight (`train` sets it)
         self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
 
     # ----- the HL side: labels ------------------------------------------------------------
@@ -235,7 +238,9 @@ class SIITPair:
         With `blank_weight`, plus that weight times KL(uniform || softmax(out)) averaged over the
         positions where `target` is blank (BLANK; categorical outputs only). With `average_weight`,
         plus that weight times KL(average || softmax(out)) over the positions where `target` averages
-        several one-hots (neither a label nor blank), the average renormalised to sum to 1."""
+        several one-hots (neither a label nor blank), the average renormalised to sum to 1. With
+        `centre_weight`, plus that weight times the squared mean over classes of `out`, averaged over
+        every position: softmax ignores that mean, the L2 metric does not (`validate`'s shift_share)."""
         labels, defined = self.labels(target, self.train_defined)
         if not defined.any():
             total = out.sum() * 0.0
@@ -255,6 +260,8 @@ class SIITPair:
                 logp = torch.log_softmax(out[average].float(), -1)
                 total = total + self.average_weight * torch.nn.functional.kl_div(
                     logp, p / p.sum(-1, keepdim=True), reduction="batchmean")
+        if self.centre_weight and self.categorical:
+            total = total + self.centre_weight * out.float().mean(-1).pow(2).mean()
         return total
 
     def correct(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -436,6 +443,7 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     pair.train_defined = MIXTURE if tc.mixture_labels else DEFINED
     pair.blank_weight = tc.blank_weight
     pair.average_weight = tc.average_weight
+    pair.centre_weight = tc.centre_weight
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)

@@ -208,6 +208,7 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
                    + (" --mixture-labels" if tc.mixture_labels else "")
                    + (f" --blank-weight {tc.blank_weight:g}" if tc.blank_weight else "")
                    + (f" --average-weight {tc.average_weight:g}" if tc.average_weight else "")
+                   + (f" --centre-weight {tc.centre_weight:g}" if tc.centre_weight else "")
                    + (f" --strict-focus {tc.strict_focus:g}" if tc.strict_focus else ""),
         "correspondence": pair.corr.nodes, "training_inputs": int(pool.shape[0]),
         "steps": result.steps, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
