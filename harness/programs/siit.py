@@ -406,7 +406,8 @@ class StrictFocus:
     ablated it, of its strict loss in excess of the same batch's behaviour loss, plus the logit
     term when one is trained; nodes not yet ablated count as the costliest seen. Only training
     batches feed it, never validation pairs, so the validation that gates shipping stays held out.
-    Its own generator (seed + 2) leaves `draws`' sequence unchanged."""
+    Its own generator (seed + 2) leaves `draws`' sequence unchanged. A share below 1 keeps every
+    node's cost current through the uniform draws; at 1 a node whose cost fell to 0 is not drawn again."""
 
     def __init__(self, non: list, share: float, seed: int, decay: float = 0.9):
         self.non, self.share, self.decay = list(non), share, decay
