@@ -531,22 +531,12 @@ def cmd_train_siit(args) -> int:
         except (ValueError, KeyError) as e:
             _fail(str(e).strip('"'))
     kw = {"seed": args.seed, "strict_nodes": args.strict_nodes}
-    if args.strict_weight is not None:
-        kw["strict_weight"] = args.strict_weight
-    if args.strict_grad:
-        kw["strict_grad"] = True
-    if args.step_per_loss:
-        kw["step_per_loss"] = True
-    if args.mixture_labels:
-        kw["mixture_labels"] = True
-    if args.strict_logits is not None:
-        kw["strict_logits"] = args.strict_logits
-    if args.blank_weight is not None:
-        kw["blank_weight"] = args.blank_weight
-    if args.average_weight is not None:
-        kw["average_weight"] = args.average_weight
-    if args.centre_weight is not None:
-        kw["centre_weight"] = args.centre_weight
+    for name in ("strict_weight", "strict_logits", "blank_weight", "average_weight", "centre_weight"):
+        if getattr(args, name) is not None:  # given: passed on; otherwise TrainConfig's default
+            kw[name] = getattr(args, name)
+    for name in ("strict_grad", "step_per_loss", "mixture_labels"):
+        if getattr(args, name):
+            kw[name] = True
     if args.strict_focus is not None:
         if args.strict_nodes != "one":
             _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
