@@ -511,13 +511,31 @@ def cmd_suite_seeds(args) -> int:
     return 0
 
 
+def train_config(args):
+    """The TrainConfig of parsed `train-siit` arguments: each option given is passed on (the names in
+    harness.tasks.trained_tasks.COMMAND_OPTIONS, the card's command's), the rest keep TrainConfig's defaults."""
+    from harness.programs.siit import TrainConfig
+    from harness.tasks.trained_tasks import COMMAND_OPTIONS
+
+    if args.strict_focus is not None:
+        if args.strict_nodes != "one":
+            _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
+        if args.strict_focus > 1:
+            _fail(f"--strict-focus {args.strict_focus:g} is a share of the steps: use a number from 0 to 1")
+    kw = {"seed": args.seed}
+    for name, _ in COMMAND_OPTIONS:
+        v = getattr(args, name)
+        if v is not None and v is not False:  # given (a flag: set); otherwise TrainConfig's default
+            kw[name] = v
+    return TrainConfig(**kw)
+
+
 def cmd_train_siit(args) -> int:
     """Train SIIT models of compiled tasks (harness.tasks.trained_tasks.train), one after another."""
     import torch
     from tqdm import tqdm
 
     from harness.core.device import resolve_device
-    from harness.programs.siit import TrainConfig
     from harness.tasks import TASKS
     from harness.tasks.trained_tasks import base_task, train
 
@@ -530,22 +548,7 @@ def cmd_train_siit(args) -> int:
             base_task(t)
         except (ValueError, KeyError) as e:
             _fail(str(e).strip('"'))
-    kw = {"seed": args.seed, "strict_nodes": args.strict_nodes}
-    for name in ("strict_weight", "strict_logits", "blank_weight", "average_weight", "centre_weight"):
-        if getattr(args, name) is not None:  # given: passed on; otherwise TrainConfig's default
-            kw[name] = getattr(args, name)
-    for name in ("strict_grad", "step_per_loss", "mixture_labels"):
-        if getattr(args, name):
-            kw[name] = True
-    if args.strict_focus is not None:
-        if args.strict_nodes != "one":
-            _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
-        if args.strict_focus > 1:
-            _fail(f"--strict-focus {args.strict_focus:g} is a share of the steps: use a number from 0 to 1")
-        kw["strict_focus"] = args.strict_focus
-    if args.max_steps:
-        kw["max_steps"] = args.max_steps
-    tc = TrainConfig(**kw)
+    tc = train_config(args)
     failed = 0
     for t in args.task:
         with tqdm(total=tc.max_steps, desc=t, unit="step", disable=args.quiet) as bar:

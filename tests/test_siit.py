@@ -462,3 +462,36 @@ def test_centre_weight_charges_only_the_shift_every_class_shares():
     assert pair.loss(ll, target).item() == pytest.approx(plain, abs=1e-5)
     shift = torch.arange(ll.shape[0], dtype=ll.dtype)[:, None, None]  # a different shift per row
     assert pair.loss(ll + shift, target).item() == pytest.approx(plain + 0.5 * float((shift ** 2).mean()), rel=1e-5)
+
+
+def _parsed_config(command: str) -> siit.TrainConfig:
+    import shlex
+
+    from harness.cli import build_parser, train_config
+
+    words = shlex.split(command)
+    assert words[:2] == ["circuit-bench", "train-siit"]
+    return train_config(build_parser().parse_args(words[1:]))
+
+
+def test_each_shipped_cards_command_trains_with_its_cards_config():
+    """The stored command, parsed by the CLI, gives the card's training config: a reader who runs
+    it trains the shipped model's recipe (bit for bit where the CPU and threads match)."""
+    for c in SHIPPED:
+        assert _parsed_config(c["command"]) == siit.TrainConfig(**c["train"]), c["task"]
+
+
+def test_the_command_names_every_training_option_the_cli_takes():
+    """`trained_tasks.command` and the CLI's `train_config` round-trip every option, and every
+    train-siit option that sets the recipe is in COMMAND_OPTIONS (so a new one reaches the card)."""
+    from harness.cli import build_parser
+
+    recipe = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train-siit"]._actions}
+    recipe -= {"help", "task", "seed", "threads", "device", "out", "quiet"}
+    assert recipe == {name for name, _ in tt.COMMAND_OPTIONS} and recipe <= set(siit.TrainConfig().to_dict())
+    every = dict(max_steps=7, strict_weight=0.5, strict_logits=0.25, step_per_loss=True, strict_grad=True,
+                 mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, seed=3)
+    for tc in (siit.TrainConfig(**every, strict_nodes="subset"), siit.TrainConfig(**every, strict_focus=0.75)):
+        cmd = tt.command("suite:lib-count-3x4", tc, 2)
+        assert _parsed_config(cmd) == tc, cmd
+    assert tt.command("tracr-reverse", siit.TrainConfig(), 1) == "circuit-bench train-siit --task tracr-reverse --seed 0 --threads 1"

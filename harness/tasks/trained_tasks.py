@@ -140,6 +140,27 @@ def make_pair(task, ll: Weights, dtype=torch.float32, device="cpu") -> siit.SIIT
                          m.categorical_output)
 
 
+# The train-siit options a card's command names, in the order it names them: (TrainConfig field, flag). An
+# option appears only where its value differs from TrainConfig's default; a boolean is its flag alone. The
+# shipped cards' commands fix this order (tests/test_siit.py parses each back into its card's config).
+COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-nodes"), ("strict_weight", "--strict-weight"),
+                   ("strict_logits", "--strict-logits"), ("step_per_loss", "--step-per-loss"),
+                   ("strict_grad", "--strict-grad"), ("mixture_labels", "--mixture-labels"),
+                   ("blank_weight", "--blank-weight"), ("average_weight", "--average-weight"),
+                   ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"))
+
+
+def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
+    """The `circuit-bench train-siit` command that trains `base` with `tc` on `threads` CPU threads."""
+    default = siit.TrainConfig()
+    words = [f"circuit-bench train-siit --task {base} --seed {tc.seed} --threads {threads}"]
+    for name, flag in COMMAND_OPTIONS:
+        v = getattr(tc, name)
+        if v != getattr(default, name):
+            words.append(flag if isinstance(v, bool) else f"{flag} {v:g}" if isinstance(v, float) else f"{flag} {v}")
+    return " ".join(words)
+
+
 def circuit_edges(task) -> list:
     """The compiled program's structural ground truth: the correspondence's nodes and edges."""
     return list(task.ground_truths()["structural"].edges)
@@ -199,17 +220,7 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
     os.replace(tmp, out / f"{name}.safetensors")
     card = {
         "task": name, "base_task": base, "config": cfg.to_dict(), "train": tc.to_dict(),
-        "command": f"circuit-bench train-siit --task {base} --seed {tc.seed} --threads {threads}"
-                   + (f" --max-steps {tc.max_steps}" if tc.max_steps != siit.TrainConfig().max_steps else "")
-                   + (f" --strict-nodes {tc.strict_nodes}" if tc.strict_nodes != siit.TrainConfig().strict_nodes else "")
-                   + (f" --strict-weight {tc.strict_weight:g}" if tc.strict_weight != siit.TrainConfig().strict_weight else "")
-                   + (f" --strict-logits {tc.strict_logits:g}" if tc.strict_logits else "")
-                   + (" --step-per-loss" if tc.step_per_loss else "") + (" --strict-grad" if tc.strict_grad else "")
-                   + (" --mixture-labels" if tc.mixture_labels else "")
-                   + (f" --blank-weight {tc.blank_weight:g}" if tc.blank_weight else "")
-                   + (f" --average-weight {tc.average_weight:g}" if tc.average_weight else "")
-                   + (f" --centre-weight {tc.centre_weight:g}" if tc.centre_weight else "")
-                   + (f" --strict-focus {tc.strict_focus:g}" if tc.strict_focus else ""),
+        "command": command(base, tc, threads),
         "correspondence": pair.corr.nodes, "training_inputs": int(pool.shape[0]),
         "steps": result.steps, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
         "torch": torch.__version__, "threads": threads, "platform": sys.platform, "device": str(device),
