@@ -522,6 +522,8 @@ def train_config(args):
             _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
         if args.strict_focus > 1:
             _fail(f"--strict-focus {args.strict_focus:g} is a share of the steps: use a number from 0 to 1")
+    if args.label_smoothing is not None and args.label_smoothing >= 1:
+        _fail(f"--label-smoothing {args.label_smoothing:g} leaves no label: use a number from 0 to below 1")
     kw = {"seed": args.seed}
     for name, _ in COMMAND_OPTIONS:
         v = getattr(args, name)
@@ -778,6 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--strict-focus", type=_float_range(0), help="share of steps whose strict node is drawn in "
                     "proportion to what ablating it has recently cost in training, not uniformly (default 0; "
                     "docs/trained.md#training)")
+    ts.add_argument("--label-smoothing", type=_float_range(0), help="cross-entropy against (1 - e) the label + e "
+                    "uniform: confidence past a finite margin stops paying (default 0; docs/trained.md#training)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

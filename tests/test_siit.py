@@ -4,6 +4,7 @@ what the stored weights give, ground truths fit their graphs, and every shipped 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -490,8 +491,33 @@ def test_the_command_names_every_training_option_the_cli_takes():
     recipe -= {"help", "task", "seed", "threads", "device", "out", "quiet"}
     assert recipe == {name for name, _ in tt.COMMAND_OPTIONS} and recipe <= set(siit.TrainConfig().to_dict())
     every = dict(max_steps=7, strict_weight=0.5, strict_logits=0.25, step_per_loss=True, strict_grad=True,
-                 mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, seed=3)
+                 mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, label_smoothing=0.05, seed=3)
     for tc in (siit.TrainConfig(**every, strict_nodes="subset"), siit.TrainConfig(**every, strict_focus=0.75)):
         cmd = tt.command("suite:lib-count-3x4", tc, 2)
         assert _parsed_config(cmd) == tc, cmd
     assert tt.command("tracr-reverse", siit.TrainConfig(), 1) == "circuit-bench train-siit --task tracr-reverse --seed 0 --threads 1"
+
+
+def test_label_smoothing_makes_a_finite_margin_the_losss_optimum(capsys):
+    """Plain cross-entropy keeps paying for a larger margin, so confidence keeps growing (and any
+    node may be recruited to add it); with label smoothing e over K classes the loss is least at the
+    margin log((1 - e + e/K) / (e/K)) and rises past it."""
+    _, pair = _pair("suite:lib-count-3x4")
+    k = pair.hl.cfg.vocab_out
+    target = torch.zeros(1, 1, k)
+    target[..., 1] = 1.0
+
+    def loss(margin):
+        out = torch.zeros(1, 1, k)
+        out[..., 1] = margin
+        return float(pair.loss(out, target))
+
+    best = math.log((1 - 0.05 + 0.05 / k) / (0.05 / k))
+    assert loss(2 * best) < loss(best) < loss(best / 2)  # no smoothing: more margin, less loss
+    pair.label_smoothing = 0.05
+    assert loss(best) < min(loss(0.8 * best), loss(1.25 * best)) and loss(2 * best) > loss(best) + 0.05
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train-siit", "--task", "suite:lib-count-3x4", "--label-smoothing", "1"])
+    assert e.value.code == 2 and "leaves no label" in capsys.readouterr().err

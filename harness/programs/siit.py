@@ -92,6 +92,8 @@ class TrainConfig:
     # is an average of several one-hots (neither a label nor blank), in every loss: KL(average || softmax); 0: none
     centre_weight: float = 0.0  # weight of a term on the squared mean over classes of the LL's logits, in every loss:
     # softmax ignores a shift every class shares, so nothing else fixes it, yet the L2 metric counts it (shift_share)
+    label_smoothing: float = 0.0  # cross-entropy against (1 - e) one-hot + e uniform (torch's label_smoothing) in every
+    # loss: its optimum is a finite margin, so confidence stops paying once reached (docs/trained.md#training); 0: none
     strict_focus: float = 0.0  # with strict_nodes "one": the share of steps whose strict node is drawn in proportion to
     # how much ablating it has recently cost in training (StrictFocus), not uniformly; 0: uniform draws only
 
@@ -202,6 +204,7 @@ class SIITPair:
         self.blank_weight = 0.0  # TrainConfig.blank_weight (`train` sets it)
         self.average_weight = 0.0  # TrainConfig.average_weight (`train` sets it)
         self.centre_weight = 0.0  # TrainConfig.centre_weight (`train` sets it)
+        self.label_smoothing = 0.0  # TrainConfig.label_smoothing (`train` sets it)
         self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
 
     # ----- the HL side: labels ------------------------------------------------------------
@@ -240,12 +243,14 @@ class SIITPair:
         plus that weight times KL(average || softmax(out)) over the positions where `target` averages
         several one-hots (neither a label nor blank), the average renormalised to sum to 1. With
         `centre_weight`, plus that weight times the squared mean over classes of `out`, averaged over
-        every position: softmax ignores that mean, the L2 metric does not (`validate`'s shift_share)."""
+        every position: softmax ignores that mean, the L2 metric does not (`validate`'s shift_share).
+        With `label_smoothing` e, the cross-entropy's target is (1 - e) the label + e uniform."""
         labels, defined = self.labels(target, self.train_defined)
         if not defined.any():
             total = out.sum() * 0.0
         elif self.categorical:
-            total = torch.nn.functional.cross_entropy(out[defined].float(), labels[defined])
+            total = torch.nn.functional.cross_entropy(out[defined].float(), labels[defined],
+                                                      label_smoothing=self.label_smoothing)
         else:
             total = ((out[..., 0] - labels) ** 2)[defined].mean()
         if self.blank_weight and self.categorical:
@@ -445,6 +450,7 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     pair.blank_weight = tc.blank_weight
     pair.average_weight = tc.average_weight
     pair.centre_weight = tc.centre_weight
+    pair.label_smoothing = tc.label_smoothing
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)

@@ -147,7 +147,8 @@ COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-node
                    ("strict_logits", "--strict-logits"), ("step_per_loss", "--step-per-loss"),
                    ("strict_grad", "--strict-grad"), ("mixture_labels", "--mixture-labels"),
                    ("blank_weight", "--blank-weight"), ("average_weight", "--average-weight"),
-                   ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"))
+                   ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"),
+                   ("label_smoothing", "--label-smoothing"))
 
 
 def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
