@@ -101,6 +101,10 @@ class TrainConfig:
         return asdict(self)
 
 
+# The TrainConfig fields SIITPair.loss reads (held on the pair, so validation and tests can call `loss` alone).
+LOSS_OPTIONS = ("blank_weight", "average_weight", "centre_weight", "label_smoothing")
+
+
 def ll_config(hl: ModelConfig, name: str, tc: TrainConfig = TrainConfig()) -> ModelConfig:
     """The LL architecture for compiled model `hl`: its layers, vocabularies, context and
     causality; at least `min_heads` heads; d_model the compiled residual rounded up past the next
@@ -201,10 +205,8 @@ class SIITPair:
         self.positions = scored.nonzero().flatten()
         self.categorical, self.atol = categorical, atol
         self.train_defined = DEFINED  # the losses' label rule (`train` sets MIXTURE for TrainConfig.mixture_labels)
-        self.blank_weight = 0.0  # TrainConfig.blank_weight (`train` sets it)
-        self.average_weight = 0.0  # TrainConfig.average_weight (`train` sets it)
-        self.centre_weight = 0.0  # TrainConfig.centre_weight (`train` sets it)
-        self.label_smoothing = 0.0  # TrainConfig.label_smoothing (`train` sets it)
+        for name in LOSS_OPTIONS:  # `loss`'s settings: TrainConfig's defaults until `train` sets the config's
+            setattr(self, name, getattr(TrainConfig, name))
         self.n_hl, self.n_ll = len(self.hl_engine.graph.senders), len(self.ll_engine.graph.senders)
 
     # ----- the HL side: labels ------------------------------------------------------------
@@ -447,10 +449,8 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     evaluation. Deterministic for `tc.seed` (pairs, nodes) on one machine."""
     params = [t.requires_grad_(True) for t in pair.ll.params.values()]
     pair.train_defined = MIXTURE if tc.mixture_labels else DEFINED
-    pair.blank_weight = tc.blank_weight
-    pair.average_weight = tc.average_weight
-    pair.centre_weight = tc.centre_weight
-    pair.label_smoothing = tc.label_smoothing
+    for name in LOSS_OPTIONS:
+        setattr(pair, name, getattr(tc, name))
     opt = torch.optim.Adam(params, lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (tc.lr_end + (tc.lr - tc.lr_end) * 0.5
                                                              * (1 + math.cos(math.pi * min(i, tc.max_steps) / tc.max_steps))) / tc.lr)
