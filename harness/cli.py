@@ -522,6 +522,8 @@ def train_config(args):
             _fail("--strict-focus draws one strict node per step: drop --strict-nodes or pass --strict-nodes one")
         if args.strict_focus > 1:
             _fail(f"--strict-focus {args.strict_focus:g} is a share of the steps: use a number from 0 to 1")
+    if args.paired_share is not None and args.paired_share > 1:
+        _fail(f"--paired-share {args.paired_share:g} is a share of each batch: use a number from 0 to 1")
     if args.label_smoothing is not None and args.label_smoothing >= 1:
         _fail(f"--label-smoothing {args.label_smoothing:g} leaves no label: use a number from 0 to below 1")
     kw = {"seed": args.seed}
@@ -539,18 +541,21 @@ def cmd_train_siit(args) -> int:
 
     from harness.core.device import resolve_device
     from harness.tasks import TASKS
-    from harness.tasks.trained_tasks import base_task, train
+    from harness.tasks.trained_tasks import base_task, train, training_pool
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    tc = train_config(args)
     for t in args.task:
         if not t.startswith("suite:"):
             _check_names("task", [t], list(TASKS))
         try:
-            base_task(t)
+            task = base_task(t)
         except (ValueError, KeyError) as e:
             _fail(str(e).strip('"'))
-    tc = train_config(args)
+        if tc.paired_share and not bool((training_pool(task, seed=tc.seed)[1] >= 0).any()):
+            _fail(f"--paired-share: {t} trains on no (prompt, corruption) pairs, only on sequences over its "
+                  "vocabulary; drop the option for it")
     failed = 0
     for t in args.task:
         with tqdm(total=tc.max_steps, desc=t, unit="step", disable=args.quiet) as bar:
@@ -782,6 +787,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "docs/trained.md#training)")
     ts.add_argument("--label-smoothing", type=_float_range(0), help="cross-entropy against (1 - e) the label + e "
                     "uniform: confidence past a finite margin stops paying (default 0; docs/trained.md#training)")
+    ts.add_argument("--width-step", type=_count, help="the trained model's d_model is the compiled residual rounded up "
+                    "past the next multiple of this (default 16; docs/trained.md#the-models)")
+    ts.add_argument("--min-heads", type=_count, help="heads per layer of the trained model: at least this many, and "
+                    "at least the compiled model's (default 4)")
+    ts.add_argument("--paired-share", type=_float_range(0), help="share of each batch's pairs whose source is the "
+                    "base prompt's own corruption or the reverse, the minimal pairs methods are scored on (default 0: "
+                    "random pairs; docs/trained.md#training)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

@@ -239,12 +239,17 @@ def test_every_method_runs_on_every_trained_task(card):
                 score_edges_and_nodes(e.graph, out, gt)
 
 
-def test_train_siit_reproduces_a_shipped_model_bit_for_bit(tmp_path, restore_tasks, capsys):
+def test_train_siit_reproduces_a_shipped_model(tmp_path, restore_tasks, capsys):
     """`circuit-bench train-siit` with a shipped card's seed and thread count writes the same
-    weights, card figures and ground truth again (the smallest shipped program: it stops early)."""
+    model, card figures and ground truth again (the smallest shipped program: it stops early).
+    Bit for bit on the CPU that trained it (the card's `cpu`); elsewhere float32 kernels sum in
+    another order, and training carries that round-off on (docs/trained.md#training), so the weights
+    must agree to 1% of the model's largest weight and every validation figure to 1e-3, where another
+    recipe (another seed, another draw order) would give wholly different weights."""
     from safetensors.torch import load_file
 
     from harness.cli import main
+    from harness.core.device import cpu_name
 
     name = "trained-lib-count-3x4"
     card = next(c for c in SHIPPED if c["task"] == name)
@@ -253,9 +258,16 @@ def test_train_siit_reproduces_a_shipped_model_bit_for_bit(tmp_path, restore_tas
                  "--quiet"]) == 0
     assert f"{name}: {card['steps']} steps" in capsys.readouterr().out
     new, old = load_file(str(tmp_path / "trained" / f"{name}.safetensors")), tt.load_trained(name).params
-    assert new.keys() == old.keys() and all(torch.equal(new[k], old[k]) for k in new)
     again = json.loads((tmp_path / "trained" / f"{name}.json").read_text())
-    assert again["validation"] == card["validation"] and again["steps"] == card["steps"]
+    assert new.keys() == old.keys() and again["steps"] == card["steps"] and again["cpu"] == cpu_name()
+    if card.get("cpu") == cpu_name():
+        assert all(torch.equal(new[k], old[k]) for k in new) and again["validation"] == card["validation"]
+    else:
+        scale = max(float(t.abs().max()) for t in old.values())
+        for k in new:
+            torch.testing.assert_close(new[k], old[k], rtol=0, atol=0.01 * scale, msg=k)
+        figures = [(k, v) for k, v in again["validation"].items() if isinstance(v, float)]
+        assert figures and all(abs(v - card["validation"][k]) <= 1e-3 for k, v in figures), figures
     gt = json.loads((tmp_path / f"{name}.correspondence.json").read_text())
     assert [tuple(e) for e in gt["edges"]] == list(get_task(name).ground_truths()[tt.VARIANT].edges)
     assert tt.register_trained(tmp_path) == [name]
@@ -491,7 +503,8 @@ def test_the_command_names_every_training_option_the_cli_takes():
     recipe -= {"help", "task", "seed", "threads", "device", "out", "quiet"}
     assert recipe == {name for name, _ in tt.COMMAND_OPTIONS} and recipe <= set(siit.TrainConfig().to_dict())
     every = dict(max_steps=7, strict_weight=0.5, strict_logits=0.25, step_per_loss=True, strict_grad=True,
-                 mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, label_smoothing=0.05, seed=3)
+                 mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, label_smoothing=0.05,
+                 width_step=32, min_heads=8, paired_share=0.5, seed=3)
     for tc in (siit.TrainConfig(**every, strict_nodes="subset"), siit.TrainConfig(**every, strict_focus=0.75)):
         cmd = tt.command("suite:lib-count-3x4", tc, 2)
         assert _parsed_config(cmd) == tc, cmd
@@ -521,3 +534,53 @@ def test_label_smoothing_makes_a_finite_margin_the_losss_optimum(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train-siit", "--task", "suite:lib-count-3x4", "--label-smoothing", "1"])
     assert e.value.code == 2 and "leaves no label" in capsys.readouterr().err
+
+
+def test_paired_share_trains_on_prompts_with_their_own_corruptions(capsys):
+    """An analogue's pool holds each prompt beside its corruption (the minimal pairs methods are
+    scored on); `paired_share` makes that share of the training pairs such pairs, drawn with a
+    generator of its own, so the bases and every other draw stay what they were."""
+    task = tt.base_task("tracr-greaterthan")
+    pool, partner = tt.training_pool(task)
+    assert torch.equal(pool, tt.training_inputs(task)) and (partner >= 0).all()
+    assert torch.equal(partner[partner], torch.arange(len(pool))) and (partner != torch.arange(len(pool))).all()
+    d = task.data("validation")
+    varying = (d.clean != d.corrupted).any(0)  # the positions a corruption changes
+    assert ((pool != pool[partner]) & ~varying).sum() == 0 and (pool != pool[partner]).any(1).all()
+    # training: a pool whose rows are all distinct, so a row's index can be read back from its tokens
+    task, pair = _pair("tracr-xproportion")
+    pool = tt.training_inputs(task)
+    rows = {tuple(r): i for i, r in enumerate(pool.tolist())}
+    assert len(rows) == len(pool)
+    partner = torch.arange(len(pool)) ^ 1
+    partner[-100:] = -1  # rows without a counterpart keep their random source
+    seen = []
+    losses = pair.losses
+
+    def record(b, s, *a, **k):
+        if len(b) == siit.TrainConfig.batch:  # training batches, not validation's
+            seen.append(([rows[tuple(r)] for r in b.tolist()], [rows[tuple(r)] for r in s.tolist()]))
+        return losses(b, s, *a, **k)
+
+    pair.losses = record
+    runs = {}
+    for share in (0.0, 0.5, 1.0):
+        seen.clear()
+        siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=4, eval_every=1000, paired_share=share),
+                   partner=partner)
+        bi, si = (torch.tensor(sum(x, [])) for x in zip(*seen))
+        has = partner[bi] >= 0
+        runs[share] = bi, float((si[has] == partner[bi][has]).double().mean()), si[~has]
+    assert runs[0.0][1] < 0.05 and 0.4 < runs[0.5][1] < 0.6 and runs[1.0][1] == 1.0
+    assert all(torch.equal(runs[0.0][0], r[0]) for r in runs.values())  # the same bases
+    assert all(torch.equal(runs[0.0][2], r[2]) for r in runs.values())  # and the same sources where no partner
+    _, vocabulary = tt.training_pool(tt.base_task("suite:lib-count-3x4"))
+    assert (vocabulary == -1).all()
+    with pytest.raises(ValueError, match="no such pairs"):
+        siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=1, paired_share=0.5))
+    from harness.cli import main
+
+    for bad, says in ((["--paired-share", "1.5"], "from 0 to 1"), (["--paired-share", "0.5"], "no (prompt, corruption)")):
+        with pytest.raises(SystemExit) as e:
+            main(["train-siit", "--task", "suite:lib-count-3x4", *bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err

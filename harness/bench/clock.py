@@ -13,13 +13,14 @@
 """
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import time
 from typing import Any, Optional
 
 import torch
+
+from harness.core.device import cpu_name
 
 
 def _rss_reset() -> bool:
@@ -98,11 +99,4 @@ class Clock:
     def device_name(self) -> str:
         if self.cuda:
             return torch.cuda.get_device_name(self.device)
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cpus)"
-        except OSError:
-            pass
-        return platform.processor() or "cpu"
+        return cpu_name()

@@ -1,5 +1,8 @@
-"""Which torch device a run uses, with one error message for a missing GPU."""
+"""Which torch device a run uses, with one error message for a missing GPU, and which CPU this is."""
 from __future__ import annotations
+
+import os
+import platform
 
 import torch
 
@@ -29,3 +32,16 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name}: torch sees {torch.cuda.device_count()} CUDA device(s) (use cuda:0 to "
                          f"cuda:{torch.cuda.device_count() - 1})")
     return dev
+
+
+def cpu_name() -> str:
+    """This machine's CPU model, its CPU count and the instruction set torch's kernels use here
+    ("Intel(R) Xeon(R) Processor (2 cpus, AVX512)"). float32 kernels sum in an order that depends
+    on these, so bit-for-bit results hold only between machines that share them."""
+    name = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} ({os.cpu_count()} cpus, {torch.backends.cpu.get_cpu_capability()})"

@@ -96,6 +96,8 @@ class TrainConfig:
     # loss: its optimum is a finite margin, so confidence stops paying once reached (docs/trained.md#training); 0: none
     strict_focus: float = 0.0  # with strict_nodes "one": the share of steps whose strict node is drawn in proportion to
     # how much ablating it has recently cost in training (StrictFocus), not uniformly; 0: uniform draws only
+    paired_share: float = 0.0  # the share of each batch's pairs whose source is its base's counterpart in the pool
+    # (the clean prompt's corruption or the reverse: the minimal pairs methods are scored on), where it has one; 0: none
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -442,8 +444,9 @@ class StrictFocus:
 
 
 def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_source: torch.Tensor,
-          tc: TrainConfig = TrainConfig(), progress=None) -> TrainResult:
-    """Train `pair.ll` in place by SIIT on random pairs of `inputs` [N, pos]; evaluate on
+          tc: TrainConfig = TrainConfig(), progress=None, partner: torch.Tensor | None = None) -> TrainResult:
+    """Train `pair.ll` in place by SIIT on random pairs of `inputs` [N, pos] (with
+    `tc.paired_share`: part of them each row with its counterpart `partner` [N], -1 for none); evaluate on
     (val_base, val_source) every `eval_every` steps and stop once the behaviour accuracy and the
     mean IIA and strict accuracy reach `stop_at` and no non-circuit node's effect exceeds `stop_effect`. `progress(step, figures)` is called at each
     evaluation. Deterministic for `tc.seed` (pairs, nodes) on one machine."""
@@ -458,12 +461,19 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     if tc.strict_focus and tc.strict_nodes != "one":
         raise ValueError("strict_focus draws one strict node per step: use it with strict_nodes 'one'")
     focus = StrictFocus(non, tc.strict_focus, tc.seed) if tc.strict_focus and non else None
+    if tc.paired_share and (partner is None or not bool((partner >= 0).any())):
+        raise ValueError("paired_share pairs prompts with their corruptions: this pool has no such pairs")
+    paired = torch.Generator().manual_seed(tc.seed + 3) if tc.paired_share else None  # leaves draws' sequence as it is
+    partner = partner.cpu() if partner is not None else None  # indexed by draws' CPU rows
     history, t0, step, early = [], time.perf_counter(), 0, False
     sums = {"iit": 0.0, "behaviour": 0.0, "strict": 0.0}
     try:
         for step, (bi, si, node, strict_nodes) in enumerate(draws(tc, n, n_nodes, non), start=1):
             if focus is not None:
                 strict_nodes = focus.pick(strict_nodes)
+            if paired is not None:
+                take = (torch.rand(len(bi), generator=paired) < tc.paired_share) & (partner[bi] >= 0)
+                si = torch.where(take, partner[bi], si)
             weights = {"iit": tc.iit_weight, "behaviour": tc.behaviour_weight, "strict": tc.strict_weight}
             match = tc.strict_logits > 0
             if tc.step_per_loss:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from harness.core.device import cpu_name
 from harness.core.graph import Graph
 from harness.core.ground_truth import GroundTruth, ground_truth_dir, save_ground_truth
 from harness.core.weights import ModelConfig, Weights
@@ -71,10 +72,17 @@ def input_length(task) -> int:
 
 
 def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
-    """[N, pos] token ids the training pairs are drawn from. Programs over a vocabulary: every
-    sequence of the task's length when at most n exist, else n distinct uniform draws. Analogues
-    (structured prompts): prompts from the task's generator (clean and corrupted forms, with seeds
-    no evaluation split uses); half of them are replaced by uniform sequences over the program's
+    """[N, pos] token ids the training pairs are drawn from (training_pool's inputs)."""
+    return training_pool(task, n, seed)[0]
+
+
+def training_pool(task, n: int = POOL, seed: int = 0) -> tuple:
+    """(inputs [N, pos] token ids the training pairs are drawn from, partner [N] long: each row's
+    counterpart in a (clean, corrupted) prompt pair, -1 for rows without one). Programs over a
+    vocabulary: every sequence of the task's length when at most n exist, else n distinct uniform
+    draws. Analogues (structured prompts): prompts from the task's generator (clean and corrupted forms, with seeds
+    no evaluation split uses; rows 2k and 2k + 1 are one prompt's two forms, a minimal pair like
+    the ones methods are scored on); half of them are replaced by uniform sequences over the program's
     vocabulary where the compiled program answers (a one-hot at the scored positions) on at least
     RANDOM_MIN_DEFINED of those: fixed templates alone let a trained model read answers off
     positions (a positional shortcut, docs/trained.md#training-data) instead of implementing the
@@ -92,19 +100,21 @@ def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
             clean, corr, *_ = task.examples(rng)
             seqs += [clean, corr]
         n = n - len(seqs)
-        if not n:
-            return m.encode(seqs)
+    paired = len(seqs)
     distinct = getattr(task, "distinct_tokens", False)
-    if len(vocab) ** length <= n:
-        return m.encode(seqs + [list(s) for s in itertools.product(vocab, repeat=length)
-                                if not distinct or len(set(s)) == length])
-    seen, draws = set(), []
-    while len(draws) < n:
-        s = tuple(rng.choice(vocab) for _ in range(length))
-        if s not in seen and (not distinct or len(set(s)) == length):
-            seen.add(s)
-            draws.append(list(s))
-    return m.encode(seqs + draws)
+    if 0 < n and len(vocab) ** length <= n:
+        seqs += [list(s) for s in itertools.product(vocab, repeat=length) if not distinct or len(set(s)) == length]
+    elif 0 < n:
+        seen, draws = set(), []
+        while len(draws) < n:
+            s = tuple(rng.choice(vocab) for _ in range(length))
+            if s not in seen and (not distinct or len(set(s)) == length):
+                seen.add(s)
+                draws.append(list(s))
+        seqs += draws
+    partner = torch.full((len(seqs),), -1, dtype=torch.long)
+    partner[:paired] = torch.arange(paired) ^ 1
+    return m.encode(seqs), partner
 
 
 def random_defined(task, n: int = 512) -> float:
@@ -148,7 +158,8 @@ COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-node
                    ("strict_grad", "--strict-grad"), ("mixture_labels", "--mixture-labels"),
                    ("blank_weight", "--blank-weight"), ("average_weight", "--average-weight"),
                    ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"),
-                   ("label_smoothing", "--label-smoothing"))
+                   ("label_smoothing", "--label-smoothing"), ("width_step", "--width-step"),
+                   ("min_heads", "--min-heads"), ("paired_share", "--paired-share"))
 
 
 def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
@@ -206,10 +217,10 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
     cfg = siit.ll_config(m.weights.cfg, name, tc)
     ll = siit.init_weights(cfg, tc.seed)
     pair = make_pair(task, ll, device=device)
-    pool = training_inputs(task, seed=tc.seed)
+    pool, partner = training_pool(task, seed=tc.seed)
     vb, vs = validation_pairs(task, pool, tc.seed)
     threads = torch.get_num_threads()
-    result = siit.train(pair, pool.to(device), vb.to(device), vs.to(device), tc, progress)
+    result = siit.train(pair, pool.to(device), vb.to(device), vs.to(device), tc, progress, partner)
     weights = Weights(cfg, {k: t.detach().cpu().clone().contiguous() for k, t in result.weights.params.items()})
     figures = validation(task, weights, tc.seed, pool)
     missed = passes(figures)
@@ -224,7 +235,7 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
         "command": command(base, tc, threads),
         "correspondence": pair.corr.nodes, "training_inputs": int(pool.shape[0]),
         "steps": result.steps, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
-        "torch": torch.__version__, "threads": threads, "platform": sys.platform, "device": str(device),
+        "torch": torch.__version__, "threads": threads, "platform": sys.platform, "cpu": cpu_name(), "device": str(device),
         "validation": _round(figures), "thresholds": {k: list(v) for k, v in SHIP_THRESHOLDS.items()},
         "shipped": not missed, "missed": missed, "history": _round(result.history),
         "written": time.strftime("%Y-%m-%d"),
