@@ -524,6 +524,8 @@ def train_config(args):
             _fail(f"--strict-focus {args.strict_focus:g} is a share of the steps: use a number from 0 to 1")
     if args.paired_share is not None and args.paired_share > 1:
         _fail(f"--paired-share {args.paired_share:g} is a share of each batch: use a number from 0 to 1")
+    if args.paired_strict and not args.paired_share:
+        _fail("--paired-strict says which losses --paired-share's pairs reach: add --paired-share P")
     if args.label_smoothing is not None and args.label_smoothing >= 1:
         _fail(f"--label-smoothing {args.label_smoothing:g} leaves no label: use a number from 0 to below 1")
     kw = {"seed": args.seed}
@@ -794,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--paired-share", type=_float_range(0), help="share of each batch's pairs whose source is the "
                     "base prompt's own corruption or the reverse, the minimal pairs methods are scored on (default 0: "
                     "random pairs; docs/trained.md#training)")
+    ts.add_argument("--paired-strict", action="store_true", help="with --paired-share: only the strict loss's sources "
+                    "are so paired; the interchange and behaviour losses keep random pairs (docs/trained.md#training)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

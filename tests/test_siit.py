@@ -188,6 +188,7 @@ def test_stored_validation_is_what_the_weights_give_and_passes(card):
     stored = card["validation"]
     for k in ("accuracy", "iia", "iia_min", "strict", "strict_min", "strict_effect_max", "circuit_effect_min", "shift_share"):
         assert figs[k] == pytest.approx(stored[k], abs=2e-6), k
+    assert (figs["cases"], figs["iia_cases_per_node"]) == (stored["cases"], stored["iia_cases_per_node"])
     assert tt.passes(figs) == []
     gt = task.ground_truths()[tt.VARIANT]
     mask = gt.edge_mask(Graph(w.cfg))  # validates every name against the trained model's graph
@@ -504,7 +505,7 @@ def test_the_command_names_every_training_option_the_cli_takes():
     assert recipe == {name for name, _ in tt.COMMAND_OPTIONS} and recipe <= set(siit.TrainConfig().to_dict())
     every = dict(max_steps=7, strict_weight=0.5, strict_logits=0.25, step_per_loss=True, strict_grad=True,
                  mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, label_smoothing=0.05,
-                 width_step=32, min_heads=8, paired_share=0.5, seed=3)
+                 width_step=32, min_heads=8, paired_share=0.5, paired_strict=True, seed=3)
     for tc in (siit.TrainConfig(**every, strict_nodes="subset"), siit.TrainConfig(**every, strict_focus=0.75)):
         cmd = tt.command("suite:lib-count-3x4", tc, 2)
         assert _parsed_config(cmd) == tc, cmd
@@ -559,28 +560,70 @@ def test_paired_share_trains_on_prompts_with_their_own_corruptions(capsys):
 
     def record(b, s, *a, **k):
         if len(b) == siit.TrainConfig.batch:  # training batches, not validation's
-            seen.append(([rows[tuple(r)] for r in b.tolist()], [rows[tuple(r)] for r in s.tolist()]))
+            seen.append(([rows[tuple(r)] for r in b.tolist()], [rows[tuple(r)] for r in s.tolist()],
+                         [rows[tuple(r)] for r in (s if k.get("strict_source") is None else k["strict_source"]).tolist()]))
         return losses(b, s, *a, **k)
 
     pair.losses = record
     runs = {}
-    for share in (0.0, 0.5, 1.0):
+    for share, strict_only in ((0.0, False), (0.5, False), (1.0, False), (1.0, True)):
         seen.clear()
-        siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=4, eval_every=1000, paired_share=share),
-                   partner=partner)
-        bi, si = (torch.tensor(sum(x, [])) for x in zip(*seen))
+        siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=4, eval_every=1000, paired_share=share,
+                                                                      paired_strict=strict_only), partner=partner)
+        bi, si, strict_si = (torch.tensor(sum(x, [])) for x in zip(*seen))
         has = partner[bi] >= 0
-        runs[share] = bi, float((si[has] == partner[bi][has]).double().mean()), si[~has]
-    assert runs[0.0][1] < 0.05 and 0.4 < runs[0.5][1] < 0.6 and runs[1.0][1] == 1.0
-    assert all(torch.equal(runs[0.0][0], r[0]) for r in runs.values())  # the same bases
-    assert all(torch.equal(runs[0.0][2], r[2]) for r in runs.values())  # and the same sources where no partner
+        runs[share, strict_only] = (bi, float((si[has] == partner[bi][has]).double().mean()), si[~has], si,
+                                    float((strict_si[has] == partner[bi][has]).double().mean()))
+    assert runs[0.0, False][1] < 0.05 and 0.4 < runs[0.5, False][1] < 0.6 and runs[1.0, False][1] == 1.0
+    assert all(torch.equal(runs[0.0, False][0], r[0]) for r in runs.values())  # the same bases
+    assert all(torch.equal(runs[0.0, False][2], r[2]) for r in runs.values())  # and the same sources where no partner
+    # paired_strict: the strict loss's sources are the partners, IIT's and behaviour's the random ones
+    assert runs[1.0, True][4] == 1.0 and torch.equal(runs[1.0, True][3], runs[0.0, False][3])
+    with pytest.raises(ValueError, match="set paired_share"):
+        siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=1, paired_strict=True), partner=partner)
     _, vocabulary = tt.training_pool(tt.base_task("suite:lib-count-3x4"))
     assert (vocabulary == -1).all()
     with pytest.raises(ValueError, match="no such pairs"):
         siit.train(pair, pool, pool[:8], pool[8:16], siit.TrainConfig(max_steps=1, paired_share=0.5))
     from harness.cli import main
 
-    for bad, says in ((["--paired-share", "1.5"], "from 0 to 1"), (["--paired-share", "0.5"], "no (prompt, corruption)")):
+    for bad, says in ((["--paired-share", "1.5"], "from 0 to 1"), (["--paired-share", "0.5"], "no (prompt, corruption)"),
+                      (["--paired-strict"], "add --paired-share")):
         with pytest.raises(SystemExit) as e:
             main(["train-siit", "--task", "suite:lib-count-3x4", *bad])
         assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_validation_says_how_many_cases_each_figure_counts():
+    """Accuracy counts the scored positions where the compiled output on the base is a label; each
+    IIA, those where the compiled output under that node's intervention is one. Greater-Than's
+    program answers everywhere; IOI's has no answer under any intervention from its own corrupted
+    prompts (no name repeats there), so its IIA rests on the random pairs alone."""
+    task, pair = _pair("tracr-greaterthan")
+    b, s = tt.validation_pairs(task, tt.training_inputs(task))
+    figs = pair.validate(b, s)
+    n = len(b) * len(pair.positions)
+    assert figs["cases"] == n and set(figs["iia_cases_per_node"].values()) == {n}
+    task, pair = _pair("tracr-ioi")
+    d = task.data("validation")
+    figs = pair.validate(d.clean, d.corrupted)
+    assert figs["cases"] == len(d.clean) and set(figs["iia_cases_per_node"]) == set(pair.corr.nodes)
+    assert set(figs["iia_cases_per_node"].values()) == {0}
+    assert math.isnan(figs["iia"]) and any(m.startswith("iia nan") for m in tt.passes(figs))  # no case: no IIA, no ship
+
+
+@pytest.mark.parametrize("options", [{}, {"strict_grad": True}, {"strict_logits": True}])
+def test_a_strict_source_of_its_own_reaches_the_strict_loss_alone(options):
+    """`losses(..., strict_source=o)`: the strict loss is the one `o` as the source gives, the IIT
+    and behaviour losses the ones `source` gives."""
+    task, pair = _pair()
+    pool = tt.training_inputs(task)
+    b, s, o = pool[:32], pool[32:64], pool[64:96]
+    j = pair.corr.non_circuit[0]
+    got = pair.losses(b, s, 1, [j], strict_source=o, **options)
+    with_s, with_o = pair.losses(b, s, 1, [j], **options), pair.losses(b, o, 1, [j], **options)
+    for k in ("iit", "behaviour"):
+        torch.testing.assert_close(got[k], with_s[k])
+    torch.testing.assert_close(got["strict"], with_o["strict"])
+    assert not torch.allclose(with_s["strict"], with_o["strict"])
+    torch.testing.assert_close(pair.losses(b, s, 1, [j], strict_source=s, **options)["strict"], with_s["strict"])

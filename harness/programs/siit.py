@@ -98,6 +98,8 @@ class TrainConfig:
     # how much ablating it has recently cost in training (StrictFocus), not uniformly; 0: uniform draws only
     paired_share: float = 0.0  # the share of each batch's pairs whose source is its base's counterpart in the pool
     # (the clean prompt's corruption or the reverse: the minimal pairs methods are scored on), where it has one; 0: none
+    paired_strict: bool = False  # with paired_share: only the strict loss's sources are paired so; IIT and behaviour
+    # keep the random ones (a minimal pair's interventions leave the compiled model no answer to train IIT on)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -280,7 +282,8 @@ class SIITPair:
         return ok[defined]
 
     def losses(self, base: torch.Tensor, source: torch.Tensor, node: int, strict_nodes: list,
-               strict_grad: bool = False, only: str | None = None, strict_logits: bool = False) -> dict:
+               strict_grad: bool = False, only: str | None = None, strict_logits: bool = False,
+               strict_source: torch.Tensor | None = None) -> dict:
         """The three losses on one batch: IIT on HL node `node` (index into corr.nodes), strict on
         the LL senders `strict_nodes` resample-ablated together (none: no strict loss), behaviour.
         `strict_grad`: the strict loss's gradient also reaches the ablated senders' own weights
@@ -289,9 +292,10 @@ class SIITPair:
         InterpBench's cached activations are. `only`: that loss alone (one optimiser step per loss).
         `strict_logits`: the strict loss also gets the mean squared change of the LL's logits at the
         scored positions (the L2 effect `validate` measures) against its own unablated logits,
-        detached, less the change every class shares (which softmax ignores), as "strict_logits"."""
+        detached, less the change every class shares (which softmax ignores), as "strict_logits".
+        `strict_source` [B, pos]: the strict loss's sources, when they are not `source`."""
         # The default recipe keeps this order of the forwards: the shipped models retrain bit for bit.
-        if only is None and not (strict_grad and strict_nodes) and not strict_logits:
+        if only is None and not (strict_grad and strict_nodes) and not strict_logits and strict_source is None:
             with torch.no_grad():
                 src = self.ll_engine.cache(source).senders
             hl_base = self.hl_out(base)
@@ -303,10 +307,17 @@ class SIITPair:
         want = (only,) if only else ("iit", "behaviour", "strict")
         out = {}
         trace = src = None
-        if "iit" in want or ("strict" in want and strict_nodes):
+        none = torch.zeros(0, dtype=torch.long)
+        if "iit" in want or ("strict" in want and strict_nodes and strict_source is None):
             with torch.no_grad():
-                trace = self.ll_engine.run(source, record=True, positions=torch.zeros(0, dtype=torch.long))
+                trace = self.ll_engine.run(source, record=True, positions=none)
             src = torch.stack(trace.senders)
+        if "strict" in want and strict_nodes and strict_source is not None:
+            with torch.no_grad():
+                trace = self.ll_engine.run(strict_source, record=True, positions=none)  # IIT (above) has used src
+            strict_src = torch.stack(trace.senders)
+        else:
+            strict_src = src
         hl_base = self.hl_out(base) if "behaviour" in want or "strict" in want else None
         if "iit" in want:
             out["iit"] = self.loss(self.ll_out(base, src, [self.corr.ll[node]]), self.hl_out(base, source, node))
@@ -326,7 +337,7 @@ class SIITPair:
                 logits = self.ll_engine.run(base, hold=(_mask(self.n_ll, strict_nodes), held), hold_grad=True,
                                             positions=self.positions).logits
             else:
-                logits = self.ll_out(base, src, strict_nodes)
+                logits = self.ll_out(base, strict_src, strict_nodes)
             out["strict"] = self.loss(logits, hl_base)
             if strict_logits:
                 if plain is None:
@@ -348,7 +359,10 @@ class SIITPair:
         `strict_effect_max` the largest over non-circuit nodes, `circuit_effect_min` the smallest
         over the correspondence's. `shift_share`: the share of the whole input's change that is one
         shift shared by every class (softmax ignores it, the L2 metric does not; 0 for numerical
-        outputs)."""
+        outputs). `cases`: the (row, position) cases accuracy and strict accuracy count (where the
+        HL's output on the base is a label); `iia_cases_per_node`: those each IIA counts (where the
+        HL's output under that node's intervention is one), so a reader sees how many cases a
+        figure rests on."""
         hl_base = self.hl_out(base)
         src, hl_src = self.ll_engine.cache(source).senders, self.hl_engine.cache(source).senders  # once, for every node
         ll_base = self.ll_out(base)
@@ -356,12 +370,14 @@ class SIITPair:
         whole = (change ** 2).mean().item()
         # the share of that change shared by every class (softmax ignores it; the L2 metric does not)
         shift = (change.mean(-1) ** 2).mean().item() / whole if self.categorical and change.shape[-1] > 1 and whole else 0.0
-        acc = self.correct(ll_base, hl_base).double().mean().item()
+        right = self.correct(ll_base, hl_base)
+        acc = right.double().mean().item()
         senders = self.ll_engine.graph.senders
-        iia, strict, effect = {}, {}, {}
+        iia, strict, effect, cases = {}, {}, {}, {}
         for i, n in enumerate(self.corr.nodes):
             out = self.ll_out(base, src, [self.corr.ll[i]])
-            iia[n] = self.correct(out, self.hl_out(base, source, i, hl_src)).double().mean().item()
+            ok = self.correct(out, self.hl_out(base, source, i, hl_src))
+            iia[n], cases[n] = ok.double().mean().item(), int(ok.numel())
             effect[n] = ((out - ll_base) ** 2).mean().item() / whole
         for j in self.corr.non_circuit:
             out = self.ll_out(base, src, [j])
@@ -371,7 +387,8 @@ class SIITPair:
                 "strict": _mean(strict), "strict_min": min(strict.values(), default=1.0),
                 "strict_effect_max": max((effect[senders[j].name] for j in self.corr.non_circuit), default=0.0),
                 "circuit_effect_min": min(effect[n] for n in self.corr.nodes), "shift_share": shift,
-                "iia_per_node": iia, "strict_per_node": strict, "effect_per_node": effect, "pairs": int(base.shape[0])}
+                "iia_per_node": iia, "strict_per_node": strict, "effect_per_node": effect, "pairs": int(base.shape[0]),
+                "cases": int(right.numel()), "iia_cases_per_node": cases}
 
 
 def _mean(d: dict) -> float:
@@ -461,6 +478,8 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
     if tc.strict_focus and tc.strict_nodes != "one":
         raise ValueError("strict_focus draws one strict node per step: use it with strict_nodes 'one'")
     focus = StrictFocus(non, tc.strict_focus, tc.seed) if tc.strict_focus and non else None
+    if tc.paired_strict and not tc.paired_share:
+        raise ValueError("paired_strict says which losses paired_share's pairs reach: set paired_share too")
     if tc.paired_share and (partner is None or not bool((partner >= 0).any())):
         raise ValueError("paired_share pairs prompts with their corruptions: this pool has no such pairs")
     paired = torch.Generator().manual_seed(tc.seed + 3) if tc.paired_share else None  # leaves draws' sequence as it is
@@ -471,16 +490,20 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
         for step, (bi, si, node, strict_nodes) in enumerate(draws(tc, n, n_nodes, non), start=1):
             if focus is not None:
                 strict_nodes = focus.pick(strict_nodes)
+            strict_source = None
             if paired is not None:
                 take = (torch.rand(len(bi), generator=paired) < tc.paired_share) & (partner[bi] >= 0)
-                si = torch.where(take, partner[bi], si)
+                if tc.paired_strict:
+                    strict_source = inputs[torch.where(take, partner[bi], si)]
+                else:
+                    si = torch.where(take, partner[bi], si)
             weights = {"iit": tc.iit_weight, "behaviour": tc.behaviour_weight, "strict": tc.strict_weight}
             match = tc.strict_logits > 0
             if tc.step_per_loss:
                 parts = {}
                 for part, weight in weights.items():
                     parts.update(pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, only=part,
-                                             strict_logits=match))
+                                             strict_logits=match, strict_source=strict_source))
                     if part == "strict" and not strict_nodes:
                         continue
                     opt.zero_grad(set_to_none=True)
@@ -489,7 +512,8 @@ def train(pair: SIITPair, inputs: torch.Tensor, val_base: torch.Tensor, val_sour
                     torch.nn.utils.clip_grad_norm_(params, tc.clip)
                     opt.step()
             else:
-                parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, strict_logits=match)
+                parts = pair.losses(inputs[bi], inputs[si], node, strict_nodes, tc.strict_grad, strict_logits=match,
+                                    strict_source=strict_source)
                 total = (tc.iit_weight * parts["iit"] + tc.behaviour_weight * parts["behaviour"]
                          + tc.strict_weight * parts["strict"])
                 if match:

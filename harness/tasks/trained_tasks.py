@@ -159,7 +159,8 @@ COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-node
                    ("blank_weight", "--blank-weight"), ("average_weight", "--average-weight"),
                    ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"),
                    ("label_smoothing", "--label-smoothing"), ("width_step", "--width-step"),
-                   ("min_heads", "--min-heads"), ("paired_share", "--paired-share"))
+                   ("min_heads", "--min-heads"), ("paired_share", "--paired-share"),
+                   ("paired_strict", "--paired-strict"))
 
 
 def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
