@@ -314,7 +314,7 @@ class SIITPair:
             src = torch.stack(trace.senders)
         if "strict" in want and strict_nodes and strict_source is not None:
             with torch.no_grad():
-                trace = self.ll_engine.run(strict_source, record=True, positions=none)  # IIT (above) has used src
+                trace = self.ll_engine.run(strict_source, record=True, positions=none)  # the strict loss's own; IIT's is src
             strict_src = torch.stack(trace.senders)
         else:
             strict_src = src
