@@ -91,6 +91,27 @@ def test_cache_is_used_and_keyed_by_settings(tmp_path, monkeypatch):
     assert _cache_key(spec) != _cache_key(dataclasses.replace(spec, mlp_exactness=50))
 
 
+def test_two_writers_of_one_cache_file_do_not_clash(tmp_path, monkeypatch):
+    """Two processes compiling one program at once (two trainings started together) each write the
+    cache file: a second writer finishing inside the first one's write must not take its
+    temporary file away (it did, with one fixed temporary name)."""
+    import harness.programs.tracr_models as tm
+
+    monkeypatch.setenv("CIRCUIT_BENCH_CACHE", str(tmp_path))
+    save, inner = torch.save, []
+
+    def save_while_another_writes(obj, f):
+        save(obj, f)
+        if not inner:  # the second writer runs its whole write in the middle of the first one's
+            inner.append(None)
+            inner[0] = load_tracr("tracr-xproportion", use_cache=True)
+
+    monkeypatch.setattr(tm.torch, "save", save_while_another_writes)
+    outer = load_tracr("tracr-xproportion")
+    assert inner[0] is not None and torch.equal(outer.weights["embed.W_E"], inner[0].weights["embed.W_E"])
+    assert [p.name for p in (tmp_path / "tracr").iterdir()] == [f"tracr-xproportion-{_cache_key(PROGRAMS['tracr-xproportion'])}.pt"]
+
+
 def test_bos_and_tokens_encoded_by_the_compiler():
     m = load_tracr("tracr-xproportion")
     assert m.encode([list("wxyz")]).tolist() == [[0, 2, 3, 4, 5]]

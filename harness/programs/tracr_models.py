@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,9 +171,16 @@ def load_tracr(name, use_cache: bool = True) -> TracrModel:
         data = convert(spec, program, model)
         if use_cache:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(data, tmp)
-            os.replace(tmp, path)
+            # a temporary name of this writer's own: two processes compiling one program at once (two
+            # trainings started together) would otherwise rename each other's file away
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+            os.close(fd)
+            try:
+                torch.save(data, tmp)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
     cfg = ModelConfig(**data["cfg"])
     w = Weights(cfg, dict(data["params"]), {"source": "tracr", "program": name, "cache": str(path)})
     w.validate()
