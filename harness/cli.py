@@ -526,6 +526,8 @@ def train_config(args):
         _fail(f"--paired-share {args.paired_share:g} is a share of each batch: use a number from 0 to 1")
     if args.paired_strict and not args.paired_share:
         _fail("--paired-strict says which losses --paired-share's pairs reach: add --paired-share P")
+    if args.counterpart is not None and not args.paired_share:
+        _fail("--counterpart says what --paired-share pairs a prompt with: add --paired-share P")
     if args.label_smoothing is not None and args.label_smoothing >= 1:
         _fail(f"--label-smoothing {args.label_smoothing:g} leaves no label: use a number from 0 to below 1")
     kw = {"seed": args.seed}
@@ -558,6 +560,8 @@ def cmd_train_siit(args) -> int:
         if tc.paired_share and not bool((training_pool(task, seed=tc.seed)[1] >= 0).any()):
             _fail(f"--paired-share: {t} trains on no (prompt, corruption) pairs, only on sequences over its "
                   "vocabulary; drop the option for it")
+        if tc.counterpart == "swap" and not hasattr(task, "role_swap"):
+            _fail(f"--counterpart swap: {t} defines no role swap (tracr-ioi does); drop the option for it")
     failed = 0
     for t in args.task:
         with tqdm(total=tc.max_steps, desc=t, unit="step", disable=args.quiet) as bar:
@@ -798,6 +802,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "random pairs; docs/trained.md#training)")
     ts.add_argument("--paired-strict", action="store_true", help="with --paired-share: only the strict loss's sources "
                     "are so paired; the interchange and behaviour losses keep random pairs (docs/trained.md#training)")
+    ts.add_argument("--counterpart", choices=("corruption", "swap"), help="with --paired-share: pair a prompt with "
+                    "its corruption (default) or its role swap, IOI's names exchanged, whose interchanges have answers "
+                    "(docs/trained.md#training)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

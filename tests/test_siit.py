@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+from collections import Counter
 
 import pytest
 import torch
@@ -505,7 +507,7 @@ def test_the_command_names_every_training_option_the_cli_takes():
     assert recipe == {name for name, _ in tt.COMMAND_OPTIONS} and recipe <= set(siit.TrainConfig().to_dict())
     every = dict(max_steps=7, strict_weight=0.5, strict_logits=0.25, step_per_loss=True, strict_grad=True,
                  mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, label_smoothing=0.05,
-                 width_step=32, min_heads=8, paired_share=0.5, paired_strict=True, seed=3)
+                 width_step=32, min_heads=8, paired_share=0.5, paired_strict=True, counterpart="swap", seed=3)
     for tc in (siit.TrainConfig(**every, strict_nodes="subset"), siit.TrainConfig(**every, strict_focus=0.75)):
         cmd = tt.command("suite:lib-count-3x4", tc, 2)
         assert _parsed_config(cmd) == tc, cmd
@@ -610,6 +612,52 @@ def test_validation_says_how_many_cases_each_figure_counts():
     assert figs["cases"] == len(d.clean) and set(figs["iia_cases_per_node"]) == set(pair.corr.nodes)
     assert set(figs["iia_cases_per_node"].values()) == {0}
     assert math.isnan(figs["iia"]) and any(m.startswith("iia nan") for m in tt.passes(figs))  # no case: no IIA, no ship
+
+
+def test_a_role_swap_gives_every_interchange_of_a_minimal_ioi_pair_an_answer(capsys, monkeypatch):
+    """IOI's corruption leaves the program no answer under any interchange (test above); its role
+    swap (the names exchanged, every position kept) is a minimal pair under which every circuit
+    node's interchange has one, and the S-inhibition head's and the name mover's change it.
+    `counterpart="swap"` appends each clean prompt's swap to the pool as its partner and leaves
+    the rows before it, which validation draws from, as they were."""
+    task, pair = _pair("tracr-ioi")
+    clean, corrupted, *_ = task.examples(random.Random(3))
+    swap = task.role_swap(clean)
+    moved = [i for i, (a, b) in enumerate(zip(clean, swap)) if a != b]
+    assert len(swap) == len(clean) and len(moved) == 3 and sorted(set(swap)) == sorted(set(clean))
+    assert task.role_swap(swap) == clean and Counter(clean)[swap[moved[0]]] != Counter(swap)[swap[moved[0]]]
+    with pytest.raises(ValueError, match="two names"):
+        task.role_swap(corrupted)
+    pool, partner = tt.training_pool(task)
+    grown, grown_partner = tt.with_role_swaps(task, pool, partner)
+    n, k = len(pool), len(grown) - len(pool)
+    assert torch.equal(grown[:n], pool) and k == int((partner >= 0).sum()) // 2
+    rows = torch.arange(n, n + k)
+    cleans = grown_partner[rows]
+    assert torch.equal(cleans, torch.arange(0, n, 2)) and torch.equal(grown_partner[cleans], rows)
+    assert torch.equal(grown_partner[1:n:2], torch.arange(0, n, 2))  # a corruption keeps its clean prompt
+    token = {i: t for t, i in task.tracr().input_encoding.items()}
+    assert [token[int(i)] for i in grown[n + 5, 1:]] == task.role_swap([token[int(i)] for i in grown[10, 1:]])
+    figs = pair.validate(grown[cleans[:64]], grown[rows[:64]])
+    assert set(figs["iia_cases_per_node"].values()) == {64}
+    base = pair.hl_out(grown[cleans[:64]]).argmax(-1)
+    src = pair.hl_engine.cache(grown[rows[:64]]).senders
+    changed = [bool((pair.hl_out(grown[cleans[:64]], grown[rows[:64]], i, src).argmax(-1) != base).all())
+               for i in range(len(pair.corr.nodes))]
+    assert changed == [False, False, True, True]  # duplicate head, counting MLP: the same counts; the rest: the other name
+    with pytest.raises(ValueError, match="defines no role swap"):
+        tt.with_role_swaps(tt.base_task("tracr-greaterthan"), *tt.training_pool(tt.base_task("tracr-greaterthan")))
+    monkeypatch.setattr(tt.siit, "train", lambda *a, **k: pytest.fail("trained despite a bad counterpart"))
+    for bad in (siit.TrainConfig(counterpart="swap"), siit.TrainConfig(counterpart="swapped", paired_share=1.0)):
+        with pytest.raises(ValueError, match="counterpart"):
+            tt.train("tracr-ioi", bad)
+    from harness.cli import main
+
+    for task_name, bad, says in (("tracr-ioi", ["--counterpart", "swap"], "add --paired-share"),
+                                 ("tracr-greaterthan", ["--counterpart", "swap", "--paired-share", "1"], "defines no role swap")):
+        with pytest.raises(SystemExit) as e:
+            main(["train-siit", "--task", task_name, *bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("options", [{}, {"strict_grad": True}, {"strict_logits": True}])

@@ -100,6 +100,8 @@ class TrainConfig:
     # (the clean prompt's corruption or the reverse: the minimal pairs methods are scored on), where it has one; 0: none
     paired_strict: bool = False  # with paired_share: only the strict loss's sources are paired so; IIT and behaviour
     # keep the random ones (a minimal pair's interventions leave the compiled model no answer to train IIT on)
+    counterpart: str = "corruption"  # what paired_share pairs a prompt with: "corruption" (its own, as methods are
+    # scored) or "swap" (the same prompt with its roles exchanged, where the task has one: IOI; the pool gains them)
 
     def to_dict(self) -> dict:
         return asdict(self)

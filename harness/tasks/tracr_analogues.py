@@ -167,6 +167,18 @@ class TracrIOI(TracrAnalogue):
 
         return fill(io, s, s), fill(x, z, y), [io], [[s]], [x]
 
+    def role_swap(self, prompt: list) -> list:
+        """`prompt` (a clean one) with its two names exchanged wherever they stand: IO becomes the
+        repeated name and S the other, every other token and position kept. Unlike the ABC
+        corruption, which leaves the program no answer under any single node's interchange, this
+        minimal pair gives the S-inhibition head's and the name mover's interchanges an answer
+        (the other name), so interchange training can use it (TrainConfig.counterpart)."""
+        names = list(dict.fromkeys(t for t in prompt if t in self.words["names"]))
+        if len(names) != 2:
+            raise ValueError(f"a role swap needs a clean IOI prompt (two names), not {' '.join(prompt)}")
+        a, b = names
+        return [b if t == a else a if t == b else t for t in prompt]
+
 
 @register_task
 class TracrGreaterThan(TracrAnalogue):

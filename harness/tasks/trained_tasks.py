@@ -117,6 +117,23 @@ def training_pool(task, n: int = POOL, seed: int = 0) -> tuple:
     return m.encode(seqs), partner
 
 
+def with_role_swaps(task, inputs: torch.Tensor, partner: torch.Tensor) -> tuple:
+    """training_pool's (inputs, partner) with each clean prompt's role swap (`task.role_swap`: IOI's
+    names exchanged) appended as a new row, in the clean rows' order. Partners: a clean prompt and
+    its swap each other's; a corrupted prompt keeps its clean one. The rows before the swaps are
+    `inputs` unchanged, so validation can keep drawing from them."""
+    if not hasattr(task, "role_swap"):
+        raise ValueError(f"{task.name} defines no role swap (tracr-ioi does): use the corruption as counterpart")
+    m = task.tracr()
+    token = {i: t for t, i in m.input_encoding.items()}
+    clean = torch.where((partner >= 0) & (torch.arange(len(partner)) % 2 == 0))[0]
+    swaps = m.encode([task.role_swap([token[int(i)] for i in inputs[r, 1:]]) for r in clean])
+    rows = len(inputs) + torch.arange(len(clean))
+    partner = torch.cat([partner, clean])
+    partner[clean] = rows
+    return torch.cat([inputs, swaps]), partner
+
+
 def random_defined(task, n: int = 512) -> float:
     """The share of scored positions where the compiled program answers (a one-hot) on n uniform
     sequences over its vocabulary (seeded)."""
@@ -160,7 +177,7 @@ COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-node
                    ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"),
                    ("label_smoothing", "--label-smoothing"), ("width_step", "--width-step"),
                    ("min_heads", "--min-heads"), ("paired_share", "--paired-share"),
-                   ("paired_strict", "--paired-strict"))
+                   ("paired_strict", "--paired-strict"), ("counterpart", "--counterpart"))
 
 
 def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
@@ -220,8 +237,13 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
     pair = make_pair(task, ll, device=device)
     pool, partner = training_pool(task, seed=tc.seed)
     vb, vs = validation_pairs(task, pool, tc.seed)
+    train_pool = pool
+    if tc.counterpart not in ("corruption", "swap") or (tc.counterpart == "swap" and not tc.paired_share):
+        raise ValueError(f"counterpart {tc.counterpart!r}: 'corruption', or 'swap' with a paired_share")
+    if tc.counterpart == "swap":  # appended rows: validation keeps drawing from `pool`
+        train_pool, partner = with_role_swaps(task, pool, partner)
     threads = torch.get_num_threads()
-    result = siit.train(pair, pool.to(device), vb.to(device), vs.to(device), tc, progress, partner)
+    result = siit.train(pair, train_pool.to(device), vb.to(device), vs.to(device), tc, progress, partner)
     weights = Weights(cfg, {k: t.detach().cpu().clone().contiguous() for k, t in result.weights.params.items()})
     figures = validation(task, weights, tc.seed, pool)
     missed = passes(figures)
@@ -234,7 +256,7 @@ def train(base: str, tc: siit.TrainConfig = siit.TrainConfig(), directory=None, 
     card = {
         "task": name, "base_task": base, "config": cfg.to_dict(), "train": tc.to_dict(),
         "command": command(base, tc, threads),
-        "correspondence": pair.corr.nodes, "training_inputs": int(pool.shape[0]),
+        "correspondence": pair.corr.nodes, "training_inputs": int(train_pool.shape[0]),
         "steps": result.steps, "stopped_early": result.stopped_early, "seconds": round(result.seconds, 1),
         "torch": torch.__version__, "threads": threads, "platform": sys.platform, "cpu": cpu_name(), "device": str(device),
         "validation": _round(figures), "thresholds": {k: list(v) for k, v in SHIP_THRESHOLDS.items()},
