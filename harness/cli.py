@@ -802,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "random pairs; docs/trained.md#training)")
     ts.add_argument("--paired-strict", action="store_true", help="with --paired-share: only the strict loss's sources "
                     "are so paired; the interchange and behaviour losses keep random pairs (docs/trained.md#training)")
+    ts.add_argument("--iit-weight", type=_float_range(0), help="weight of the interchange-intervention loss "
+                    "(default 1, InterpBench's; docs/trained.md#training)")
     ts.add_argument("--counterpart", choices=("corruption", "swap"), help="with --paired-share: pair a prompt with "
                     "its corruption (default) or its role swap, IOI's names exchanged, whose interchanges have answers "
                     "(docs/trained.md#training)")

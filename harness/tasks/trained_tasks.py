@@ -177,7 +177,8 @@ COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-node
                    ("centre_weight", "--centre-weight"), ("strict_focus", "--strict-focus"),
                    ("label_smoothing", "--label-smoothing"), ("width_step", "--width-step"),
                    ("min_heads", "--min-heads"), ("paired_share", "--paired-share"),
-                   ("paired_strict", "--paired-strict"), ("counterpart", "--counterpart"))
+                   ("paired_strict", "--paired-strict"), ("counterpart", "--counterpart"),
+                   ("iit_weight", "--iit-weight"))
 
 
 def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
