@@ -807,6 +807,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--counterpart", choices=("corruption", "swap"), help="with --paired-share: pair a prompt with "
                     "its corruption (default) or its role swap, IOI's names exchanged, whose interchanges have answers "
                     "(docs/trained.md#training)")
+    ts.add_argument("--lr", type=_float_range(0, strict=True), help="peak learning rate of the cosine schedule (default 3e-3; "
+                    "docs/trained.md#training)")
     ts.add_argument("--threads", type=_count, help="torch CPU threads (the shipped models: 1)")
     ts.add_argument("--device", type=_device, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu; validation "
                                                                     "always runs on the CPU in float64)")

@@ -507,7 +507,8 @@ def test_the_command_names_every_training_option_the_cli_takes():
     assert recipe == {name for name, _ in tt.COMMAND_OPTIONS} and recipe <= set(siit.TrainConfig().to_dict())
     every = dict(max_steps=7, strict_weight=0.5, strict_logits=0.25, step_per_loss=True, strict_grad=True,
                  mixture_labels=True, blank_weight=1.5, average_weight=2.0, centre_weight=0.125, label_smoothing=0.05,
-                 width_step=32, min_heads=8, paired_share=0.5, paired_strict=True, counterpart="swap", iit_weight=0.5, seed=3)
+                 width_step=32, min_heads=8, paired_share=0.5, paired_strict=True, counterpart="swap", iit_weight=0.5, lr=1e-3,
+                 seed=3)
     for tc in (siit.TrainConfig(**every, strict_nodes="subset"), siit.TrainConfig(**every, strict_focus=0.75)):
         cmd = tt.command("suite:lib-count-3x4", tc, 2)
         assert _parsed_config(cmd) == tc, cmd

@@ -178,7 +178,7 @@ COMMAND_OPTIONS = (("max_steps", "--max-steps"), ("strict_nodes", "--strict-node
                    ("label_smoothing", "--label-smoothing"), ("width_step", "--width-step"),
                    ("min_heads", "--min-heads"), ("paired_share", "--paired-share"),
                    ("paired_strict", "--paired-strict"), ("counterpart", "--counterpart"),
-                   ("iit_weight", "--iit-weight"))
+                   ("iit_weight", "--iit-weight"), ("lr", "--lr"))
 
 
 def command(base: str, tc: siit.TrainConfig, threads: int) -> str:
