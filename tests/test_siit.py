@@ -283,15 +283,19 @@ def test_a_model_that_misses_a_threshold_is_written_aside_and_not_registered(tmp
     assert not list(tmp_path.glob("*.json")) and tt.register_trained(tmp_path) == []
 
 
-def test_analogue_training_inputs_add_random_sequences_only_where_the_program_answers_on_them():
+def test_analogue_training_inputs_add_random_sequences_only_where_the_program_answers_on_them(monkeypatch):
     ind = tt.base_task("tracr-induction")  # siit_inputs "uniform": no prompt at all
     pool = tt.training_inputs(ind)
     half = (pool.shape[1] - 1) // 2
     repeats = (pool[:, 1 : 1 + half] == pool[:, 1 + half :]).all(1)
     assert ind.siit_inputs == "uniform" and not repeats.any() and len(set(map(tuple, pool.tolist()))) == len(pool)
-    doc = tt.base_task("tracr-docstring")  # prompts, and a uniform half: the program answers on enough of them
-    pool = tt.training_inputs(doc)
-    prompts = (pool[:, 1] == pool[0, 1]).double().mean()  # every prompt opens with "def("
+    doc = tt.base_task("tracr-docstring")  # "prompts-only": its siit_pool of prompts, no uniform sequence
+    pool, partner = tt.training_pool(doc)
+    assert doc.siit_inputs == "prompts-only" and pool.shape[0] == doc.siit_pool > tt.POOL
+    assert (pool[:, 1] == pool[0, 1]).all() and torch.equal(partner, torch.arange(len(pool)) ^ 1)  # "def(" opens each
+    monkeypatch.setattr(type(doc), "siit_inputs", "prompts")  # the default rule: a uniform half, as the program
+    pool = tt.training_inputs(doc, 4096)  # answers on enough uniform sequences
+    prompts = (pool[:, 1] == pool[0, 1]).double().mean()
     assert tt.random_defined(doc) >= tt.RANDOM_MIN_DEFINED and 0.5 <= prompts < 0.6
     gt = tt.base_task("tracr-greaterthan")
     assert tt.random_defined(gt) < tt.RANDOM_MIN_DEFINED

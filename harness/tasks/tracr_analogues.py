@@ -214,6 +214,9 @@ class TracrDocstring(TracrAnalogue):
 
     name = model = program = "tracr-docstring"
     mirrors = "docstring"
+    # SIIT trains on 32,768 prompts alone (harness.tasks.trained_tasks.training_pool): on 4,096 a trained model
+    # memorises them, and uniform sequences teach a copy, not the lookup (docs/trained.md#training-data)
+    siit_inputs, siit_pool = "prompts-only", 32768
     description = "tracr analogue of ACDC's Docstring: previous-token head, pair MLP, docstring mover head"
 
     def examples(self, rng):

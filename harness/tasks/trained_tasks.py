@@ -71,12 +71,12 @@ def input_length(task) -> int:
     return task.data("validation").clean.shape[1] - 1
 
 
-def training_inputs(task, n: int = POOL, seed: int = 0) -> torch.Tensor:
+def training_inputs(task, n: int | None = None, seed: int = 0) -> torch.Tensor:
     """[N, pos] token ids the training pairs are drawn from (training_pool's inputs)."""
     return training_pool(task, n, seed)[0]
 
 
-def training_pool(task, n: int = POOL, seed: int = 0) -> tuple:
+def training_pool(task, n: int | None = None, seed: int = 0) -> tuple:
     """(inputs [N, pos] token ids the training pairs are drawn from, partner [N] long: each row's
     counterpart in a (clean, corrupted) prompt pair, -1 for rows without one). Programs over a
     vocabulary: every sequence of the task's length when at most n exist, else n distinct uniform
@@ -88,14 +88,19 @@ def training_pool(task, n: int = POOL, seed: int = 0) -> tuple:
     positions (a positional shortcut, docs/trained.md#training-data) instead of implementing the
     program's heads, and sequences without an answer teach nothing. An analogue whose
     `siit_inputs` is "uniform" (Induction) trains on uniform sequences alone: its prompts put every
-    answer at one distance, a shortcut even half of the pool teaches."""
+    answer at one distance, a shortcut even half of the pool teaches. One whose `siit_inputs` is
+    "prompts-only" (Docstring) trains on prompts alone, `siit_pool` of them: a uniform sequence's last
+    token is mostly a parameter, where the program copies it, so the half teaches a copy, not the lookup.
+    n: the pool's size (default the task's `siit_pool`, else POOL)."""
+    n = getattr(task, "siit_pool", POOL) if n is None else n
     m = task.tracr()
     spec = getattr(task, "spec", None) or PROGRAMS[task.program]
     vocab, length = list(spec.vocab), input_length(task)
     rng = random.Random(7_777_777 + seed)
     seqs = []
-    if hasattr(task, "examples") and getattr(task, "siit_inputs", "prompts") == "prompts":  # a RASP analogue
-        share = 0.5 if random_defined(task) >= RANDOM_MIN_DEFINED else 0.0
+    inputs = getattr(task, "siit_inputs", "prompts")
+    if hasattr(task, "examples") and inputs in ("prompts", "prompts-only"):  # a RASP analogue
+        share = 0.5 if inputs == "prompts" and random_defined(task) >= RANDOM_MIN_DEFINED else 0.0
         while len(seqs) < n * (1 - share):
             clean, corr, *_ = task.examples(rng)
             seqs += [clean, corr]
